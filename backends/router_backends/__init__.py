@@ -1,0 +1,1 @@
+"""Arrakis-protocol data servers we control: deterministic mock and Arrow IPC files."""

@@ -1,0 +1,1 @@
+"""scopemap: load, validate, index and plan Arrakis scope maps. Pure: no sockets, no clock."""
