@@ -25,7 +25,7 @@ bench: $(STAMP)
 	$(PY) bench/plan.py
 
 demo: $(STAMP)
-	$(PY) -m router.demo
+	$(PY) examples/demo.py
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,72 @@
+"""Request ids: honour an incoming ``x-request-id`` header or invent one (PROTOCOL §1)."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import Any
+
+import pyarrow.flight as flight
+
+__all__ = [
+    "REQUEST_ID_HEADER",
+    "REQUEST_ID_MIDDLEWARE_KEY",
+    "RequestIdMiddleware",
+    "RequestIdMiddlewareFactory",
+    "new_request_id",
+    "request_id_from_context",
+    "sanitize_request_id",
+]
+
+REQUEST_ID_HEADER = "x-request-id"
+REQUEST_ID_MIDDLEWARE_KEY = "request-id"
+_MAX_LEN = 32
+_DROP = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def sanitize_request_id(value: str | bytes | None) -> str | None:
+    """Keep only ``A-Za-z0-9._-``, at most 32 characters; ``None`` when nothing is left."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    cleaned = _DROP.sub("", value)[:_MAX_LEN]
+    return cleaned or None
+
+
+def new_request_id() -> str:
+    """A fresh id of 8 hex digits."""
+    return secrets.token_hex(4)
+
+
+class RequestIdMiddleware(flight.ServerMiddleware):  # type: ignore[misc]
+    """Holds the id of one call; sends it back as a response header."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+
+    def sending_headers(self) -> dict[str, str]:
+        return {REQUEST_ID_HEADER: self.request_id}
+
+
+class RequestIdMiddlewareFactory(flight.ServerMiddlewareFactory):  # type: ignore[misc]
+    """Install under :data:`REQUEST_ID_MIDDLEWARE_KEY` in ``FlightServerBase(middleware=...)``."""
+
+    def start_call(self, info: Any, headers: dict[str, list[str | bytes]]) -> RequestIdMiddleware:
+        value: str | bytes | None = None
+        for key, values in headers.items():
+            if key.lower() == REQUEST_ID_HEADER and values:
+                value = values[0]
+                break
+        return RequestIdMiddleware(sanitize_request_id(value) or new_request_id())
+
+
+def request_id_from_context(context: flight.ServerCallContext) -> str:
+    """The call's request id (from the middleware, i.e. the header), or a new one."""
+    try:
+        mw = context.get_middleware(REQUEST_ID_MIDDLEWARE_KEY)
+    except Exception:  # pragma: no cover - defensive: no middleware registered
+        mw = None
+    if isinstance(mw, RequestIdMiddleware):
+        return mw.request_id
+    return new_request_id()

@@ -1,0 +1,134 @@
+"""The Dockerfile is checked statically: no Docker engine runs on our machines.
+
+What could silently break an image without anyone noticing: a package or data file added to
+the wheel but not copied into the build context, an install step that drifts from what the
+Makefile installs, or an ENTRYPOINT/HEALTHCHECK naming a command that no longer exists.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import tomllib
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import dockerfile
+import pytest
+
+from router.cli import COMMANDS, build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def commands() -> tuple[dockerfile.Command, ...]:
+    return dockerfile.parse_file(str(ROOT / "Dockerfile"))
+
+
+@pytest.fixture(scope="module")
+def pyproject() -> dict[str, object]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _final_stage(cmds: tuple[dockerfile.Command, ...]) -> list[dockerfile.Command]:
+    last_from = max(i for i, c in enumerate(cmds) if c.cmd == "FROM")
+    return list(cmds[last_from:])
+
+
+def _instr(cmds: list[dockerfile.Command], name: str) -> dockerfile.Command:
+    found = [c for c in cmds if c.cmd == name]
+    assert len(found) == 1, f"expected exactly one {name} in the final stage, found {len(found)}"
+    return found[0]
+
+
+def _pip_targets(shell: str) -> list[str]:
+    """Positional arguments of every `pip install` / `pip wheel` in a shell line."""
+    targets: list[str] = []
+    for part in re.split(r"&&|;|\n", shell):
+        words = shlex.split(part.replace("$(PY) -m pip", "pip"))
+        if len(words) >= 2 and words[0].endswith("pip") and words[1] in ("install", "wheel"):
+            args = words[2:]
+            skip_next = False
+            for a in args:
+                if skip_next:
+                    skip_next = False
+                    continue
+                if a in ("--wheel-dir", "-w", "-r", "-c"):
+                    skip_next = True
+                    continue
+                if a.startswith("-") and a != "-e":
+                    continue
+                if a != "-e":
+                    targets.append(a)
+    return targets
+
+
+def test_build_context_copies_everything_the_wheel_is_built_from(
+    commands: tuple[dockerfile.Command, ...], pyproject: dict[str, object]
+) -> None:
+    copied: set[str] = set()
+    for c in commands:
+        if c.cmd == "COPY" and not any(f.startswith("--from") for f in c.flags):
+            copied.update(v.rstrip("/") for v in c.value[:-1])
+    tool = pyproject["tool"]
+    assert isinstance(tool, dict)
+    wheel = tool["hatch"]["build"]["targets"]["wheel"]
+    needed = set(wheel["packages"]) | {"pyproject.toml", "README.md", "LICENSE"}
+    needed |= {src.split("/")[0] for src in wheel["force-include"]}
+    missing = sorted(n for n in needed if n not in copied)
+    assert not missing, f"Dockerfile does not COPY {missing}, the wheel needs them"
+
+
+def test_image_installs_the_same_distribution_as_the_makefile(
+    commands: tuple[dockerfile.Command, ...],
+) -> None:
+    docker_targets = [t for c in commands if c.cmd == "RUN" for t in _pip_targets(c.value[0])]
+    make_line = next(
+        line
+        for line in (ROOT / "Makefile").read_text().splitlines()
+        if "pip install" in line and "-e" in line
+    )
+    make_targets = _pip_targets(make_line.strip())
+    # The Makefile installs the root project (with test/bench extras) plus the backends;
+    # the image builds a wheel of the same root project and installs only that wheel.
+    make_root = {t.split("[")[0] for t in make_targets}
+    assert "." in make_root, make_targets
+    assert "./backends" in make_root, make_targets
+    assert "." in docker_targets, docker_targets  # pip wheel .
+    assert not any("backends" in t or "[" in t for t in docker_targets), (
+        "the image must not install test extras or the mock backends"
+    )
+
+
+def test_entrypoint_and_healthcheck_are_real_commands(
+    commands: tuple[dockerfile.Command, ...], pyproject: dict[str, object]
+) -> None:
+    final = _final_stage(commands)
+    entry = _instr(final, "ENTRYPOINT")
+    health = _instr(final, "HEALTHCHECK")
+    cmd = _instr(final, "CMD")
+    assert entry.json and cmd.json, "exec form keeps signals going to the router process"
+
+    project = pyproject["project"]
+    assert isinstance(project, dict)
+    script = entry.value[0]
+    assert script in project["scripts"], f"{script!r} is not a console script of the project"
+    installed = {ep.name for ep in entry_points(group="console_scripts")}
+    assert script in installed and shutil.which(script) is not None
+
+    assert entry.value[1] in COMMANDS
+    # ENTRYPOINT + CMD must parse as a `router serve` invocation.
+    args = build_parser().parse_args([*entry.value[1:], *cmd.value])
+    assert args._module == COMMANDS["serve"][0]
+
+    assert health.value[0] == "CMD"
+    assert health.value[1] == script and health.value[2] in COMMANDS
+    hargs = build_parser().parse_args(list(health.value[2:]))
+    assert hargs._module == COMMANDS["health"][0]
+
+
+def test_runs_as_non_root(commands: tuple[dockerfile.Command, ...]) -> None:
+    user = _instr(_final_stage(commands), "USER")
+    assert user.value[0] not in ("root", "0")
