@@ -23,6 +23,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/plan.py
+	$(PY) bench/backend.py
+	$(PY) bench/throughput.py
 
 demo: $(STAMP)
 	$(PY) examples/demo.py

@@ -1,0 +1,206 @@
+"""Router throughput and GetFlightInfo latency vs direct reads and a bare relay.
+
+All servers are subprocesses of this one process tree; runs are interleaved (direct, router,
+direct, router, ...) so that machine noise hits both sides alike. Figures are medians; the
+ratio is router / baseline, measured in this run.
+
+1. the real `arrakis` client's fetch directly from a mock vs through the router (proxy mode);
+2. raw pyarrow DoGet through the router vs through a bare pyarrow relay (bench/relay.py);
+3. GetFlightInfo latency for a 100-channel Describe and Stream through the router.
+
+    python bench/throughput.py [--reps 5] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.flight as flight
+from _harness import BIN, ROOT, median, p99, process, table, timed
+
+STRIDE = 62_500_000
+START_S = 1_400_000_000
+FAST = [f"X1:BENCH-FAST_{i:02d}" for i in range(20)]
+SLOW = [f"X1:BENCH-SLOW_{i:03d}" for i in range(500)]
+CASES = [  # (label, channels, rate, seconds)
+    ("1 x 16384 Hz, 256 s", FAST[:1], 16384, 256),
+    ("20 x 16384 Hz, 64 s", FAST, 16384, 64),
+    ("500 x 256 Hz, 64 s", SLOW, 256, 64),
+]
+
+
+def write_inputs(tmp: Path) -> Path:
+    lines = [
+        "[common]",
+        'data_type = "float32"',
+        f"stride = {STRIDE}",
+        "max_latency = 1000000000",
+        'publisher = "BENCH"',
+        "",
+    ]
+    for name in FAST:
+        lines += [f'["{name}"]', "sample_rate = 16384", ""]
+    for name in SLOW:
+        lines += [f'["{name}"]', "sample_rate = 256", ""]
+    toml = tmp / "bench-channels.toml"
+    toml.write_text("\n".join(lines))
+    return toml
+
+
+def scope_map(tmp: Path, downstream: str) -> Path:
+    path = tmp / "bench-scope-map.yaml"
+    path.write_text(f"{downstream}:\n  scopes:\n    X1:\n      - all: true\n  retention: {{}}\n")
+    return path
+
+
+def envelope(request: str, **args: object) -> bytes:
+    return json.dumps({"request": request, "args": args, "version": "0.5.0"}).encode()
+
+
+def stream_cmd(channels: list[str], seconds: int) -> bytes:
+    start = START_S * 10**9
+    return envelope(
+        "Stream",
+        channels=channels,
+        start=start,
+        end=start + seconds * 10**9,
+        replay_start=None,
+        replay_end=None,
+        replay_id=None,
+    )
+
+
+def client_fetch(url: str, channels: list[str], seconds: int) -> int:
+    import arrakis
+
+    block = arrakis.Client(url).fetch(channels, START_S, START_S + seconds)
+    return sum(block[c].data.nbytes for c in channels)
+
+
+def raw_doget(url: str, command: bytes) -> int:
+    client = flight.connect(url)
+    try:
+        info = client.get_flight_info(flight.FlightDescriptor.for_command(command))
+        total = 0
+        for endpoint in info.endpoints:
+            reader = client.do_get(endpoint.ticket)
+            for chunk in reader:
+                for column in chunk.data.columns[1:]:
+                    total += column.values.nbytes
+        return total
+    finally:
+        client.close()
+
+
+def bench_pair(label: str, reps: int, fns: dict[str, object]) -> dict[str, list[float]]:
+    rates: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            secs, nbytes = timed(fn)  # type: ignore[arg-type]
+            rates[name].append(int(nbytes) / secs / 1e6)  # type: ignore[call-overload]
+    return rates
+
+
+def info_latency(url: str, command: bytes, n: int) -> list[float]:
+    client = flight.connect(url)
+    try:
+        desc = flight.FlightDescriptor.for_command(command)
+        client.get_flight_info(desc)  # warm: connection, Describe cache
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            client.get_flight_info(desc)
+            out.append((time.perf_counter() - t0) * 1e3)
+        return out
+    finally:
+        client.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="1 rep, short ranges")
+    args = parser.parse_args()
+    reps = 1 if args.quick else args.reps
+    cases = [(lbl, ch, r, 8 if args.quick else s) for lbl, ch, r, s in CASES]
+
+    with tempfile.TemporaryDirectory(prefix="arrakis-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        toml = write_inputs(tmp)
+        backend = str(BIN / "router-backend")
+        with process("mock", [backend, "mock", "--url", "grpc://127.0.0.1:0", str(toml)]) as mock:
+            smap = scope_map(tmp, mock)
+            router_argv = [
+                str(BIN / "router"),
+                "serve",
+                "--scope-map",
+                str(smap),
+                "--url",
+                "grpc://127.0.0.1:0",
+                "--log-format",
+                "json",
+            ]
+            relay_argv = [
+                str(BIN / "python"),
+                str(ROOT / "bench" / "relay.py"),
+                "--downstream",
+                mock,
+            ]
+            with process("router", router_argv) as router, process("relay", relay_argv) as relay:
+                rows1, rows2 = [], []
+                for label, channels, _rate, seconds in cases:
+                    r = bench_pair(
+                        label,
+                        reps,
+                        {
+                            "direct": lambda c=channels, s=seconds: client_fetch(mock, c, s),
+                            "router": lambda c=channels, s=seconds: client_fetch(router, c, s),
+                        },
+                    )
+                    d, x = median(r["direct"]), median(r["router"])
+                    rows1.append([label, f"{d:.1f}", f"{x:.1f}", f"{x / d:.2f}"])
+                    print("client fetch", label, rows1[-1], flush=True)
+                for label, channels, _rate, seconds in cases:
+                    cmd = stream_cmd(channels, seconds)
+                    r = bench_pair(
+                        label,
+                        reps,
+                        {
+                            "direct": lambda c=cmd: raw_doget(mock, c),
+                            "relay": lambda c=cmd: raw_doget(relay, c),
+                            "router": lambda c=cmd: raw_doget(router, c),
+                        },
+                    )
+                    d, b, x = median(r["direct"]), median(r["relay"]), median(r["router"])
+                    rows2.append([label, f"{d:.1f}", f"{b:.1f}", f"{x:.1f}", f"{x / b:.2f}"])
+                    print("raw doget", label, rows2[-1], flush=True)
+                hundred = SLOW[:100]
+                start = START_S * 10**9
+                n = 50 if args.quick else 300
+                lat_d = info_latency(
+                    router, envelope("Describe", channels=hundred, time=start, replay_id=None), n
+                )
+                lat_s = info_latency(router, stream_cmd(hundred, 64), n)
+    print()
+    print("### Client fetch, direct from the mock vs through the router (MB/s of samples)\n")
+    print(table(["case", "direct", "router", "router/direct"], rows1))
+    print("\n### Raw pyarrow DoGet (MB/s of samples)\n")
+    print(table(["case", "direct", "bare relay", "router", "router/relay"], rows2))
+    print("\n### GetFlightInfo latency through the router, 100 channels (ms)\n")
+    print(
+        table(
+            ["request", "median", "p99"],
+            [
+                ["Describe", f"{median(lat_d):.2f}", f"{p99(lat_d):.2f}"],
+                ["Stream", f"{median(lat_s):.2f}", f"{p99(lat_s):.2f}"],
+            ],
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""Request envelopes (PROTOCOL §2): typed values, JSON encoding, validated parsing.
+
+Parsing validates against our own JSON Schemas (``schemas/requests/*.json``), then reports
+undeclared arguments the way upstream does, then applies semantic checks (channel names,
+rate bounds, time order, replay arguments).  Every failure is one of our errors with a text
+that names the field and the problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import jsonschema
+from jsonschema.exceptions import ValidationError
+
+from router.protocol.errors import InvalidRequestError, ReplayError, UnknownArgumentsError
+
+__all__ = [
+    "ARGS_CLASSES",
+    "REQUEST_KINDS",
+    "SCHEMA_VERSION",
+    "Args",
+    "DescribeArgs",
+    "Envelope",
+    "FindArgs",
+    "PublishArgs",
+    "StreamArgs",
+    "parse_envelope",
+    "schema_dir",
+]
+
+SCHEMA_VERSION = "0.5.0"
+REQUEST_KINDS = ("Find", "Count", "Describe", "Stream", "Publish", "Partition")
+MAX_RATE = 4294967295
+
+
+@dataclass(frozen=True, slots=True)
+class FindArgs:
+    """Arguments of Find and Count (field order = the client's key order)."""
+
+    pattern: str = ".*"
+    data_type: tuple[str, ...] = ()
+    min_rate: int = 0
+    max_rate: int = MAX_RATE
+    publisher: tuple[str, ...] = ()
+    time: int | None = None
+    replay_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DescribeArgs:
+    channels: tuple[str, ...] = ()
+    time: int | None = None
+    replay_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamArgs:
+    channels: tuple[str, ...] = ()
+    start: int | None = None
+    end: int | None = None
+    replay_start: int | None = None
+    replay_end: int | None = None
+    replay_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PublishArgs:
+    """Arguments of Publish and Partition."""
+
+    publisher_id: str = ""
+    replay_id: str | None = None
+
+
+Args: TypeAlias = FindArgs | DescribeArgs | StreamArgs | PublishArgs
+
+ARGS_CLASSES: dict[str, type[Args]] = {
+    "Find": FindArgs,
+    "Count": FindArgs,
+    "Describe": DescribeArgs,
+    "Stream": StreamArgs,
+    "Publish": PublishArgs,
+    "Partition": PublishArgs,
+}
+_TUPLE_FIELDS = frozenset({"data_type", "publisher", "channels"})
+
+
+def _args_json(args: Args) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(args):
+        value = getattr(args, f.name)
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _normalise(changes: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        k: tuple(v) if k in _TUPLE_FIELDS and v is not None else v for k, v in changes.items()
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One request.  ``version`` is the sender's schema version (``None``: pre-versioning)."""
+
+    request: str
+    args: Args
+    version: str | None = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if self.request not in ARGS_CLASSES:
+            raise ValueError(f"unknown request kind {self.request!r}")
+        if not isinstance(self.args, ARGS_CLASSES[self.request]):
+            raise TypeError(
+                f"{self.request} takes {ARGS_CLASSES[self.request].__name__}, "
+                f"got {type(self.args).__name__}"
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"request": self.request, "args": _args_json(self.args)}
+        if self.version is not None:
+            doc["version"] = self.version
+        return doc
+
+    def encode(self) -> bytes:
+        """JSON bytes as the client writes them: every argument present (null when absent),
+        in the client's order; ``version`` omitted only when it is ``None``."""
+        return json.dumps(self.to_json()).encode()
+
+    def replace(self, **arg_changes: Any) -> Envelope:
+        """A copy with some arguments changed (lists become tuples)."""
+        return Envelope(
+            self.request, dataclasses.replace(self.args, **_normalise(arg_changes)), self.version
+        )
+
+
+# --------------------------------------------------------------------------- schemas
+
+
+def schema_dir() -> Path:
+    """Folder of the request schemas: the source tree if present, else the wheel copy."""
+    src = Path(__file__).resolve().parents[2] / "schemas" / "requests"
+    if (src / "envelope.json").is_file():
+        return src
+    return Path(str(resources.files("router.protocol") / "_schemas" / "requests"))
+
+
+@functools.cache
+def _validator(name: str) -> jsonschema.protocols.Validator:
+    schema = json.loads((schema_dir() / f"{name}.json").read_text(encoding="utf-8"))
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    validator: jsonschema.protocols.Validator = cls(schema)
+    return validator
+
+
+@functools.cache
+def _declared(kind: str) -> frozenset[str]:
+    schema = _validator(kind.lower()).schema
+    return frozenset(schema.get("properties", {}))
+
+
+def _path(prefix: str, error: ValidationError) -> str:
+    out = prefix
+    for part in error.absolute_path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _first_error(validator: jsonschema.protocols.Validator, doc: Any) -> ValidationError | None:
+    errors = sorted(
+        validator.iter_errors(doc), key=lambda e: [str(p) for p in e.absolute_path]
+    )
+    if not errors:
+        return None
+    best = jsonschema.exceptions.best_match(errors)
+    return best if best is not None else errors[0]
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def parse_envelope(data: bytes) -> Envelope:
+    """Decode and validate a request; raises InvalidRequestError, UnknownArgumentsError or
+    ReplayError with a message naming the field and the problem."""
+    try:
+        doc = json.loads(bytes(data).decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InvalidRequestError(f"invalid request: not UTF-8 text ({exc.reason})") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidRequestError(f"invalid request: not JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise InvalidRequestError(
+            f"invalid request: expected a JSON object, got {type(doc).__name__}"
+        )
+    err = _first_error(_validator("envelope"), doc)
+    if err is not None:
+        where = _path("", err).lstrip(".") or "request"
+        raise InvalidRequestError(f"invalid request: {where}: {err.message}")
+    kind: str = doc["request"]
+    raw: dict[str, Any] = doc["args"]
+    version = doc.get("version")
+    err = _first_error(_validator(kind.lower()), raw)
+    if err is not None:
+        raise InvalidRequestError(f"invalid {kind} request: {_path('args', err)}: {err.message}")
+    unknown = sorted(set(raw) - _declared(kind))
+    if unknown:
+        origin = (
+            f"request schema {version}" if version else "request predates schema versioning"
+        )
+        raise UnknownArgumentsError(
+            f"unknown {kind} argument(s): {', '.join(unknown)} "
+            f"({origin}; server schema {SCHEMA_VERSION})"
+        )
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, float):
+            raise InvalidRequestError(
+                f"invalid {kind} request: args.{key}: {value!r} is not an integer"
+            )
+        values[key] = value
+    args = ARGS_CLASSES[kind](**_normalise(values))
+    _check(kind, args)
+    return Envelope(kind, args, version)
+
+
+def _bad(kind: str, where: str, problem: str) -> InvalidRequestError:
+    return InvalidRequestError(f"invalid {kind} request: args.{where}: {problem}")
+
+
+def _check(kind: str, args: Args) -> None:
+    if isinstance(args, FindArgs):
+        if args.min_rate > args.max_rate:
+            raise _bad(
+                kind, "min_rate", f"min_rate {args.min_rate} exceeds max_rate {args.max_rate}"
+            )
+        try:
+            re.compile(args.pattern)
+        except re.error as exc:
+            raise _bad(kind, "pattern", f"invalid regular expression {args.pattern!r}: {exc}")
+    if isinstance(args, DescribeArgs | StreamArgs):
+        bad = [c for c in args.channels if ":" not in c]
+        if bad:
+            names = ", ".join(repr(c) for c in bad)
+            raise _bad(
+                kind, "channels", f"channel name(s) without ':' (domain:subsystem...): {names}"
+            )
+    if isinstance(args, StreamArgs):
+        seen: set[str] = set()
+        dup = [c for c in args.channels if c in seen or seen.add(c)]  # type: ignore[func-returns-value]
+        if dup:
+            raise _bad(kind, "channels", f"duplicate channel(s): {', '.join(dup)}")
+        if args.start is not None and args.end is not None and args.start > args.end:
+            raise _bad(kind, "start", f"start {args.start} is after end {args.end}")
+        check_replay_args(args)
+
+
+def check_replay_args(args: StreamArgs) -> None:
+    """Upstream's replay-argument rules (PROTOCOL §8.8), as ReplayError."""
+    has_window = args.replay_start is not None or args.replay_end is not None
+    if args.replay_id is not None and has_window:
+        raise ReplayError("replay_id and replay_start/replay_end are mutually exclusive")
+    if has_window and (args.replay_start is None or args.replay_end is None):
+        raise ReplayError("both replay_start and replay_end must be provided together")
+    if (
+        args.replay_start is not None
+        and args.replay_end is not None
+        and args.replay_start >= args.replay_end
+    ):
+        raise ReplayError("replay_start must be less than replay_end")
