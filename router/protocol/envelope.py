@@ -102,9 +102,7 @@ def _args_json(args: Args) -> dict[str, Any]:
 
 
 def _normalise(changes: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        k: tuple(v) if k in _TUPLE_FIELDS and v is not None else v for k, v in changes.items()
-    }
+    return {k: tuple(v) if k in _TUPLE_FIELDS and v is not None else v for k, v in changes.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,9 +174,7 @@ def _path(prefix: str, error: ValidationError) -> str:
 
 
 def _first_error(validator: jsonschema.protocols.Validator, doc: Any) -> ValidationError | None:
-    errors = sorted(
-        validator.iter_errors(doc), key=lambda e: [str(p) for p in e.absolute_path]
-    )
+    errors = sorted(validator.iter_errors(doc), key=lambda e: [str(p) for p in e.absolute_path])
     if not errors:
         return None
     best = jsonschema.exceptions.best_match(errors)
@@ -203,7 +199,7 @@ def parse_envelope(data: bytes) -> Envelope:
         )
     err = _first_error(_validator("envelope"), doc)
     if err is not None:
-        where = _path("", err).lstrip(".") or "request"
+        where = _path("", err).lstrip(".") or "envelope"
         raise InvalidRequestError(f"invalid request: {where}: {err.message}")
     kind: str = doc["request"]
     raw: dict[str, Any] = doc["args"]
@@ -213,9 +209,7 @@ def parse_envelope(data: bytes) -> Envelope:
         raise InvalidRequestError(f"invalid {kind} request: {_path('args', err)}: {err.message}")
     unknown = sorted(set(raw) - _declared(kind))
     if unknown:
-        origin = (
-            f"request schema {version}" if version else "request predates schema versioning"
-        )
+        origin = f"request schema {version}" if version else "request predates schema versioning"
         raise UnknownArgumentsError(
             f"unknown {kind} argument(s): {', '.join(unknown)} "
             f"({origin}; server schema {SCHEMA_VERSION})"
@@ -245,7 +239,9 @@ def _check(kind: str, args: Args) -> None:
         try:
             re.compile(args.pattern)
         except re.error as exc:
-            raise _bad(kind, "pattern", f"invalid regular expression {args.pattern!r}: {exc}")
+            raise _bad(
+                kind, "pattern", f"invalid regular expression {args.pattern!r}: {exc}"
+            ) from None
     if isinstance(args, DescribeArgs | StreamArgs):
         bad = [c for c in args.channels if ":" not in c]
         if bad:
@@ -255,7 +251,11 @@ def _check(kind: str, args: Args) -> None:
             )
     if isinstance(args, StreamArgs):
         seen: set[str] = set()
-        dup = [c for c in args.channels if c in seen or seen.add(c)]  # type: ignore[func-returns-value]
+        dup: list[str] = []
+        for c in args.channels:
+            if c in seen:
+                dup.append(c)
+            seen.add(c)
         if dup:
             raise _bad(kind, "channels", f"duplicate channel(s): {', '.join(dup)}")
         if args.start is not None and args.end is not None and args.start > args.end:

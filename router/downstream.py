@@ -1,0 +1,248 @@
+"""The one seam between fan-out and transport: the ``Downstream`` interface, its pyarrow
+Flight implementation and the pool that keeps one client per endpoint URL.
+
+Every pyarrow/gRPC failure is translated here, on the call *and* inside stream iteration,
+into our error tree with a text naming the endpoint and what was being done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from router.errors import ArrakisError, InternalError, UnavailableError, from_flight_error
+from router.protocol.reqid import REQUEST_ID_HEADER
+
+REUSE_MARKER = "arrow-flight-reuse-connection://?"
+
+
+@dataclass(frozen=True)
+class Call:
+    """Per-call context handed to a downstream: request id and the unary-call timeout (s)."""
+
+    request_id: str
+    timeout: float | None = None
+    what: str = ""
+
+    def options(self, timeout: bool = True) -> flight.FlightCallOptions:
+        return flight.FlightCallOptions(
+            timeout=self.timeout if timeout else None,
+            headers=[(REQUEST_ID_HEADER.encode(), self.request_id.encode())],
+        )
+
+
+class BatchStream(Protocol):
+    """An open downstream stream. Iterating yields record batches; ``cancel`` may be called
+    from another thread and makes a blocked iteration end promptly; ``close`` is idempotent."""
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]: ...
+
+    def cancel(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Downstream(Protocol):
+    url: str
+
+    def stream(self, command: bytes, call: Call) -> BatchStream:
+        """GetFlightInfo(command), then DoGet of its single endpoint; the stream stays open."""
+        ...
+
+    def fetch(self, command: bytes, call: Call) -> list[pa.RecordBatch]:
+        """GetFlightInfo(command), then every endpoint's DoGet read to the end (metadata)."""
+        ...
+
+    def action(self, kind: str, call: Call) -> list[bytes]: ...
+
+    def exchange(
+        self, command: bytes, batches: Sequence[pa.RecordBatch], call: Call
+    ) -> list[pa.RecordBatch]: ...
+
+    def close(self) -> None: ...
+
+
+@contextmanager
+def translated(url: str, what: str) -> Iterator[None]:
+    """Map any failure of a downstream call to our error tree, naming ``url`` and ``what``."""
+    context = f"{what} on {url}" if what else url
+    try:
+        yield
+    except ArrakisError:
+        raise
+    except flight.FlightError as exc:
+        raise from_flight_error(exc, context) from exc
+    except (pa.ArrowException, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InternalError(f"{context}: {first}") from exc
+
+
+class FlightStream:
+    """A downstream DoGet in progress (see :class:`BatchStream`)."""
+
+    def __init__(self, url: str, what: str, reader: flight.FlightStreamReader) -> None:
+        self.url = url
+        self.what = what
+        self._reader = reader
+        self._cancelled = threading.Event()
+        self._closed = False
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        while not self._closed:
+            try:
+                with translated(self.url, self.what):
+                    chunk = self._reader.read_chunk()
+            except StopIteration:
+                return
+            except ArrakisError:
+                if self._cancelled.is_set():
+                    return
+                raise
+            if chunk.data is not None:
+                yield chunk.data
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        with contextlib.suppress(Exception):  # cancelling a finished call may fail
+            self._reader.cancel()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.cancel()
+
+    def __repr__(self) -> str:
+        return f"<FlightStream {self.url} {self.what} cancelled={self._cancelled.is_set()}>"
+
+
+class FlightDownstream:
+    """A downstream Arrakis server reached with one (lazily connecting) Flight client."""
+
+    def __init__(self, url: str, pool: DownstreamPool) -> None:
+        self.url = url
+        self._pool = pool
+        self._client = flight.FlightClient(
+            url, generic_options=[("grpc.keepalive_time_ms", 300_000)]
+        )
+
+    def __repr__(self) -> str:
+        return f"<FlightDownstream {self.url}>"
+
+    def _client_for(self, endpoint: flight.FlightEndpoint) -> tuple[str, flight.FlightClient]:
+        if not endpoint.locations:
+            return self.url, self._client
+        uri = endpoint.locations[0].uri.decode()
+        if uri.startswith("arrow-flight-reuse-connection"):
+            return self.url, self._client
+        other = self._pool.get(uri)
+        assert isinstance(other, FlightDownstream)
+        return other.url, other._client
+
+    def _info(self, command: bytes, call: Call) -> flight.FlightInfo:
+        with translated(self.url, f"GetFlightInfo{_what(call)}"):
+            return self._client.get_flight_info(
+                flight.FlightDescriptor.for_command(command), call.options()
+            )
+
+    def stream(self, command: bytes, call: Call) -> BatchStream:
+        info = self._info(command, call)
+        if len(info.endpoints) != 1:
+            raise UnavailableError(
+                f"GetFlightInfo{_what(call)} on {self.url}: expected one stream endpoint, "
+                f"got {len(info.endpoints)} (a downstream must serve a router slice in one piece)"
+            )
+        endpoint = info.endpoints[0]
+        url, client = self._client_for(endpoint)
+        what = f"DoGet{_what(call)}"
+        with translated(url, what):
+            reader = client.do_get(endpoint.ticket, call.options(timeout=False))
+        return FlightStream(url, what, reader)
+
+    def fetch(self, command: bytes, call: Call) -> list[pa.RecordBatch]:
+        info = self._info(command, call)
+        out: list[pa.RecordBatch] = []
+        for endpoint in info.endpoints:
+            url, client = self._client_for(endpoint)
+            with translated(url, f"DoGet{_what(call)}"):
+                table = client.do_get(endpoint.ticket, call.options()).read_all()
+            out.extend(table.to_batches())
+        return out
+
+    def action(self, kind: str, call: Call) -> list[bytes]:
+        with translated(self.url, f"DoAction {kind}"):
+            results = self._client.do_action(flight.Action(kind, b""), call.options())
+            return [r.body.to_pybytes() for r in results]
+
+    def exchange(
+        self, command: bytes, batches: Sequence[pa.RecordBatch], call: Call
+    ) -> list[pa.RecordBatch]:
+        with translated(self.url, f"DoExchange{_what(call)}"):
+            descriptor = flight.FlightDescriptor.for_command(command)
+            writer, reader = self._client.do_exchange(descriptor, call.options())
+            with writer:
+                if batches:
+                    writer.begin(batches[0].schema)
+                    for batch in batches:
+                        writer.write_batch(batch)
+                writer.done_writing()
+                table = reader.read_all()
+            return list(table.to_batches())
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # closing a broken channel may fail
+            self._client.close()
+
+
+def _what(call: Call) -> str:
+    return f" {call.what}" if call.what else ""
+
+
+class DownstreamPool:
+    """One :class:`Downstream` per URL, created on first use, reused by every request."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._members: dict[str, Downstream] = {}
+
+    def __repr__(self) -> str:
+        return f"<DownstreamPool {sorted(self._members)}>"
+
+    def get(self, url: str) -> Downstream:
+        with self._lock:
+            member = self._members.get(url)
+            if member is None:
+                member = self._create(url)
+                self._members[url] = member
+            return member
+
+    def _create(self, url: str) -> Downstream:
+        return FlightDownstream(url, self)
+
+    def retain(self, urls: set[str]) -> None:
+        """Close and forget the members whose URL is no longer in use (after a reload)."""
+        with self._lock:
+            gone = [u for u in self._members if u not in urls]
+            dropped = [self._members.pop(u) for u in gone]
+        for member in dropped:
+            member.close()
+
+    def close(self) -> None:
+        self.retain(set())
+
+
+class StaticPool(DownstreamPool):
+    """A pool over given downstream objects (tests: scripted in-memory downstreams)."""
+
+    def __init__(self, members: dict[str, Downstream]) -> None:
+        super().__init__()
+        self._members = dict(members)
+
+    def _create(self, url: str) -> Downstream:
+        raise UnavailableError(f"{url}: no such downstream")

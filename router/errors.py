@@ -1,0 +1,74 @@
+"""The router's error tree: the wire-layer errors plus what fan-out and planning add.
+
+Downstream failures are translated to these at the downstream seam (on the call and inside
+stream iteration); the server adapter turns them into Flight errors once, at the edge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from router.protocol.errors import (
+    ArrakisError,
+    CancelledError,
+    CannotServeError,
+    ChannelsNotAvailableError,
+    InternalError,
+    InvalidRequestError,
+    ReplayError,
+    ServerError,
+    TimedOutError,
+    UnauthenticatedError,
+    UnauthorizedError,
+    UnavailableError,
+    UnknownArgumentsError,
+    UnsupportedError,
+    from_flight_error,
+    to_flight_error,
+)
+
+__all__ = [
+    "ArrakisError",
+    "CancelledError",
+    "CannotServeError",
+    "ChannelsNotAvailableError",
+    "InternalError",
+    "InvalidRequestError",
+    "PlanIncompleteError",
+    "ReplayError",
+    "ServerError",
+    "TimedOutError",
+    "UnauthenticatedError",
+    "UnauthorizedError",
+    "UnavailableError",
+    "UnknownArgumentsError",
+    "UnsupportedError",
+    "all_replicas_failed",
+    "from_flight_error",
+    "is_retryable",
+    "to_flight_error",
+]
+
+def is_retryable(exc: ArrakisError) -> bool:
+    """A replica may succeed where this endpoint failed (the request itself is not at fault)."""
+    if isinstance(exc, ChannelsNotAvailableError):
+        return False
+    return isinstance(exc, UnavailableError | TimedOutError | InternalError)
+
+
+class PlanIncompleteError(UnavailableError):
+    """Part of the request (channels x time) has no endpoint; the text lists what and why."""
+
+
+def all_replicas_failed(what: str, errors: Sequence[ArrakisError]) -> ArrakisError:
+    """One error for a failover that ran out of replicas: the class of the last failure,
+    the text naming every endpoint tried and what it said."""
+    if len(errors) == 1:
+        return errors[0]
+    last = errors[-1]
+    text = f"{what} failed on every replica: " + "; ".join(str(e) for e in errors)
+    err = type(last).__new__(type(last))
+    ArrakisError.__init__(err, text)
+    if isinstance(err, ChannelsNotAvailableError) and isinstance(last, ChannelsNotAvailableError):
+        err.channels, err.detail = last.channels, last.detail
+    return err

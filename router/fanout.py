@@ -1,0 +1,239 @@
+"""Fan-out: running downstream calls for one request, with replica failover.
+
+* :func:`fetch_first` — a unary metadata call on the first replica that answers.
+* :func:`gather` — several such calls concurrently; every call finishes before an error is
+  raised, so nothing is left running behind the caller.
+* :class:`GroupFeed` — one channel group of one stream slice, read by a producer thread into
+  a bounded queue (a fast downstream cannot fill memory); on a retryable failure or an idle
+  timeout it fails over to the next replica, resuming after the last batch delivered.
+  The consumer's iteration polls ``should_stop`` (the client cancelled) and the idle clock;
+  ``close()`` cancels the downstream call and joins the thread, on every path.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, Future, wait
+from typing import TypeVar
+
+import pyarrow as pa
+import structlog
+
+from router.downstream import BatchStream, Call, DownstreamPool
+from router.errors import (
+    ArrakisError,
+    CancelledError,
+    InternalError,
+    TimedOutError,
+    all_replicas_failed,
+    is_retryable,
+)
+
+T = TypeVar("T")
+log = structlog.get_logger("router.fanout")
+
+_END = object()
+
+
+def fetch_first(
+    pool: DownstreamPool, endpoints: Sequence[str], command: bytes, call: Call
+) -> tuple[str, list[pa.RecordBatch]]:
+    """``(url, batches)`` from the first replica of ``endpoints`` that answers."""
+    errors: list[ArrakisError] = []
+    for url in endpoints:
+        try:
+            return url, pool.get(url).fetch(command, call)
+        except ArrakisError as exc:
+            errors.append(exc)
+            log.warning("downstream_failed", endpoint=url, what=call.what, error=str(exc))
+            if not is_retryable(exc):
+                break
+    if not errors:
+        raise InternalError(f"{call.what}: no endpoint to ask")
+    raise all_replicas_failed(call.what, errors)
+
+
+def gather(executor: Executor, calls: Sequence[Callable[[], T]]) -> list[T]:
+    """Run ``calls`` concurrently; results in order, or the first error once all are done."""
+    if len(calls) == 1:
+        return [calls[0]()]
+    futures: list[Future[T]] = [executor.submit(c) for c in calls]
+    wait(futures)
+    for f in futures:
+        exc = f.exception()
+        if exc is not None:
+            raise exc
+    return [f.result() for f in futures]
+
+
+class GroupFeed:
+    """Batches of one channel group of one slice, read ahead by a producer thread.
+
+    ``command_for(resume)`` builds the downstream command; ``resume`` is ``None`` for the
+    first attempt, else the time after the last batch delivered (``batch_end``).
+    """
+
+    def __init__(
+        self,
+        pool: DownstreamPool,
+        endpoints: Sequence[str],
+        command_for: Callable[[int | None], bytes],
+        call: Call,
+        *,
+        batch_end: Callable[[pa.RecordBatch], int | None],
+        should_stop: Callable[[], bool] = lambda: False,
+        idle_timeout: float = 30.0,
+        queue_size: int = 16,
+        poll: float = 0.05,
+        monotonic: Callable[[], float] = time.monotonic,
+        label: str = "",
+    ) -> None:
+        self.endpoints = tuple(endpoints)
+        self.label = label
+        self._pool = pool
+        self._command_for = command_for
+        self._call = call
+        self._batch_end = batch_end
+        self._should_stop = should_stop
+        self._idle_timeout = idle_timeout
+        self._poll = poll
+        self._monotonic = monotonic
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
+        self._stop = threading.Event()
+        self._idle = threading.Event()
+        self._lock = threading.Lock()
+        self._current: BatchStream | None = None
+        self._current_url: str | None = None
+        self._progress = monotonic()
+        self._thread = threading.Thread(target=self._produce, name=f"feed {label}", daemon=True)
+        self._started = False
+        self.delivered = 0
+        self.resume: int | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<GroupFeed {self.label} endpoint={self._current_url} delivered={self.delivered} "
+            f"queued={self._queue.qsize()} stopped={self._stop.is_set()}>"
+        )
+
+    # ------------------------------------------------------------------ consumer side
+    def start(self) -> GroupFeed:
+        if not self._started:
+            self._started = True
+            self._progress = self._monotonic()
+            self._thread.start()
+        return self
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        self.start()
+        while True:
+            if self._should_stop():
+                raise CancelledError(f"{self.label}: the client cancelled the stream")
+            try:
+                item = self._queue.get(timeout=self._poll)
+            except queue.Empty:
+                self._check_idle()
+                continue
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, pa.RecordBatch)
+            yield item
+
+    def _check_idle(self) -> None:
+        if self._monotonic() - self._progress <= self._idle_timeout:
+            return
+        with self._lock:
+            current = self._current
+            if current is None or self._idle.is_set():
+                return
+            self._idle.set()
+        log.warning(
+            "downstream_idle", endpoint=self._current_url, slice=self.label,
+            idle_timeout=self._idle_timeout,
+        )
+        current.cancel()
+
+    def close(self) -> None:
+        """Stop the producer, cancel its downstream call and wait for it (idempotent)."""
+        self._stop.set()
+        with self._lock:
+            current = self._current
+        if current is not None:
+            current.cancel()
+        if self._started and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> GroupFeed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ producer side
+    def _put(self, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=self._poll)
+                self._progress = self._monotonic()
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self) -> None:
+        errors: list[ArrakisError] = []
+        for url in self.endpoints:
+            if self._stop.is_set():
+                return
+            try:
+                finished = self._read_one(url)
+            except ArrakisError as exc:
+                error: ArrakisError = exc
+            else:
+                if finished:
+                    self._put(_END)
+                    return
+                error = TimedOutError(
+                    f"DoGet {self.label} on {url}: no data for {self._idle_timeout:g} s"
+                )
+            if self._stop.is_set():
+                return
+            errors.append(error)
+            log.warning("downstream_failed", endpoint=url, slice=self.label, error=str(error))
+            if not is_retryable(error):
+                break
+        self._put(all_replicas_failed(f"DoGet {self.label}", errors))
+
+    def _read_one(self, url: str) -> bool:
+        """Read the stream from ``url`` (resuming at ``self.resume``). True: finished (or
+        stopped); False: the idle timeout fired. Raises the translated downstream error."""
+        self._progress = self._monotonic()
+        if self.resume is not None:
+            log.info("downstream_resume", endpoint=url, slice=self.label, resume=self.resume)
+        stream = self._pool.get(url).stream(self._command_for(self.resume), self._call)
+        with self._lock:
+            self._current, self._current_url = stream, url
+        try:
+            if self._stop.is_set():
+                return True
+            for batch in stream:
+                self._progress = self._monotonic()
+                if not self._put(batch):
+                    return True
+                self.delivered += 1
+                end = self._batch_end(batch)
+                if end is not None:
+                    self.resume = end
+            if self._idle.is_set() and not self._stop.is_set():
+                self._idle.clear()
+                return False
+            return True
+        finally:
+            with self._lock:
+                self._current, self._current_url = None, None
+            stream.close()

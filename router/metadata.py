@@ -1,0 +1,131 @@
+"""Channel metadata: a TTL cache of Describe answers and the Describe/Find fan-out.
+
+The cache is keyed by ``(channel, time, replay_id)``: the client's Describe (``time`` = the
+stream start) followed by its Stream (whose schema and null fill need the same metadata)
+costs one downstream Describe, not two.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Executor
+
+import structlog
+from cachetools import TTLCache
+
+from router.downstream import Call, DownstreamPool
+from router.errors import ChannelsNotAvailableError
+from router.fanout import fetch_first, gather
+from router.protocol.arrow import metas_from_batches
+from router.protocol.channel import ChannelMeta
+from router.protocol.envelope import DescribeArgs, Envelope, FindArgs
+
+log = structlog.get_logger("router.metadata")
+
+Key = tuple[str, int | None, str | None]
+
+
+class DescribeCache:
+    """Thread-safe TTL cache of channel metadata."""
+
+    def __init__(
+        self, ttl: float, maxsize: int = 200_000, timer: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._cache: TTLCache[Key, ChannelMeta] = TTLCache(maxsize=maxsize, ttl=ttl, timer=timer)
+        self.hits = 0
+        self.misses = 0
+
+    def __repr__(self) -> str:
+        return f"<DescribeCache size={len(self._cache)} hits={self.hits} misses={self.misses}>"
+
+    def lookup(
+        self, channels: Iterable[str], time_ns: int | None, replay_id: str | None
+    ) -> tuple[dict[str, ChannelMeta], list[str]]:
+        found: dict[str, ChannelMeta] = {}
+        missing: list[str] = []
+        with self._lock:
+            for name in channels:
+                meta = self._cache.get((name, time_ns, replay_id)) if self.ttl > 0 else None
+                if meta is None:
+                    missing.append(name)
+                else:
+                    found[name] = meta
+            self.hits += len(found)
+            self.misses += len(missing)
+        return found, missing
+
+    def store(
+        self, metas: Iterable[ChannelMeta], time_ns: int | None, replay_id: str | None
+    ) -> None:
+        if self.ttl <= 0:
+            return
+        with self._lock:
+            for meta in metas:
+                self._cache[(meta.name, time_ns, replay_id)] = meta
+
+    def clear(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+
+def describe_groups(
+    pool: DownstreamPool,
+    executor: Executor,
+    envelope: Envelope,
+    groups: Sequence[tuple[tuple[str, ...], tuple[str, ...], int | None]],
+    call: Call,
+) -> dict[str, ChannelMeta]:
+    """Describe every ``(channels, endpoints, time)`` group concurrently (replica failover);
+    channels a downstream did not describe raise one ChannelsNotAvailableError."""
+    assert isinstance(envelope.args, DescribeArgs)
+
+    def one(
+        channels: tuple[str, ...], endpoints: tuple[str, ...], t: int | None
+    ) -> list[ChannelMeta]:
+        command = envelope.replace(channels=channels, time=t).encode()
+        _, batches = fetch_first(pool, endpoints, command, call)
+        return metas_from_batches(batches)
+
+    answers = gather(executor, [lambda g=g: one(*g) for g in groups])
+    out: dict[str, ChannelMeta] = {}
+    for (channels, _, _), metas in zip(groups, answers, strict=True):
+        wanted = set(channels)
+        for meta in metas:
+            if meta.name in wanted:
+                out.setdefault(meta.name, meta)
+    missing = [c for channels, _, _ in groups for c in channels if c not in out]
+    if missing:
+        raise ChannelsNotAvailableError(missing, "the downstream did not describe them")
+    return out
+
+
+def find_targets(
+    pool: DownstreamPool,
+    executor: Executor,
+    envelope: Envelope,
+    targets: Sequence[tuple[tuple[str, ...], int | None, str | None]],
+    call: Call,
+) -> list[ChannelMeta]:
+    """Find on one replica per ``(endpoints, time, replay_id)`` target, concurrently; the rows
+    merged in target order and de-duplicated by channel name (first answer wins)."""
+    assert isinstance(envelope.args, FindArgs)
+    find = Envelope("Find", envelope.args, envelope.version)
+
+    def one(endpoints: tuple[str, ...], t: int | None, replay: str | None) -> list[ChannelMeta]:
+        command = find.replace(time=t, replay_id=replay).encode()
+        _, batches = fetch_first(pool, endpoints, command, call)
+        return metas_from_batches(batches)
+
+    answers = gather(executor, [lambda t=t: one(*t) for t in targets])
+    seen: set[str] = set()
+    out: list[ChannelMeta] = []
+    for metas in answers:
+        for meta in metas:
+            if meta.name not in seen:
+                seen.add(meta.name)
+                out.append(meta)
+    return out

@@ -1,0 +1,180 @@
+"""Executing a stream plan: one GroupFeed per channel group, slices chained in time order,
+everything stitched into one on-grid block stream (see :mod:`router.stitch`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import chain
+
+import pyarrow as pa
+import structlog
+
+from router.downstream import Call, DownstreamPool
+from router.errors import CancelledError, UnavailableError
+from router.fanout import GroupFeed
+from router.protocol.arrow import stream_schema
+from router.protocol.blocks import block_duration
+from router.protocol.channel import ChannelMeta
+from router.protocol.envelope import Envelope
+from router.stitch import (
+    Block,
+    Grid,
+    coalesce_duplicates,
+    fill_gaps,
+    merge_groups,
+    rebucket,
+    to_batches,
+    trim,
+)
+from scopemap import StreamPlan, StreamSlice
+
+log = structlog.get_logger("router.streaming")
+NS = 1_000_000_000
+
+
+def make_grid(metas: Sequence[ChannelMeta]) -> Grid:
+    """The output grid: blocks of the lcm of the advertised strides, schema of §4.3."""
+    no_stride = [m.name for m in metas if not m.stride]
+    if no_stride:
+        raise UnavailableError(
+            f"channel(s) {{{', '.join(no_stride)}}} have no stride in their metadata; "
+            "they cannot be streamed"
+        )
+    duration = block_duration(int(m.stride or 0) for m in metas)
+    try:
+        return Grid.from_schema(stream_schema(metas), duration)
+    except ValueError as exc:
+        raise UnavailableError(f"cannot build the stream blocks: {exc}") from None
+
+
+def seconds(t: int | None) -> str:
+    if t is None:
+        return "now"
+    whole, frac = divmod(t, NS)
+    return f"{whole}.{frac:09d}".rstrip("0").rstrip(".")
+
+
+def slice_label(sl: StreamSlice, channels: Sequence[str]) -> str:
+    shown = ", ".join(channels[:3]) + (f" +{len(channels) - 3}" if len(channels) > 3 else "")
+    return f"[{seconds(sl.start)}, {seconds(sl.end)}) {{{shown}}}"
+
+
+def batch_end(grid: Grid) -> Callable[[pa.RecordBatch], int | None]:
+    """The time just after the last row of a downstream batch (where a replica resumes)."""
+    rates: Mapping[str, int] = {n: c.rate for n, c in grid.channels.items()}
+
+    def end(batch: pa.RecordBatch) -> int | None:
+        if batch.num_rows == 0:
+            return None
+        last = batch.num_rows - 1
+        t = int(batch.column(0)[last].as_py())
+        for name in batch.schema.names[1:]:
+            rate = rates.get(name)
+            if rate:
+                n = len(batch.column(name).slice(last, 1).flatten())
+                return t + n * NS // rate
+        return None
+
+    return end
+
+
+@dataclass
+class StreamOptions:
+    idle_timeout: float = 30.0
+    queue_size: int = 16
+    poll: float = 0.05
+
+
+class StreamExecution:
+    """The stitched stream of one plan. Iterate once; ``close()`` (idempotent, also run at the
+    end of iteration) closes every downstream feed still open."""
+
+    def __init__(
+        self,
+        plan: StreamPlan,
+        grid: Grid,
+        envelope: Envelope,
+        pool: DownstreamPool,
+        call: Call,
+        options: StreamOptions,
+        should_stop: Callable[[], bool],
+    ) -> None:
+        self.plan = plan
+        self.grid = grid
+        self._envelope = envelope
+        self._pool = pool
+        self._call = call
+        self._options = options
+        self._should_stop = should_stop
+        self._feeds: list[GroupFeed] = []
+        self.blocks = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<StreamExecution slices={len(self.plan.slices)} blocks={self.blocks} "
+            f"feeds={self._feeds}>"
+        )
+
+    def _slice_blocks(self, sl: StreamSlice) -> Iterator[Block]:
+        grid = self.grid
+        lo = grid.floor(sl.start) if sl.start is not None else None
+        feeds: list[GroupFeed] = []
+        for group in sl.groups:
+
+            def command_for(
+                resume: int | None, channels: tuple[str, ...] = group.channels
+            ) -> bytes:
+                start = resume if resume is not None else lo
+                return self._envelope.replace(channels=channels, start=start, end=sl.end).encode()
+
+            feed = GroupFeed(
+                self._pool,
+                group.endpoints,
+                command_for,
+                self._call,
+                batch_end=batch_end(grid),
+                should_stop=self._should_stop,
+                idle_timeout=self._options.idle_timeout,
+                queue_size=self._options.queue_size,
+                poll=self._options.poll,
+                label=slice_label(sl, group.channels),
+            )
+            feeds.append(feed)
+        self._feeds.extend(feeds)
+        log.debug(
+            "slice_open", slice=f"[{seconds(sl.start)}, {seconds(sl.end)})", groups=len(feeds)
+        )
+        try:
+            for feed in feeds:
+                feed.start()
+            merged = merge_groups(
+                rebucket(feed, grid, group.channels)
+                for feed, group in zip(feeds, sl.groups, strict=True)
+            )
+            yield from trim(merged, lo, sl.end)
+        finally:
+            for feed in feeds:
+                feed.close()
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        request = self.plan.request
+        assert request.start is not None
+        head = self.grid.floor(request.start)
+        blocks = coalesce_duplicates(
+            chain.from_iterable(self._slice_blocks(s) for s in self.plan.slices)
+        )
+        try:
+            for batch in to_batches(
+                fill_gaps(blocks, head, request.end, self.grid.duration), self.grid
+            ):
+                if self._should_stop():
+                    raise CancelledError("the client cancelled the stream")
+                self.blocks += 1
+                yield batch
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for feed in self._feeds:
+            feed.close()

@@ -1,0 +1,142 @@
+"""Warnings about a valid scope map: things that load fine but probably are not what was meant.
+
+- SM202 retention gap: for each domain and each scope unit (the domain wildcard, a subsystem,
+  a channel), the union of the age windows of every endpoint able to serve that unit leaves a
+  hole between its newest and oldest ends.
+- SM203 a domain that no live endpoint claims: live requests for it cannot be served.
+- SM204 an entry that can never win: beside ``all: true`` of the same endpoint, domain and
+  replay context (and without its own ``direct_read``), or a plain repeat.
+- SM205 a replay that no endpoint references.
+Only untagged entries count for gaps and live coverage: they serve non-replay requests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+
+from scopemap.model import Endpoint, ScopeEntry, ScopeMap, SourcePos, parse_channel_name
+
+# (code, message, position)
+Warning_ = tuple[str, str, SourcePos]
+Age = tuple[float, float]  # (newest, oldest]
+
+
+def lint(scope_map: ScopeMap, retention_pos: Callable[[str], SourcePos]) -> list[Warning_]:
+    out: list[Warning_] = []
+    out.extend(_gaps(scope_map, retention_pos))
+    out.extend(_no_live(scope_map))
+    out.extend(_inert(scope_map))
+    out.extend(_unused_replays(scope_map))
+    return out
+
+
+def _untagged(ep: Endpoint) -> Iterator[ScopeEntry]:
+    return (e for e in ep.scopes if e.replay is None)
+
+
+def _union_gaps(windows: Iterable[tuple[Age, str]]) -> Iterator[tuple[float, float, str]]:
+    """Holes inside the union of ``(newest, oldest]`` windows; yields (from, to, url_before)."""
+    ordered = sorted(windows)
+    if not ordered:
+        return
+    (_, reach), url = ordered[0]
+    for (newest, oldest), nxt in ordered[1:]:
+        if newest > reach:
+            yield reach, newest, url
+        if oldest > reach:
+            reach, url = oldest, nxt
+
+
+def _gaps(sm: ScopeMap, retention_pos: Callable[[str], SourcePos]) -> Iterator[Warning_]:
+    # Per domain: who claims everything, who claims each subsystem, each channel.
+    wild: dict[str, list[Endpoint]] = defaultdict(list)
+    subs: dict[tuple[str, str], list[Endpoint]] = defaultdict(list)
+    chans: dict[tuple[str, str], list[Endpoint]] = defaultdict(list)
+    for ep in sm.endpoints:
+        for e in _untagged(ep):
+            if e.kind == "all":
+                wild[e.domain].append(ep)
+            elif e.kind == "subsystem" and e.value is not None:
+                subs[(e.domain, e.value)].append(ep)
+            elif e.value is not None:
+                chans[(e.domain, e.value)].append(ep)
+    units: list[tuple[str, str, list[Endpoint]]] = []
+    for domain, eps in wild.items():
+        units.append((domain, f"{domain} (all)", eps))
+    for (domain, sub), eps in subs.items():
+        units.append((domain, f"{domain} subsystem {sub}", eps + wild.get(domain, [])))
+    for (domain, name), eps in chans.items():
+        sub = parse_channel_name(name).subsystem
+        more = subs.get((domain, sub), []) + wild.get(domain, [])
+        units.append((domain, f"channel {name}", eps + more))
+    reported: set[tuple[str, float, float]] = set()
+    for domain, label, eps in units:
+        windows = {(ep.retention.newest_s, ep.retention.oldest_s): ep.url for ep in eps}
+        for lo, hi, url in _union_gaps((w, u) for w, u in windows.items()):
+            if (domain, lo, hi) in reported:
+                continue
+            reported.add((domain, lo, hi))
+            upper = "inf" if math.isinf(hi) else f"{hi:g} s"
+            msg = (f"{label}: no endpoint serves data aged {lo:g} s to {upper} "
+                   f"(retention gap after {url})")
+            yield "SM202", msg, retention_pos(url)
+
+
+def _no_live(sm: ScopeMap) -> Iterator[Warning_]:
+    first: dict[str, SourcePos] = {}
+    live: set[str] = set()
+    for ep in sm.endpoints:
+        for e in _untagged(ep):
+            first.setdefault(e.domain, e.source or SourcePos(1, 1))
+            if ep.retention.is_live:
+                live.add(e.domain)
+    for domain, pos in first.items():
+        if domain not in live:
+            msg = f"domain {domain!r} has no live endpoint (newest: 0): live requests fail"
+            yield "SM203", msg, pos
+
+
+def _inert_in(entries: Iterable[ScopeEntry]) -> Iterator[Warning_]:
+    by_ctx: dict[tuple[str, str | None], list[ScopeEntry]] = defaultdict(list)
+    for e in entries:
+        by_ctx[(e.domain, e.replay)].append(e)
+    for (domain, _), group in by_ctx.items():
+        wildcard = next((e for e in group if e.kind == "all"), None)
+        seen: dict[tuple[str, str | None], ScopeEntry] = {}
+        flagged: set[SourcePos | None] = set()
+        for e in group:
+            where = e.source or SourcePos(1, 1)
+            if e.source in flagged:
+                continue
+            if wildcard is not None and e is not wildcard and e.direct_read is None:
+                wline = wildcard.source.line if wildcard.source else 0
+                msg = (f"{domain} entry {e.value!r} has no routing effect beside "
+                       f"'all: true' (line {wline})")
+                flagged.add(e.source)
+                yield "SM204", msg, where
+                continue
+            key = (e.kind, e.value)
+            prev = seen.get(key)
+            if prev is not None and prev.source != e.source and e.direct_read is None:
+                pline = prev.source.line if prev.source else 0
+                flagged.add(e.source)
+                yield "SM204", f"{domain} entry {e.value!r} repeats line {pline}", where
+                continue
+            seen.setdefault(key, e)
+
+
+def _inert(sm: ScopeMap) -> Iterator[Warning_]:
+    for ep in sm.endpoints:
+        yield from _inert_in(ep.scopes)
+        for entries in ep.replay_scopes.values():
+            yield from _inert_in(entries)
+
+
+def _unused_replays(sm: ScopeMap) -> Iterator[Warning_]:
+    used = {rid for ep in sm.endpoints for rid in ep.replay_ids}
+    for name, replay in sm.replays.items():
+        if name not in used:
+            msg = f"replay {name!r} is not referenced by any endpoint (replay_ids or replay tag)"
+            yield "SM205", msg, replay.source or SourcePos(1, 1)

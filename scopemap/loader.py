@@ -1,0 +1,109 @@
+"""``load_text`` / ``load_path``: YAML text to a ``ScopeMap`` plus diagnostics; never raises.
+
+Pipeline: parse (positions, duplicate keys) → JSON Schema → semantic build → lint warnings.
+The model exists only when no error was found; warnings never block it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scopemap.build import Builder
+from scopemap.codes import severity_of
+from scopemap.lint import lint
+from scopemap.model import Diagnostic, ScopeMap, Severity, SourcePos
+from scopemap.schema import validate
+from scopemap.yamlsrc import Path as NodePath
+from scopemap.yamlsrc import SourceTree, parse_yaml
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    scope_map: ScopeMap | None
+    diagnostics: tuple[Diagnostic, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.scope_map is not None and not self.errors
+
+    @property
+    def errors(self) -> tuple[Diagnostic, ...]:
+        return tuple(d for d in self.diagnostics if d.severity is Severity.ERROR)
+
+    @property
+    def warnings(self) -> tuple[Diagnostic, ...]:
+        return tuple(d for d in self.diagnostics if d.severity is Severity.WARNING)
+
+
+def load_path(path: str | Path) -> LoadResult:
+    name = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        return LoadResult(None, (_diag("SM003", f"cannot read {name}: {reason}", name, None),))
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        msg = f"file is not UTF-8 text ({exc.reason} at byte {exc.start})"
+        return LoadResult(None, (_diag("SM001", msg, name, SourcePos(1, 1)),))
+    return load_text(text, name)
+
+
+def load_text(text: str, filename: str = "<string>") -> LoadResult:
+    found: list[Diagnostic] = []
+
+    def add(code: str, message: str, pos: SourcePos | None) -> None:
+        found.append(_diag(code, message, filename, pos))
+
+    tree = parse_yaml(text)
+    if tree.syntax_error is not None:
+        msg, pos = tree.syntax_error
+        add("SM001", msg, pos)
+        return LoadResult(None, tuple(found))
+    for path, pos, first in tree.duplicates:
+        add("SM002", f"duplicate key {path[-1]!r} (first defined at line {first.line})", pos)
+    for path, pos in tree.bad_keys:
+        add("SM010", f"mapping keys must be strings, got {path[-1]}", pos)
+    if tree.value is None:
+        add("SM010", "the scope map is empty: expected a mapping of endpoint URLs", SourcePos(1, 1))
+        return LoadResult(None, tuple(found))
+
+    for code, message, path, is_key in validate(tree.value):
+        add(code, message, tree.pos(path, key=is_key))
+
+    def report(code: str, message: str, path: NodePath, is_key: bool) -> None:
+        add(code, message, tree.pos(path, key=is_key))
+
+    scope_map = Builder(tree, filename, report).build()
+    if any(d.severity is Severity.ERROR for d in found):
+        scope_map = None
+    if scope_map is not None:
+        _string_infinity(tree, add)
+        pos_of: Callable[[str], SourcePos] = lambda url: tree.pos((url, "retention"), key=True)
+        for code, message, pos in lint(scope_map, pos_of):
+            add(code, message, pos)
+    found.sort(key=lambda d: (d.line, d.column, d.code))
+    return LoadResult(scope_map, tuple(found))
+
+
+def _string_infinity(tree: SourceTree, add: Callable[[str, str, SourcePos], None]) -> None:
+    doc: dict[str, Any] = tree.value
+    for url, body in doc.items():
+        retention = body.get("retention") if url != "replays" and isinstance(body, dict) else None
+        if not isinstance(retention, dict):
+            continue
+        for key in ("newest", "oldest"):
+            value = retention.get(key)
+            if isinstance(value, str):
+                msg = (f"{key}: {value} is a string in YAML 1.2 (upstream arrakis-server fails "
+                       "on it); write .inf")
+                add("SM201", msg, tree.pos((url, "retention", key)))
+
+
+def _diag(code: str, message: str, file: str, pos: SourcePos | None) -> Diagnostic:
+    line, col = (pos.line, pos.column) if pos else (0, 0)
+    return Diagnostic(severity_of(code), code, message, file, line, col)

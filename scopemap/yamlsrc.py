@@ -1,0 +1,149 @@
+"""YAML text to plain Python values, remembering where every node came from.
+
+PyYAML's constructors drop positions and silently keep the last of duplicate keys, so we
+compose the node graph ourselves (C composer when available) and convert it: scalars through
+the safe constructor's resolvers, mappings with duplicate-key detection and ``<<`` merges.
+Positions are recorded per *path* (tuple of keys/indices), for the value and, in mappings,
+for the key, so later checks can point at the right line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from scopemap.model import SourcePos
+
+Path = tuple[str | int, ...]
+
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_MAX_NODES = 2_000_000  # guards against alias bombs ("billion laughs")
+
+
+@dataclass
+class SourceTree:
+    """The converted document plus positions and the problems met while converting."""
+
+    value: Any = None
+    value_pos: dict[Path, SourcePos] = field(default_factory=dict)
+    key_pos: dict[Path, SourcePos] = field(default_factory=dict)
+    duplicates: list[tuple[Path, SourcePos, SourcePos]] = field(default_factory=list)
+    bad_keys: list[tuple[Path, SourcePos]] = field(default_factory=list)
+    syntax_error: tuple[str, SourcePos] | None = None
+
+    def pos(self, path: Path, *, key: bool = False) -> SourcePos:
+        """Best position for ``path``: its key or value, else the nearest ancestor."""
+        while True:
+            found = (self.key_pos.get(path) if key else None) or self.value_pos.get(path)
+            if found is not None or not path:
+                return found or SourcePos(1, 1)
+            path = path[:-1]
+
+
+def _mark(node: yaml.Node) -> SourcePos:
+    return SourcePos(node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+class _Converter:
+    def __init__(self, tree: SourceTree) -> None:
+        self.tree = tree
+        self.count = 0
+        self.constructor = yaml.constructor.SafeConstructor()
+        self.scalar: dict[str, Callable[[yaml.ScalarNode], Any]] = {
+            "tag:yaml.org,2002:null": self.constructor.construct_yaml_null,
+            "tag:yaml.org,2002:bool": self.constructor.construct_yaml_bool,
+            "tag:yaml.org,2002:int": self.constructor.construct_yaml_int,
+            "tag:yaml.org,2002:float": self.constructor.construct_yaml_float,
+        }
+        self.active: set[int] = set()  # node ids on the current path (recursive aliases)
+
+    def convert(self, node: yaml.Node, path: Path) -> Any:
+        self.count += 1
+        if self.count > _MAX_NODES:
+            raise _TooLarge
+        self.tree.value_pos.setdefault(path, _mark(node))
+        if isinstance(node, yaml.ScalarNode):
+            build = self.scalar.get(node.tag)
+            if build is None:
+                return str(node.value)  # str, and any other tag read as its text
+            return build(node)
+        if id(node) in self.active:
+            raise _Recursive(_mark(node))
+        self.active.add(id(node))
+        try:
+            if isinstance(node, yaml.SequenceNode):
+                return [self.convert(item, (*path, i)) for i, item in enumerate(node.value)]
+            if isinstance(node, yaml.MappingNode):
+                return self._mapping(node, path)
+            return None  # pragma: no cover - no other node kinds
+        finally:
+            self.active.discard(id(node))
+
+    def _mapping(self, node: yaml.MappingNode, path: Path) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        merged: list[dict[str, Any]] = []
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                value = self.convert(value_node, (*path, "<<"))
+                sources = value if isinstance(value, list) else [value]
+                merged.extend(s for s in sources if isinstance(s, dict))
+                continue
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag == "tag:yaml.org,2002:str":
+                key = str(key_node.value)
+            else:
+                raw_key = self.convert(key_node, (*path, "<key>"))
+                key = raw_key if isinstance(raw_key, str) else str(raw_key)
+                if not isinstance(raw_key, str):
+                    self.tree.bad_keys.append(((*path, key), _mark(key_node)))
+            child = (*path, key)
+            if key in out:
+                first = self.tree.key_pos[child]
+                self.tree.duplicates.append((child, _mark(key_node), first))
+                continue
+            self.tree.key_pos[child] = _mark(key_node)
+            self.tree.value_pos.pop(child, None)
+            out[key] = self.convert(value_node, child)
+        for source in merged:  # explicit keys win over merged ones
+            for k, v in source.items():
+                out.setdefault(k, v)
+        return out
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Recursive(Exception):
+    def __init__(self, pos: SourcePos) -> None:
+        self.pos = pos
+
+
+def parse_yaml(text: str) -> SourceTree:
+    """Never raises on user input: problems land in ``syntax_error`` and friends."""
+    tree = SourceTree()
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        pos = SourcePos(mark.line + 1, mark.column + 1) if mark else SourcePos(1, 1)
+        problem = exc.problem or exc.context or "invalid YAML"
+        tree.syntax_error = (f"invalid YAML: {problem}", pos)
+        return tree
+    except (yaml.YAMLError, ValueError, RecursionError, MemoryError) as exc:
+        tree.syntax_error = (f"invalid YAML: {exc}", SourcePos(1, 1))
+        return tree
+    if node is None:
+        return tree
+    try:
+        tree.value = _Converter(tree).convert(node, ())
+    except _TooLarge:
+        tree.syntax_error = ("document too large (alias expansion?)", SourcePos(1, 1))
+    except _Recursive as exc:
+        tree.syntax_error = ("recursive YAML alias", exc.pos)
+    except (yaml.YAMLError, ValueError, TypeError, RecursionError) as exc:
+        tree.syntax_error = (f"invalid YAML value: {exc}", SourcePos(1, 1))
+    return tree
