@@ -49,6 +49,7 @@ __all__ = [
     "to_flight_error",
 ]
 
+
 def is_retryable(exc: ArrakisError) -> bool:
     """A replica may succeed where this endpoint failed (the request itself is not at fault)."""
     if isinstance(exc, ChannelsNotAvailableError):

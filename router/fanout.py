@@ -153,7 +153,9 @@ class GroupFeed:
                 return
             self._idle.set()
         log.warning(
-            "downstream_idle", endpoint=self._current_url, slice=self.label,
+            "downstream_idle",
+            endpoint=self._current_url,
+            slice=self.label,
             idle_timeout=self._idle_timeout,
         )
         current.cancel()

@@ -7,6 +7,7 @@ costs one downstream Describe, not two.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -90,7 +91,7 @@ def describe_groups(
         _, batches = fetch_first(pool, endpoints, command, call)
         return metas_from_batches(batches)
 
-    answers = gather(executor, [lambda g=g: one(*g) for g in groups])
+    answers = gather(executor, [functools.partial(one, *g) for g in groups])
     out: dict[str, ChannelMeta] = {}
     for (channels, _, _), metas in zip(groups, answers, strict=True):
         wanted = set(channels)
@@ -120,7 +121,7 @@ def find_targets(
         _, batches = fetch_first(pool, endpoints, command, call)
         return metas_from_batches(batches)
 
-    answers = gather(executor, [lambda t=t: one(*t) for t in targets])
+    answers = gather(executor, [functools.partial(one, *t) for t in targets])
     seen: set[str] = set()
     out: list[ChannelMeta] = []
     for metas in answers:

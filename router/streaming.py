@@ -3,6 +3,7 @@ everything stitched into one on-grid block stream (see :mod:`router.stitch`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -116,7 +117,8 @@ class StreamExecution:
             f"feeds={self._feeds}>"
         )
 
-    def _slice_blocks(self, sl: StreamSlice) -> Iterator[Block]:
+    def _open_slice(self, sl: StreamSlice) -> list[GroupFeed]:
+        """Create and start one feed per channel group of the slice."""
         grid = self.grid
         lo = grid.floor(sl.start) if sl.start is not None else None
         feeds: list[GroupFeed] = []
@@ -128,28 +130,34 @@ class StreamExecution:
                 start = resume if resume is not None else lo
                 return self._envelope.replace(channels=channels, start=start, end=sl.end).encode()
 
-            feed = GroupFeed(
-                self._pool,
-                group.endpoints,
-                command_for,
-                self._call,
-                batch_end=batch_end(grid),
-                should_stop=self._should_stop,
-                idle_timeout=self._options.idle_timeout,
-                queue_size=self._options.queue_size,
-                poll=self._options.poll,
-                label=slice_label(sl, group.channels),
+            label = slice_label(sl, group.channels)
+            feeds.append(
+                GroupFeed(
+                    self._pool,
+                    group.endpoints,
+                    command_for,
+                    dataclasses.replace(self._call, what=f"Stream {label}"),
+                    batch_end=batch_end(grid),
+                    should_stop=self._should_stop,
+                    idle_timeout=self._options.idle_timeout,
+                    queue_size=self._options.queue_size,
+                    poll=self._options.poll,
+                    label=label,
+                )
             )
-            feeds.append(feed)
         self._feeds.extend(feeds)
         log.debug(
             "slice_open", slice=f"[{seconds(sl.start)}, {seconds(sl.end)})", groups=len(feeds)
         )
+        for feed in feeds:
+            feed.start()
+        return feeds
+
+    def _slice_blocks(self, sl: StreamSlice, feeds: list[GroupFeed]) -> Iterator[Block]:
+        lo = self.grid.floor(sl.start) if sl.start is not None else None
         try:
-            for feed in feeds:
-                feed.start()
             merged = merge_groups(
-                rebucket(feed, grid, group.channels)
+                rebucket(feed, self.grid, group.channels)
                 for feed, group in zip(feeds, sl.groups, strict=True)
             )
             yield from trim(merged, lo, sl.end)
@@ -161,10 +169,14 @@ class StreamExecution:
         request = self.plan.request
         assert request.start is not None
         head = self.grid.floor(request.start)
-        blocks = coalesce_duplicates(
-            chain.from_iterable(self._slice_blocks(s) for s in self.plan.slices)
-        )
         try:
+            # Every slice's downstream calls start now (each bounded by its feed's queue):
+            # a later slice is opened while its retention window still holds the data,
+            # not after the earlier slices have been read.
+            opened = [(sl, self._open_slice(sl)) for sl in self.plan.slices]
+            blocks = coalesce_duplicates(
+                chain.from_iterable(self._slice_blocks(sl, feeds) for sl, feeds in opened)
+            )
             for batch in to_batches(
                 fill_gaps(blocks, head, request.end, self.grid.duration), self.grid
             ):

@@ -107,8 +107,10 @@ class Builder:
         doc = self.tree.value
         if not isinstance(doc, dict):
             return None
-        replays = self._replays(doc.get("replays"))
-        self.replay_names = set(replays)
+        raw_replays = doc.get("replays")
+        replays = self._replays(raw_replays)
+        # invalid replays are reported once, not again at every reference
+        self.replay_names = set(raw_replays) if isinstance(raw_replays, dict) else set()
         endpoints: list[Endpoint] = []
         seen: dict[str, str] = {}
         for url, body in doc.items():
@@ -141,10 +143,10 @@ class Builder:
         for name, body in raw.items():
             if not isinstance(body, dict):
                 continue
-            start, end = body.get("start"), body.get("end")
-            if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (start, end)):
+            start: Any = body.get("start")
+            end: Any = body.get("end")
+            if not (_is_number(start) and _is_number(end)):
                 continue
-            assert isinstance(start, int | float) and isinstance(end, int | float)
             if not (math.isfinite(start) and math.isfinite(end)) or end <= start:
                 msg = f"replay {name!r}: end ({end}) must be after start ({start})"
                 self.error("SM109", msg, ("replays", name), True)
@@ -298,6 +300,10 @@ class Builder:
         if rid not in self.replay_names:
             known = ", ".join(sorted(self.replay_names)) or "none defined"
             self.error("SM108", f"replay {rid!r} is not defined under 'replays' ({known})", path)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _to_ns(seconds: float) -> int:

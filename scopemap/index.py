@@ -104,11 +104,11 @@ def _borrow_direct_read(ep: Endpoint, entry: ScopeEntry) -> ScopeEntry:
         if general.domain != entry.domain or general.direct_read is None:
             continue
         if entry.kind == "channel" and entry.value is not None:
-            if general.matches(parse_channel_name(entry.value), entry.value):
-                return replace(entry, direct_read=general.direct_read)
-        elif entry.kind == "subsystem" and general.kind == "subsystem":
-            if general.value == entry.value:
-                return replace(entry, direct_read=general.direct_read)
+            covers = general.matches(parse_channel_name(entry.value), entry.value)
+        else:
+            covers = entry.kind == general.kind == "subsystem" and general.value == entry.value
+        if covers:
+            return replace(entry, direct_read=general.direct_read)
     return entry
 
 

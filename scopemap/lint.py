@@ -23,10 +23,15 @@ Warning_ = tuple[str, str, SourcePos]
 Age = tuple[float, float]  # (newest, oldest]
 
 
-def lint(scope_map: ScopeMap, retention_pos: Callable[[str], SourcePos]) -> list[Warning_]:
+def lint(
+    scope_map: ScopeMap,
+    retention_pos: Callable[[str], SourcePos],
+    domain_pos: Callable[[str, str], SourcePos],
+) -> list[Warning_]:
+    """``retention_pos(url)`` / ``domain_pos(url, domain)`` locate the YAML keys."""
     out: list[Warning_] = []
     out.extend(_gaps(scope_map, retention_pos))
-    out.extend(_no_live(scope_map))
+    out.extend(_no_live(scope_map, domain_pos))
     out.extend(_inert(scope_map))
     out.extend(_unused_replays(scope_map))
     return out
@@ -84,12 +89,13 @@ def _gaps(sm: ScopeMap, retention_pos: Callable[[str], SourcePos]) -> Iterator[W
             yield "SM202", msg, retention_pos(url)
 
 
-def _no_live(sm: ScopeMap) -> Iterator[Warning_]:
+def _no_live(sm: ScopeMap, domain_pos: Callable[[str, str], SourcePos]) -> Iterator[Warning_]:
     first: dict[str, SourcePos] = {}
     live: set[str] = set()
     for ep in sm.endpoints:
         for e in _untagged(ep):
-            first.setdefault(e.domain, e.source or SourcePos(1, 1))
+            if e.domain not in first:
+                first[e.domain] = domain_pos(ep.url, e.domain)
             if ep.retention.is_live:
                 live.add(e.domain)
     for domain, pos in first.items():

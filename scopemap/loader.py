@@ -83,8 +83,14 @@ def load_text(text: str, filename: str = "<string>") -> LoadResult:
         scope_map = None
     if scope_map is not None:
         _string_infinity(tree, add)
-        pos_of: Callable[[str], SourcePos] = lambda url: tree.pos((url, "retention"), key=True)
-        for code, message, pos in lint(scope_map, pos_of):
+
+        def retention_pos(url: str) -> SourcePos:
+            return tree.pos((url, "retention"), key=True)
+
+        def domain_pos(url: str, domain: str) -> SourcePos:
+            return tree.pos((url, "scopes", domain), key=True)
+
+        for code, message, pos in lint(scope_map, retention_pos, domain_pos):
             add(code, message, pos)
     found.sort(key=lambda d: (d.line, d.column, d.code))
     return LoadResult(scope_map, tuple(found))

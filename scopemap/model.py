@@ -10,14 +10,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from types import MappingProxyType
 from typing import Literal
 
 NS_PER_S = 1_000_000_000
 
 
-class Severity(str, Enum):
+class Severity(StrEnum):
     ERROR = "error"
     WARNING = "warning"
 
@@ -34,7 +34,8 @@ class Diagnostic:
     column: int  # 1-based
 
     def format(self) -> str:
-        return f"{self.file}:{self.line}:{self.column}: {self.severity.value} {self.code}: {self.message}"
+        where = f"{self.file}:{self.line}:{self.column}"
+        return f"{where}: {self.severity.value} {self.code}: {self.message}"
 
 
 @dataclass(frozen=True)

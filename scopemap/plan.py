@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-
 # --------------------------------------------------------------------------- requests
 # scopemap has its own request values so that it never imports the wire layer.
 
@@ -50,7 +49,7 @@ class PublishRequest:
 # --------------------------------------------------------------------------- plans
 
 
-class Reason(str, Enum):
+class Reason(str, Enum):  # noqa: UP042 (str() of members is part of the contract)
     """Why a (channel, time range) cannot be served. Stable strings, shown to clients."""
 
     NO_SCOPE = "no endpoint claims this channel"

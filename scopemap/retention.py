@@ -31,7 +31,7 @@ class RetentionTree(Generic[T]):
     Ages are integer nanoseconds; ``-inf``/``inf`` bounds are allowed.
     """
 
-    __slots__ = ("_items", "_los", "_his", "_max", "_size")
+    __slots__ = ("_his", "_items", "_los", "_max", "_size")
 
     def __init__(self, windows: Iterable[tuple[T, float, float]]) -> None:
         ordered = sorted(windows, key=lambda w: w[1])

@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from scopemap.fastcheck import fast_valid
 from scopemap.yamlsrc import Path as NodePath
 
 SCHEMA_NAME = "scope-map.schema.json"
@@ -86,6 +87,8 @@ def _context(allowed: list[str]) -> str:
 
 def validate(doc: Any) -> Iterator[Finding]:
     """Yield findings for ``doc``; nothing when it matches the schema."""
+    if fast_valid(doc):
+        return
     for err in _validator().iter_errors(doc):
         yield from _translate(err)
 
@@ -105,7 +108,8 @@ def _translate(err: Any) -> Iterator[Finding]:
     if keyword == "const" and path and path[-1] == "all":
         yield "SM105", f"'all' must be true, got {instance!r}", path, False
         return
-    if keyword == "anyOf" and len(path) >= 4 and path[-3] == "scopes" and isinstance(instance, dict):
+    is_entry = len(path) >= 4 and path[-3] == "scopes" and isinstance(instance, dict)
+    if keyword == "anyOf" and is_entry:
         yield (
             "SM106",
             "scope entry has none of the keys all, publisher, subsystem, channel"
@@ -118,11 +122,11 @@ def _translate(err: Any) -> Iterator[Finding]:
         yield "SM103", f"direct_read must be a kafka:// URL, got {instance!r}", path, False
         return
     if len(path) >= 3 and path[-2] == "retention" and path[-1] in ("newest", "oldest"):
-        if isinstance(instance, int | float) and not isinstance(instance, bool):
-            if instance < 0 or math.isnan(instance):
-                msg = f"retention {path[-1]} must be a non-negative age in seconds, got {instance}"
-                yield "SM102", msg, path, False
-                return
+        number = isinstance(instance, int | float) and not isinstance(instance, bool)
+        if number and (instance < 0 or math.isnan(instance)):
+            msg = f"retention {path[-1]} must be a non-negative age in seconds, got {instance}"
+            yield "SM102", msg, path, False
+            return
         msg = f"retention {path[-1]} must be a number of seconds or .inf, got {instance!r}"
         yield "SM010", msg, path, False
         return

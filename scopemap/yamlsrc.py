@@ -29,8 +29,9 @@ class SourceTree:
     """The converted document plus positions and the problems met while converting."""
 
     value: Any = None
-    value_pos: dict[Path, SourcePos] = field(default_factory=dict)
-    key_pos: dict[Path, SourcePos] = field(default_factory=dict)
+    # nodes, not positions: marks are only turned into positions when a finding needs one
+    value_pos: dict[Path, yaml.Node] = field(default_factory=dict)
+    key_pos: dict[Path, yaml.Node] = field(default_factory=dict)
     duplicates: list[tuple[Path, SourcePos, SourcePos]] = field(default_factory=list)
     bad_keys: list[tuple[Path, SourcePos]] = field(default_factory=list)
     syntax_error: tuple[str, SourcePos] | None = None
@@ -39,8 +40,10 @@ class SourceTree:
         """Best position for ``path``: its key or value, else the nearest ancestor."""
         while True:
             found = (self.key_pos.get(path) if key else None) or self.value_pos.get(path)
-            if found is not None or not path:
-                return found or SourcePos(1, 1)
+            if found is not None:
+                return _mark(found)
+            if not path:
+                return SourcePos(1, 1)
             path = path[:-1]
 
 
@@ -65,7 +68,7 @@ class _Converter:
         self.count += 1
         if self.count > _MAX_NODES:
             raise _TooLarge
-        self.tree.value_pos.setdefault(path, _mark(node))
+        self.tree.value_pos.setdefault(path, node)
         if isinstance(node, yaml.ScalarNode):
             build = self.scalar.get(node.tag)
             if build is None:
@@ -101,10 +104,10 @@ class _Converter:
                     self.tree.bad_keys.append(((*path, key), _mark(key_node)))
             child = (*path, key)
             if key in out:
-                first = self.tree.key_pos[child]
+                first = _mark(self.tree.key_pos[child])
                 self.tree.duplicates.append((child, _mark(key_node), first))
                 continue
-            self.tree.key_pos[child] = _mark(key_node)
+            self.tree.key_pos[child] = key_node
             self.tree.value_pos.pop(child, None)
             out[key] = self.convert(value_node, child)
         for source in merged:  # explicit keys win over merged ones

@@ -8,6 +8,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
+from router.protocol.arrow import DTYPES
+
 __all__ = [
     "batch_columns",
     "block_batch",
@@ -41,6 +43,7 @@ def samples_per_block(rate: int, duration_ns: int) -> int:
     return n
 
 
+_NUMPY: dict[pa.DataType, np.dtype] = {t: np.dtype(name) for name, t in DTYPES.items()}
 _OFFSETS: dict[int, pa.Array] = {}
 
 
@@ -63,7 +66,7 @@ def _values(
     if isinstance(data, pa.Array):
         arr = data if data.type == value_type else data.cast(value_type)
     else:
-        np_type = value_type.to_pandas_dtype()
+        np_type = _NUMPY[value_type]
         if isinstance(data, np.ma.MaskedArray):
             mask = np.ma.getmaskarray(data)
             raw = np.ma.getdata(data).astype(np_type, copy=False)

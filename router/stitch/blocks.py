@@ -63,9 +63,7 @@ class Grid:
         if cell is None:
             layout = self.channels[name]
             values = pa.nulls(layout.samples, layout.value_type)
-            cell = pa.ListArray.from_arrays(
-                pa.array([0, layout.samples], pa.int32()), values
-            )
+            cell = pa.ListArray.from_arrays(pa.array([0, layout.samples], pa.int32()), values)
             self._null_cells[name] = cell
         return cell
 

@@ -63,9 +63,7 @@ def _coalesce_cell(first: pa.Array | None, second: pa.Array | None) -> pa.Array 
 def _coalesce(first: Block, second: Block) -> Block:
     names = set(first.cells) | set(second.cells)
     cells = {n: c for n in names if (c := _coalesce_cell(first.cells.get(n), second.cells.get(n)))}
-    same = cells.keys() == first.cells.keys() and all(
-        cells[n] is first.cells[n] for n in cells
-    )
+    same = cells.keys() == first.cells.keys() and all(cells[n] is first.cells[n] for n in cells)
     return first if same else Block(first.time, cells)
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from itertools import chain
+from itertools import chain, pairwise
+from typing import Any
 
 import pyarrow as pa
 from hypothesis import given
@@ -84,13 +85,14 @@ def test_coalesce_duplicates_fills_nulls_of_first_copy() -> None:
 # ---------------------------------------------------------------------- whole pipeline
 
 
-def _pipeline(slices, grid, start, end):  # type: ignore[no-untyped-def]
+def _pipeline(slices: Any, grid: Any, start: int, end: int) -> Any:
     per_slice = []
     for lo, hi, groups in slices:
         merged = merge_groups(rebucket(b, grid, chans) for chans, b in groups)
         per_slice.append(trim(merged, grid.floor(lo), hi))
-    blocks = fill_gaps(coalesce_duplicates(chain.from_iterable(per_slice)), grid.floor(start), end,
-                       grid.duration)
+    blocks = fill_gaps(
+        coalesce_duplicates(chain.from_iterable(per_slice)), grid.floor(start), end, grid.duration
+    )
     return rows(to_batches(blocks, grid))
 
 
@@ -107,7 +109,7 @@ def scenarios(draw):  # type: ignore[no-untyped-def]
     bounds = [start, *[c for c in cuts if start < c < end], end]
     present: dict[tuple[str, int], bool] = {}
     slices = []
-    for lo, hi in zip(bounds, bounds[1:], strict=False):
+    for lo, hi in pairwise(bounds):
         groups = []
         split = draw(st.booleans())
         parts = [[m] for m in metas] if split else [metas]
@@ -141,7 +143,7 @@ def test_pipeline_matches_reference(scenario) -> None:  # type: ignore[no-untype
             stride = m.stride or 0
             for k in range(d // stride):
                 sub = t + k * stride
-                seg = got[k * (n * stride // d):(k + 1) * (n * stride // d)]
+                seg = got[k * (n * stride // d) : (k + 1) * (n * stride // d)]
                 if present.get((m.name, sub)):
                     assert seg == list(values(m.sample_rate, sub, len(seg)))
                 else:

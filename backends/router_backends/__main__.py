@@ -1,0 +1,7 @@
+"""``python -m router_backends`` = ``router-backend``."""
+
+import sys
+
+from router_backends.cli import main
+
+sys.exit(main())

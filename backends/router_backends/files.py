@@ -1,0 +1,174 @@
+"""``router-backend files DIR``: serve a recording (see ``backends/FILES.md``).
+
+The recording is opened and validated at start-up (a bad DIR is a one-line error, exit
+status 2); chunk files are memory-mapped when a stream first needs them.  Streams must lie
+inside the recorded span: a recording has no live data and no open end.  Blocks missing from
+the recording are served as null-filled blocks.  ``--retention`` works as for the mock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+import sys
+import threading
+from collections.abc import Generator, Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+
+import pyarrow as pa
+
+from router.protocol.channel import ChannelMeta
+from router.protocol.envelope import DescribeArgs, FindArgs, StreamArgs
+from router.protocol.errors import (
+    ChannelsNotAvailableError,
+    InternalError,
+    UnavailableError,
+)
+from router_backends.base import Backend, BackendServer, BlockStream, CallContext
+from router_backends.files_layout import RecordingError
+from router_backends.files_reader import Recording
+from router_backends.retention import Retention, parse_retention
+
+__all__ = ["FilesBackend", "configure_files", "run_files"]
+
+DEFAULT_URL = "grpc://127.0.0.1:31206"
+
+
+class FilesBackend(Backend):
+    """Answers from a recording directory; metadata is the recording's, whatever the time."""
+
+    kind = "files"
+
+    def __init__(self, path: str | Path, *, retention: Retention | None = None) -> None:
+        self.recording = Recording(path)
+        self.retention = retention or Retention()
+        scopes: dict[str, set[str]] = {}
+        for meta in self.recording.order:
+            scopes.setdefault(meta.domain, set()).add(meta.subsystem)
+        self._scopes = {d: sorted(s) for d, s in sorted(scopes.items())}
+
+    def __repr__(self) -> str:
+        return f"<FilesBackend {self.recording!r} retention={self.retention}>"
+
+    def scopes(self) -> Mapping[str, Sequence[str]]:
+        return self._scopes
+
+    def find(self, args: FindArgs, ctx: CallContext) -> list[ChannelMeta]:
+        pattern = re.compile(args.pattern)
+        dtypes = set(args.data_type)
+        pubs = set(args.publisher)
+        return [
+            m
+            for m in self.recording.order
+            if pattern.match(m.name)
+            and m.replay_id == args.replay_id
+            and args.min_rate <= m.sample_rate <= args.max_rate
+            and (not dtypes or m.data_type in dtypes)
+            and (not pubs or m.publisher in pubs)
+        ]
+
+    def describe(self, args: DescribeArgs, ctx: CallContext) -> list[ChannelMeta]:
+        channels = self.recording.channels
+        unknown = [name for name in args.channels if name not in channels]
+        if unknown:
+            raise ChannelsNotAvailableError(unknown)
+        return [channels[name] for name in args.channels]
+
+    def stream_metadata(self, args: StreamArgs, ctx: CallContext) -> Sequence[ChannelMeta]:
+        """Describe, plus the span check (so GetFlightInfo refuses what DoGet would)."""
+        metas = self.describe(DescribeArgs(args.channels, args.start, args.replay_id), ctx)
+        rec = self.recording
+        span = f"[{rec.start_ns}, {rec.end_ns})"
+        if args.start is None:
+            raise UnavailableError(
+                f"a recording has no live data: {rec.path} covers GPS ns {span}; "
+                "give a start and an end"
+            )
+        if args.end is None:
+            raise UnavailableError(
+                f"a recording has no open end: {rec.path} covers GPS ns {span}; give an end"
+            )
+        if args.start < rec.start_ns or args.end > rec.end_ns:
+            raise UnavailableError(
+                f"stream [{args.start}, {args.end}) is outside the recorded span {span} of "
+                f"{rec.path}"
+            )
+        return metas
+
+    def stream(self, args: StreamArgs, ctx: CallContext) -> BlockStream:
+        metas = self.stream_metadata(args, ctx)
+        assert args.start is not None and args.end is not None
+        schema, block_ns, blocks = self.recording.blocks(metas, args.start, args.end)
+
+        def guarded() -> Generator[pa.RecordBatch, None, None]:
+            try:
+                yield from blocks
+            except RecordingError as exc:
+                raise InternalError(f"recording is damaged: {exc}") from None
+
+        gen = guarded()
+        return BlockStream(schema, block_ns, gen, close=gen.close)
+
+    def close(self) -> None:
+        self.recording.close()
+
+
+# ---------------------------------------------------------------------- command line
+
+
+def configure_files(parser: argparse.ArgumentParser) -> None:
+    """Options of ``router-backend files``."""
+    parser.description = "Serve a recording made by `router-backend record` (Arrow IPC files)."
+    parser.add_argument("dir", metavar="DIR", help="recording directory")
+    parser.add_argument(
+        "--url",
+        default=DEFAULT_URL,
+        help="bind URL; port 0 picks a free port (the bound URL is printed on stdout)",
+    )
+    parser.add_argument(
+        "--retention",
+        default=None,
+        metavar="NEWEST,OLDEST",
+        help="serve only data aged NEWEST..OLDEST seconds (inf allowed); default 0,inf",
+    )
+
+
+def run_files(args: argparse.Namespace) -> int:
+    """Serve ``args.dir`` until SIGTERM/SIGINT; 2 on a bad recording or option."""
+    from router_backends.cli import normalise_url
+
+    try:
+        retention = parse_retention(args.retention) if args.retention else Retention()
+        backend = FilesBackend(args.dir, retention=retention)
+        server = BackendServer(backend, normalise_url(args.url))
+    except (RecordingError, ValueError, OSError) as exc:
+        print(f"router-backend files: error: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(f"serving {server.url}", flush=True)
+    import structlog
+
+    log = structlog.get_logger("router_backends")
+    rec = backend.recording
+    log.info(
+        "serving",
+        url=server.url,
+        recording=str(rec.path),
+        channels=len(rec.channels),
+        groups=len(rec.groups),
+        span=[rec.start_ns, rec.end_ns],
+        retention=retention.to_json(),
+    )
+    while not stop.wait(0.5):
+        pass
+    server.shutdown()
+    log.info("stopped", url=server.url)
+    return 0

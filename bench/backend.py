@@ -1,0 +1,184 @@
+"""Stream throughput of `router-backend mock` vs upstream `arrakis-server mock`.
+
+Both mocks load the same channel TOML (upstream's format: a `[common]` table, one table per
+channel) and answer the same bounded Stream request; the stream is read with plain pyarrow
+(GetFlightInfo + DoGet of every endpoint) so the `arrakis` client's own cost is not
+measured. Runs are interleaved (ours, upstream, ours, ...); figures are medians of MB/s of
+samples (list values only, not times or offsets); the ratio is ours / upstream.
+
+    python bench/backend.py [--reps 3] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import selectors
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pyarrow.flight as flight
+from _harness import BIN, median, process, table, timed
+
+TARGET = 5.0
+STRIDE = 62_500_000
+START_S = 1_400_000_000
+FAST = [f"X1:BENCH-FAST_{i:02d}" for i in range(20)]
+SLOW = [f"X1:BENCH-SLOW_{i:03d}" for i in range(500)]
+CASES = [  # (label, channels, seconds)
+    ("1 x 16384 Hz, 256 s", FAST[:1], 256),
+    ("20 x 16384 Hz, 64 s", FAST, 64),
+    ("500 x 256 Hz, 64 s", SLOW, 64),
+]
+
+
+def write_inputs(tmp: Path) -> Path:
+    """The channel TOML both mocks load (upstream's format)."""
+    lines = [
+        "[common]",
+        'data_type = "float32"',
+        f"stride = {STRIDE}",
+        "max_latency = 1000000000",
+        'publisher = "BENCH"',
+        "",
+    ]
+    for name in FAST:
+        lines += [f'["{name}"]', "sample_rate = 16384", ""]
+    for name in SLOW:
+        lines += [f'["{name}"]', "sample_rate = 256", ""]
+    toml = tmp / "bench-channels.toml"
+    toml.write_text("\n".join(lines))
+    return toml
+
+
+def stream_cmd(channels: list[str], seconds: int) -> bytes:
+    start = START_S * 10**9
+    doc = {
+        "request": "Stream",
+        "args": {
+            "channels": channels,
+            "start": start,
+            "end": start + seconds * 10**9,
+            "replay_start": None,
+            "replay_end": None,
+            "replay_id": None,
+        },
+        "version": "0.5.0",
+    }
+    return json.dumps(doc).encode()
+
+
+def _read_upstream_url(proc: subprocess.Popen[str], timeout: float) -> str:
+    """Upstream logs `... : URL: grpc://HOST:PORT` on stderr once bound."""
+    assert proc.stderr is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stderr, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"arrakis-server exited with status {proc.returncode}")
+        if sel.select(timeout=0.2):
+            line = proc.stderr.readline()
+            if " URL: " in line:
+                return line.rsplit("URL: ", 1)[1].strip()
+    raise RuntimeError(f"arrakis-server did not report its URL within {timeout:.0f} s")
+
+
+@contextlib.contextmanager
+def upstream_mock(toml: Path, timeout: float = 60.0) -> Iterator[str]:
+    """`arrakis-server -u grpc://127.0.0.1:0 mock TOML`; yield its URL; always stopped."""
+    argv = [str(BIN / "arrakis-server"), "-u", "grpc://127.0.0.1:0", "mock", str(toml)]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=dict(os.environ)
+    )
+    try:
+        url = _read_upstream_url(proc, timeout)
+        # keep draining its log so a chatty server never blocks on a full pipe
+        threading.Thread(target=lambda: proc.stderr and proc.stderr.read(), daemon=True).start()
+        yield url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def raw_doget(url: str, command: bytes) -> int:
+    """Bytes of samples in the whole stream, read with plain pyarrow.
+
+    Each stream is read with ``read_all`` (batches decoded in C++, no Python per batch);
+    its sample bytes are rows x the sample bytes of one row, every block of a stream
+    having the same shape.
+    """
+    client = flight.connect(url)
+    try:
+        info = client.get_flight_info(flight.FlightDescriptor.for_command(command))
+        total = 0
+        for endpoint in info.endpoints:
+            data = client.do_get(endpoint.ticket).read_all()
+            if data.num_rows:
+                first = data.slice(0, 1).combine_chunks()
+                row_bytes = sum(
+                    len(col.chunk(0).flatten()) * col.type.value_type.bit_width // 8
+                    for col in first.columns[1:]
+                )
+                total += data.num_rows * row_bytes
+        return total
+    finally:
+        client.close()
+
+
+def interleaved(reps: int, fns: dict[str, Callable[[], int]]) -> dict[str, list[float]]:
+    rates: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            secs, nbytes = timed(fn)
+            rates[name].append(int(nbytes) / secs / 1e6)  # type: ignore[call-overload]
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="1 rep, 8 s per case")
+    args = parser.parse_args()
+    reps = 1 if args.quick else args.reps
+    cases = [(lbl, ch, 8 if args.quick else s) for lbl, ch, s in CASES]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="arrakis-bench-") as tmpdir:
+        toml = write_inputs(Path(tmpdir))
+        ours_argv = [str(BIN / "router-backend"), "mock", "--url", "grpc://127.0.0.1:0", str(toml)]
+        with process("router-backend mock", ours_argv) as ours, upstream_mock(toml) as upstream:
+            for label, channels, seconds in cases:
+                cmd = stream_cmd(channels, seconds)
+                raw_doget(ours, cmd)  # warm both: connections, caches, first-call imports
+                raw_doget(upstream, cmd)
+                r = interleaved(
+                    reps,
+                    {
+                        "ours": lambda c=cmd: raw_doget(ours, c),  # type: ignore[misc]
+                        "upstream": lambda c=cmd: raw_doget(upstream, c),  # type: ignore[misc]
+                    },
+                )
+                o, u = median(r["ours"]), median(r["upstream"])
+                flag = "" if o / u >= TARGET else f" (below the {TARGET:g}x target)"
+                label = label if not args.quick else f"{label.split(',')[0]}, {seconds} s"
+                rows.append([label, f"{o:.1f}", f"{u:.1f}", f"{o / u:.1f}x{flag}"])
+                print("stream", rows[-1], flush=True)
+    print()
+    print(f"### Mock stream throughput, raw pyarrow DoGet (MB/s of samples, median of {reps})\n")
+    print(table(["case", "router-backend mock", "arrakis-server mock", "ratio"], rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""``router health URL``: exit 0 when the server answers ``server-info``, else 1 with a
+clear message (used by the Docker HEALTHCHECK)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "url",
+        nargs="?",
+        default="grpc://127.0.0.1:31206",
+        help="router / Arrakis server URL (default grpc://127.0.0.1:31206)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="give up after S seconds (default 5)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import pyarrow.flight as flight
+
+    url = args.url if "://" in args.url else f"grpc://{args.url}"
+    try:
+        client = flight.FlightClient(url)
+        try:
+            options = flight.FlightCallOptions(timeout=args.timeout)
+            results = list(client.do_action(flight.Action("server-info", b""), options))
+            info = json.loads(results[0].body.to_pybytes())
+        finally:
+            client.close()
+    except Exception as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"router health: {url} did not answer server-info: {text}", file=sys.stderr)
+        return 1
+    version = info.get("server_version") if isinstance(info, dict) else None
+    print(f"ok: {url} answers server-info (server_version {version})")
+    return 0

@@ -1,0 +1,140 @@
+"""``router serve``: load and validate the scope map, start the Flight service, serve until
+SIGTERM/SIGINT (graceful), reload on SIGHUP and when the file changes."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from types import FrameType
+from urllib.parse import urlparse
+
+import structlog
+
+from router import __version__
+from router import logging as router_logging
+from router.service import MODES, RouterService, Settings
+
+DEFAULT_URL = "grpc://0.0.0.0:31206"
+log = structlog.get_logger("router.serve")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scope-map", required=True, metavar="FILE", help="scope-map YAML")
+    parser.add_argument(
+        "--url", default=DEFAULT_URL, help=f"bind URL (default {DEFAULT_URL}; port 0 picks one)"
+    )
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default="proxy",
+        help="proxy: stream through the router (default); redirect: hand out "
+        "downstream locations when no time split is needed",
+    )
+    parser.add_argument("--log-format", choices=router_logging.FORMATS, default="console")
+    parser.add_argument("--log-level", choices=router_logging.LEVELS, default="info")
+    parser.add_argument(
+        "--describe-ttl",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds a Describe answer is reused (0 disables the cache)",
+    )
+    parser.add_argument(
+        "--downstream-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="deadline of each downstream metadata call / stream open",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="a downstream stream silent this long fails over / fails",
+    )
+    parser.add_argument(
+        "--watch-interval",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="check the scope-map file for changes every S seconds (0: only SIGHUP)",
+    )
+
+
+def _bind_location(url: str) -> tuple[str, str]:
+    """``(location for pyarrow, host to print)``; a URL without scheme gets ``grpc://``."""
+    if "://" not in url:
+        url = f"grpc://{url}"
+    parsed = urlparse(url)
+    host = parsed.hostname or "0.0.0.0"
+    port = parsed.port if parsed.port is not None else 31206
+    return f"{parsed.scheme}://{host}:{port}", host
+
+
+def run(args: argparse.Namespace) -> int:
+    from router.reload import Reloader
+    from router.server import RouterFlightServer
+    from scopemap import load_path
+
+    router_logging.configure(args.log_format, args.log_level)
+    result = load_path(args.scope_map)
+    for diag in result.diagnostics:
+        print(diag.format(), file=sys.stderr)
+    if not result.ok or result.scope_map is None:
+        print(
+            f"router serve: refusing to start: {args.scope_map} is not a valid scope map",
+            file=sys.stderr,
+        )
+        return 1
+    settings = Settings(
+        mode=args.mode,
+        describe_ttl=args.describe_ttl,
+        downstream_timeout=args.downstream_timeout,
+        idle_timeout=args.idle_timeout,
+    )
+    service = RouterService(result.scope_map, settings)
+    location, host = _bind_location(args.url)
+    try:
+        server = RouterFlightServer(service, location)
+    except Exception as exc:
+        print(f"router serve: cannot bind {location}: {exc}", file=sys.stderr)
+        service.close()
+        return 1
+    reloader = Reloader(service, args.scope_map)
+    stop = threading.Event()
+
+    def on_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    def on_hup(signum: int, frame: FrameType | None) -> None:
+        threading.Thread(target=reloader.reload, args=("SIGHUP",), daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, on_hup)
+    if args.watch_interval > 0:
+        reloader.watch(args.watch_interval)
+    serving = threading.Thread(target=server.serve, name="flight-serve", daemon=True)
+    serving.start()
+    url = f"grpc://{host}:{server.port}"
+    log.info(
+        "router_started",
+        version=__version__,
+        url=url,
+        mode=args.mode,
+        endpoints=len(result.scope_map.endpoints),
+    )
+    print(f"serving {url}", flush=True)
+    while not stop.wait(0.5):
+        pass
+    log.info("router_stopping")
+    service.stopping.set()
+    reloader.stop()
+    server.shutdown()
+    service.close()
+    log.info("router_stopped")
+    return 0

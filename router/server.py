@@ -1,0 +1,164 @@
+"""The Flight adapter: parse → service → translate errors. Nothing else lives here.
+
+Every handler binds the call's request id for logging and maps any exception, including one
+raised while a DoGet stream is being iterated, to a Flight error tagged with the request id
+(unknown exceptions become FlightInternalError without a traceback). Input never kills the
+process.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.flight as flight
+import structlog
+
+from router.errors import ArrakisError, CancelledError, UnsupportedError, to_flight_error
+from router.protocol.envelope import parse_envelope
+from router.protocol.reqid import (
+    REQUEST_ID_MIDDLEWARE_KEY,
+    RequestIdMiddlewareFactory,
+    request_id_from_context,
+)
+from router.service import RouterService
+
+log = structlog.get_logger("router.server")
+
+
+def _level(exc: BaseException) -> str:
+    return "warning" if isinstance(exc, ArrakisError) else "error"
+
+
+@contextmanager
+def edge(request_id: str, op: str) -> Iterator[None]:
+    """Bind the request id; translate whatever escapes into a tagged Flight error."""
+    with structlog.contextvars.bound_contextvars(request_id=request_id):
+        try:
+            yield
+        except flight.FlightError as exc:  # already translated (or raised on purpose)
+            log.warning("request_failed", op=op, error=str(exc))
+            raise to_flight_error(exc, request_id) from None
+        except Exception as exc:
+            getattr(log, _level(exc))(
+                "request_failed",
+                op=op,
+                error=str(exc),
+                error_type=type(exc).__name__,
+                exc_info=not isinstance(exc, ArrakisError),
+            )
+            raise to_flight_error(exc, request_id) from None
+
+
+def guarded(
+    batches: Iterator[pa.RecordBatch], request_id: str, op: str, on_close: Callable[[], None]
+) -> Iterator[pa.RecordBatch]:
+    """Iterate ``batches`` translating errors at the edge; always close the source."""
+    started = time.monotonic()
+    count = 0
+    try:
+        with edge(request_id, op):
+            for batch in batches:
+                count += 1
+                yield batch
+        log.info(
+            "stream_done",
+            request_id=request_id,
+            op=op,
+            batches=count,
+            seconds=round(time.monotonic() - started, 3),
+        )
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+        on_close()
+
+
+class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
+    """Arrow Flight front of a :class:`RouterService`."""
+
+    def __init__(self, service: RouterService, location: str, **kwargs: Any) -> None:
+        middleware = {REQUEST_ID_MIDDLEWARE_KEY: RequestIdMiddlewareFactory()}
+        super().__init__(location, middleware=middleware, **kwargs)
+        self.service = service
+        self.open_streams = 0
+
+    def __repr__(self) -> str:
+        return f"<RouterFlightServer port={self.port} open_streams={self.open_streams}>"
+
+    def get_flight_info(
+        self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
+    ) -> flight.FlightInfo:
+        rid = request_id_from_context(context)
+        with edge(rid, "get_flight_info"):
+            envelope = parse_envelope(descriptor.command or b"")
+            log.info("get_flight_info", request=envelope.request)
+            endpoints = self.service.flight_info(envelope, rid)
+            return flight.FlightInfo(pa.schema([]), descriptor, endpoints, -1, -1)
+
+    def do_get(
+        self, context: flight.ServerCallContext, ticket: flight.Ticket
+    ) -> flight.FlightDataStream:
+        rid = request_id_from_context(context)
+        with edge(rid, "do_get"):
+            envelope = parse_envelope(ticket.ticket)
+            log.info("do_get", request=envelope.request)
+
+            def should_stop() -> bool:
+                return bool(context.is_cancelled()) or self.service.stopping.is_set()
+
+            schema, batches = self.service.do_get(envelope, rid, should_stop)
+            self.open_streams += 1
+
+            def closed() -> None:
+                self.open_streams -= 1
+
+            return flight.GeneratorStream(
+                schema, guarded(batches, rid, f"do_get {envelope.request}", closed)
+            )
+
+    def do_action(
+        self, context: flight.ServerCallContext, action: flight.Action
+    ) -> Iterator[bytes]:
+        rid = request_id_from_context(context)
+        with edge(rid, "do_action"):
+            log.info("do_action", action=action.type)
+            body = self.service.action(action.type)
+        return iter([body])
+
+    def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
+        return self.service.list_actions()
+
+    def list_flights(
+        self, context: flight.ServerCallContext, criteria: bytes
+    ) -> Iterator[flight.FlightInfo]:
+        return iter([])
+
+    def do_put(self, context: Any, descriptor: Any, reader: Any, writer: Any) -> None:
+        rid = request_id_from_context(context)
+        with edge(rid, "do_put"):
+            raise UnsupportedError("DoPut is not part of the Arrakis protocol")
+
+    def do_exchange(
+        self,
+        context: flight.ServerCallContext,
+        descriptor: flight.FlightDescriptor,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.MetadataRecordBatchWriter,
+    ) -> None:
+        rid = request_id_from_context(context)
+        with edge(rid, "do_exchange"):
+            envelope = parse_envelope(descriptor.command or b"")
+            log.info("do_exchange", request=envelope.request)
+            incoming = list(reader.read_all().to_batches())
+            if context.is_cancelled():
+                raise CancelledError("the client cancelled the exchange")
+            answer = self.service.exchange(envelope, incoming, rid)
+            if answer:
+                writer.begin(answer[0].schema)
+                for batch in answer:
+                    writer.write_batch(batch)

@@ -1,0 +1,351 @@
+"""The router service: every Arrakis operation as parse-free, Flight-free-ish methods.
+
+Handlers here take a parsed envelope and a request id, plan with :mod:`scopemap` (GPS now is
+read once per request from the injected clock), execute with the fan-out and the stitcher,
+and return values; the Flight adapter (:mod:`router.server`) only translates.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.flight as flight
+import structlog
+
+from router.actions import ACTIONS, action_body
+from router.downstream import REUSE_MARKER, Call, DownstreamPool
+from router.errors import (
+    CannotServeError,
+    ChannelsNotAvailableError,
+    InvalidRequestError,
+    PlanIncompleteError,
+    ServerError,
+    UnsupportedError,
+)
+from router.fanout import fetch_first
+from router.metadata import DescribeCache, describe_groups, find_targets
+from router.protocol.arrow import (
+    COUNT_SCHEMA,
+    METADATA_SCHEMA,
+    count_batch,
+    metadata_batches,
+)
+from router.protocol.channel import ChannelMeta
+from router.protocol.envelope import (
+    DescribeArgs,
+    Envelope,
+    FindArgs,
+    PublishArgs,
+    StreamArgs,
+)
+from router.protocol.gps import Clock, SystemClock
+from router.stitch import Grid
+from router.streaming import StreamExecution, StreamOptions, make_grid, seconds
+from scopemap import (
+    DescribeRequest,
+    FindPlan,
+    FindRequest,
+    PublishRequest,
+    RoutingIndex,
+    ScopeMap,
+    StreamPlan,
+    StreamRequest,
+    Uncovered,
+    plan_describe,
+    plan_find,
+    plan_publish,
+    plan_stream,
+)
+
+log = structlog.get_logger("router.service")
+
+MODES = ("proxy", "redirect")
+
+
+@dataclass(frozen=True)
+class Settings:
+    mode: str = "proxy"
+    describe_ttl: float = 60.0
+    downstream_timeout: float = 10.0
+    idle_timeout: float = 30.0
+    queue_size: int = 16
+    workers: int = 32
+
+
+@dataclass(frozen=True)
+class Routing:
+    """The active scope map and its index, swapped as one value on reload."""
+
+    scope_map: ScopeMap
+    index: RoutingIndex
+
+    @classmethod
+    def of(cls, scope_map: ScopeMap) -> Routing:
+        return cls(scope_map, RoutingIndex(scope_map))
+
+
+def _reuse(command: bytes) -> flight.FlightEndpoint:
+    return flight.FlightEndpoint(command, [flight.Location(REUSE_MARKER)])
+
+
+def uncovered_text(uncovered: Sequence[Uncovered]) -> str:
+    parts = []
+    for u in uncovered:
+        end = seconds(u.end) if u.end is not None else "open"
+        parts.append(
+            f"{', '.join(u.channels)} in [{seconds(u.start)}, {end}) GPS s: {u.reason.value}"
+        )
+    return "cannot serve the whole request: " + "; ".join(parts)
+
+
+class RouterService:
+    """Everything the Flight adapter calls. Thread-safe; the routing value is swapped whole."""
+
+    def __init__(
+        self,
+        scope_map: ScopeMap,
+        settings: Settings | None = None,
+        *,
+        pool: DownstreamPool | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        if self.settings.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.settings.mode!r}")
+        self._routing = Routing.of(scope_map)
+        self._swap_lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.pool = pool or DownstreamPool()
+        self.clock: Clock = clock or SystemClock()
+        self.cache = DescribeCache(self.settings.describe_ttl)
+        self.executor = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="fanout")
+        self.stream_options = StreamOptions(
+            idle_timeout=self.settings.idle_timeout, queue_size=self.settings.queue_size
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<RouterService mode={self.settings.mode} "
+            f"endpoints={len(self.routing.scope_map.endpoints)} cache={self.cache!r}>"
+        )
+
+    # ------------------------------------------------------------------ state
+    @property
+    def routing(self) -> Routing:
+        return self._routing
+
+    def replace_map(self, scope_map: ScopeMap) -> None:
+        """Make a validated map active (atomic swap); cached metadata is dropped."""
+        routing = Routing.of(scope_map)
+        with self._swap_lock:
+            self._routing = routing
+        self.cache.clear()
+        self.pool.retain({ep.url for ep in scope_map.endpoints})
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.pool.close()
+
+    def call(self, request_id: str, what: str = "") -> Call:
+        return Call(request_id, self.settings.downstream_timeout, what)
+
+    # ------------------------------------------------------------------ GetFlightInfo
+    def flight_info(self, envelope: Envelope, request_id: str) -> list[flight.FlightEndpoint]:
+        args = envelope.args
+        command = envelope.encode()
+        redirect = self.settings.mode == "redirect"
+        if isinstance(args, StreamArgs):
+            plan, grid = self._stream_plan(args, request_id)
+            if redirect and len(plan.slices) == 1:
+                start = grid.floor(args.start) if args.start is not None else None
+                return [
+                    flight.FlightEndpoint(
+                        envelope.replace(channels=g.channels, start=start).encode(), g.endpoints
+                    )
+                    for g in plan.slices[0].groups
+                ]
+            return [_reuse(command)]
+        if isinstance(args, DescribeArgs):
+            routing = self.routing
+            dplan = plan_describe(
+                routing.index,
+                DescribeRequest(args.channels, args.time, args.replay_id),
+                self.clock.now_ns(),
+            )
+            self._check_describe(dplan.uncovered)
+            if redirect and dplan.groups:
+                times = dplan.group_times or tuple(args.time for _ in dplan.groups)
+                return [
+                    flight.FlightEndpoint(
+                        envelope.replace(channels=g.channels, time=t).encode(), g.endpoints
+                    )
+                    for g, t in zip(dplan.groups, times, strict=True)
+                ]
+            return [_reuse(command)]
+        if isinstance(args, FindArgs):
+            self._find_plan(args)
+            return [_reuse(command)]
+        if isinstance(args, PublishArgs):
+            url = self._publish_endpoint(envelope)
+            if redirect:
+                return [flight.FlightEndpoint(command, [url])]
+            return [_reuse(command)]
+        raise InvalidRequestError(f"unsupported request {envelope.request}")  # pragma: no cover
+
+    # ------------------------------------------------------------------ DoGet
+    def do_get(
+        self, envelope: Envelope, request_id: str, should_stop: Callable[[], bool]
+    ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        args = envelope.args
+        if isinstance(args, StreamArgs):
+            plan, grid = self._stream_plan(args, request_id)
+            execution = StreamExecution(
+                plan,
+                grid,
+                envelope,
+                self.pool,
+                self.call(request_id, "Stream"),
+                self.stream_options,
+                should_stop,
+            )
+            log.info(
+                "stream_start",
+                channels=len(args.channels),
+                slices=len(plan.slices),
+                groups=sum(len(s.groups) for s in plan.slices),
+                block_ns=grid.duration,
+            )
+            return grid.schema, iter(execution)
+        if isinstance(args, DescribeArgs):
+            metas = self.describe(args, request_id)
+            return METADATA_SCHEMA, iter(metadata_batches([metas[c] for c in args.channels]))
+        if isinstance(args, FindArgs):
+            found = self.find(args, envelope.version, request_id)
+            if envelope.request == "Count":
+                return COUNT_SCHEMA, iter([count_batch(len(found))])
+            return METADATA_SCHEMA, iter(metadata_batches(found))
+        if isinstance(args, PublishArgs):
+            url = self._publish_endpoint(envelope)
+            _, batches = fetch_first(
+                self.pool, [url], envelope.encode(), self.call(request_id, "Publish")
+            )
+            if not batches:
+                raise ServerError(f"Publish on {url}: empty answer")
+            return batches[0].schema, iter(batches)
+        raise InvalidRequestError(f"unsupported request {envelope.request}")  # pragma: no cover
+
+    # ------------------------------------------------------------------ DoExchange / actions
+    def exchange(
+        self, envelope: Envelope, batches: Sequence[pa.RecordBatch], request_id: str
+    ) -> list[pa.RecordBatch]:
+        if envelope.request != "Partition":
+            raise UnsupportedError(f"DoExchange is only used for Partition, not {envelope.request}")
+        url = self._publish_endpoint(envelope)
+        return self.pool.get(url).exchange(
+            envelope.encode(), batches, self.call(request_id, "Partition")
+        )
+
+    def action(self, kind: str) -> bytes:
+        body = action_body(kind, self.routing.scope_map, self.settings.mode)
+        if body is None:
+            raise ServerError("action not valid")
+        return body
+
+    @staticmethod
+    def list_actions() -> list[tuple[str, str]]:
+        return list(ACTIONS.items())
+
+    # ------------------------------------------------------------------ execution helpers
+    def describe(self, args: DescribeArgs, request_id: str) -> dict[str, ChannelMeta]:
+        found, missing = self.cache.lookup(args.channels, args.time, args.replay_id)
+        if not missing:
+            return found
+        dplan = plan_describe(
+            self.routing.index,
+            DescribeRequest(tuple(missing), args.time, args.replay_id),
+            self.clock.now_ns(),
+        )
+        self._check_describe(dplan.uncovered)
+        times = dplan.group_times or tuple(args.time for _ in dplan.groups)
+        envelope = Envelope("Describe", args)
+        fresh = describe_groups(
+            self.pool,
+            self.executor,
+            envelope,
+            [(g.channels, g.endpoints, t) for g, t in zip(dplan.groups, times, strict=True)],
+            self.call(request_id, "Describe"),
+        )
+        self.cache.store(fresh.values(), args.time, args.replay_id)
+        log.debug("describe_fetched", channels=len(fresh), groups=len(dplan.groups))
+        return {**found, **fresh}
+
+    def find(self, args: FindArgs, version: str | None, request_id: str) -> list[ChannelMeta]:
+        fplan = self._find_plan(args)
+        return find_targets(
+            self.pool,
+            self.executor,
+            Envelope("Find", args, version),
+            [(t.endpoints, t.time, t.replay_id) for t in fplan.targets],
+            self.call(request_id, "Find"),
+        )
+
+    def _find_plan(self, args: FindArgs) -> FindPlan:
+        fplan = plan_find(
+            self.routing.index, FindRequest(args.time, args.replay_id), self.clock.now_ns()
+        )
+        if not fplan.targets:
+            raise CannotServeError(
+                "Could not serve request (channels + time) from any known endpoint."
+            )
+        return fplan
+
+    @staticmethod
+    def _check_describe(uncovered: Sequence[Uncovered]) -> None:
+        if uncovered:
+            channels = [c for u in uncovered for c in u.channels]
+            reasons = sorted({u.reason.value for u in uncovered})
+            raise ChannelsNotAvailableError(channels, "; ".join(reasons))
+
+    def _stream_plan(self, args: StreamArgs, request_id: str) -> tuple[StreamPlan, Grid]:
+        if args.start is None or args.end is None:
+            raise UnsupportedError(
+                "live and open-ended streams are not supported yet: "
+                "give both start and end (live streaming through the router is coming)"
+            )
+        if not args.channels:
+            raise InvalidRequestError("invalid Stream request: args.channels: no channels")
+        plan = plan_stream(
+            self.routing.index,
+            StreamRequest(
+                args.channels,
+                args.start,
+                args.end,
+                replay_id=args.replay_id,
+                replay_start=args.replay_start,
+                replay_end=args.replay_end,
+            ),
+            self.clock.now_ns(),
+        )
+        if plan.uncovered:
+            raise PlanIncompleteError(uncovered_text(plan.uncovered))
+        metas = self.describe(DescribeArgs(args.channels, args.start, args.replay_id), request_id)
+        return plan, make_grid([metas[c] for c in args.channels])
+
+    def _publish_endpoint(self, envelope: Envelope) -> str:
+        args = envelope.args
+        assert isinstance(args, PublishArgs)
+        pplan = plan_publish(
+            self.routing.index,
+            PublishRequest(args.publisher_id, args.replay_id),
+            self.clock.now_ns(),
+        )
+        if pplan.endpoint is None:
+            raise UnsupportedError(
+                f"{envelope.request.lower()}: no endpoint is authoritative for publisher "
+                f"{args.publisher_id!r}"
+            )
+        return pplan.endpoint

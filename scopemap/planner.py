@@ -1,0 +1,235 @@
+"""Request planners: pure functions of (index, request, now) returning frozen plan values.
+
+``now_ns`` is the request's GPS time in integer ns, read once by the caller. Retention bounds
+are placed at whole seconds: ``N = now_ns`` truncated to a second, an endpoint with window
+``newest..oldest`` retains ``[N - oldest, N - newest)`` (unbounded above when live). Replay
+arguments follow PROTOCOL §8.8; the only exception raised is ``ReplayError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from scopemap.find import find_targets
+from scopemap.index import RoutingIndex, ScopeIndex, Tier
+from scopemap.model import NS_PER_S
+from scopemap.plan import (
+    ChannelGroup,
+    DescribePlan,
+    DescribeRequest,
+    FindPlan,
+    FindRequest,
+    Plan,
+    PublishPlan,
+    PublishRequest,
+    Reason,
+    StreamPlan,
+    StreamRequest,
+    StreamSlice,
+    Uncovered,
+)
+from scopemap.replay import ReplayWindow, resolve
+from scopemap.slicing import (
+    Piece,
+    State,
+    Unit,
+    collect_uncovered,
+    cut_slices,
+    direct_reads,
+    group_units,
+    instant_state,
+    live_state,
+    preferred_state,
+    range_timeline,
+    shift,
+)
+
+
+def truncate_now(now_ns: int) -> int:
+    return now_ns - now_ns % NS_PER_S
+
+
+@dataclass(frozen=True)
+class _Route:
+    """How one pass routes: over which view, reporting what when unclaimed, and whether the
+    routing happens at replay-folded times (``fold``) or at the client's times."""
+
+    view: ScopeIndex
+    missing: Reason
+    fold: ReplayWindow | None = None
+
+
+def _routes(index: RoutingIndex, window: ReplayWindow | None) -> tuple[_Route, _Route | None]:
+    """(primary, fallback): the fallback routes what the primary could not (dual pass)."""
+    if window is None:
+        return _Route(index.base, Reason.NO_SCOPE), None
+    if window.name is None:  # anonymous replay: the full map at folded times
+        return _Route(index.base, Reason.NO_SCOPE, window), None
+    primary = _Route(index.view(window.name), Reason.NO_REPLAY)
+    if window.name in index.narrowing:
+        return primary, _Route(index.base, Reason.NO_REPLAY, window)
+    return primary, None
+
+
+# --------------------------------------------------------------------------- stream
+
+
+def _stream_timeline(route: _Route, tiers: Sequence[Tier], req: StreamRequest,
+                     n: int) -> list[Piece]:
+    if req.start is None:
+        if route.fold is None:
+            state = live_state(tiers, route.missing)
+        else:
+            state = instant_state(tiers, n, route.fold.translate(n), route.missing)
+        return [Piece(None, req.end, state)]
+    if route.fold is None:
+        return range_timeline(tiers, n, req.start, req.end, route.missing)
+    off = route.fold.offset(req.start)
+    end = None if req.end is None else req.end - off
+    return shift(range_timeline(tiers, n, req.start - off, end, route.missing), off)
+
+
+def _complete(pieces: list[Piece]) -> bool:
+    return all(not isinstance(p.state, Reason) for p in pieces)
+
+
+def plan_stream(index: RoutingIndex, request: StreamRequest, now_ns: int) -> StreamPlan:
+    window = resolve(index.scope_map, request.replay_id, request.replay_start, request.replay_end)
+    if request.start is not None and request.end is not None and request.start >= request.end:
+        return StreamPlan(request, ())
+    n = truncate_now(now_ns)
+    primary, fallback = _routes(index, window)
+    # Channels claimed by the same tiers share one timeline ("signature").
+    sig_ids: dict[tuple[int, ...], int] = {}
+    timelines: dict[int, list[Piece]] = {}
+    members: dict[int, list[str]] = {}
+    drs: dict[int, dict[int, str | None]] = {}
+    for channel in sorted(set(request.channels)):
+        for pass_no, route in enumerate((primary, fallback)):
+            if route is None:
+                continue
+            tiers = route.view.tiers(channel)
+            key = (pass_no, *(id(t) for t in tiers))
+            sig = sig_ids.get(key)
+            if sig is None:
+                sig = sig_ids[key] = len(sig_ids)
+                timelines[sig] = _stream_timeline(route, tiers, request, n)
+                drs[sig] = direct_reads(tiers)
+            if fallback is None or pass_no == 1 or _complete(timelines[sig]):
+                members.setdefault(sig, []).append(channel)
+                break
+    used = {sig: timelines[sig] for sig in members}
+    if request.start is None:
+        cut = [(None, request.end, {sig: pieces[0].state for sig, pieces in used.items()})]
+    else:
+        cut = list(cut_slices(used, request.start, request.end))  # type: ignore[arg-type]
+    slices: list[StreamSlice] = []
+    runs: list[tuple[str, int | None, int | None, Reason]] = []
+    for start, end, states in cut:
+        units = []
+        for sig, state in states.items():
+            chans = tuple(members[sig])
+            if isinstance(state, Reason):
+                runs.extend((c, start, end, state) for c in chans)
+            else:
+                units.append(Unit(chans, state, drs[sig]))
+        groups = group_units(units, index.urls, direct=True)
+        slices.append(StreamSlice(start, end, tuple(groups)))
+    return StreamPlan(request, tuple(slices), tuple(collect_uncovered(runs)))
+
+
+# --------------------------------------------------------------------------- describe
+
+
+def _describe_state(route: _Route, tiers: Sequence[Tier], index: RoutingIndex,
+                    time: int | None, n: int) -> State:
+    if route.fold is not None:
+        return instant_state(tiers, n, route.fold.translate(n if time is None else time),
+                             route.missing)
+    if time is None:
+        return preferred_state(tiers, index.ages, route.missing)
+    return instant_state(tiers, n, time, route.missing)
+
+
+def plan_describe(index: RoutingIndex, request: DescribeRequest, now_ns: int) -> DescribePlan:
+    window = resolve(index.scope_map, request.replay_id)
+    n = truncate_now(now_ns)
+    primary, fallback = _routes(index, window)
+    passes: list[dict[tuple[int, ...], tuple[State, list[str]]]] = [{}, {}]
+    for channel in sorted(set(request.channels)):
+        for pass_no, route in enumerate((primary, fallback)):
+            if route is None:
+                continue
+            tiers = route.view.tiers(channel)
+            key = tuple(id(t) for t in tiers)
+            entry = passes[pass_no].get(key)
+            if entry is None:
+                state = _describe_state(route, tiers, index, request.time, n)
+                entry = passes[pass_no][key] = (state, [])
+            if fallback is None or pass_no == 1 or not isinstance(entry[0], Reason):
+                entry[1].append(channel)
+                break
+    groups: list[ChannelGroup] = []
+    times: list[int | None] = []
+    uncovered: list[Uncovered] = []
+    for pass_no, table in enumerate(passes):
+        units: list[Unit] = []
+        by_reason: dict[Reason, list[str]] = {}
+        for state, chans in table.values():
+            if not chans:
+                continue
+            if isinstance(state, Reason):
+                by_reason.setdefault(state, []).extend(chans)
+            else:
+                units.append(Unit(tuple(chans), state, {}))
+        got = group_units(units, index.urls, direct=False)
+        groups.extend(got)
+        if pass_no == 1 and window is not None:
+            folded = window.translate(n if request.time is None else request.time)
+            times.extend([folded] * len(got))
+        else:
+            times.extend([request.time] * len(got))
+        for why, chans in by_reason.items():
+            uncovered.append(Uncovered(tuple(sorted(chans)), request.time, request.time, why))
+    group_times = tuple(times) if any(t != request.time for t in times) else ()
+    return DescribePlan(request, tuple(groups), tuple(uncovered), group_times)
+
+
+# --------------------------------------------------------------------------- find, publish
+
+
+def plan_find(index: RoutingIndex, request: FindRequest, now_ns: int) -> FindPlan:
+    window = resolve(index.scope_map, request.replay_id)
+    n = truncate_now(now_ns)
+    if window is None or window.name is None:
+        return FindPlan(request, find_targets(index, index.base, request.time, n, None))
+    # Two passes (§8.8): raw archival channels at the folded time, then the replay's own.
+    folded = window.translate(n if request.time is None else request.time)
+    raw = find_targets(index, index.base, folded, n, None)
+    derived = find_targets(index, index.view(window.name), request.time, n, window.name)
+    return FindPlan(request, raw + derived)
+
+
+def plan_publish(index: RoutingIndex, request: PublishRequest, now_ns: int) -> PublishPlan:
+    resolve(index.scope_map, request.replay_id)
+    for ep in index.scope_map.endpoints:
+        if request.publisher_id in ep.allowed_publishers:
+            return PublishPlan(request, ep.url)
+    return PublishPlan(request, None)
+
+
+def plan(
+    index: RoutingIndex,
+    request: StreamRequest | DescribeRequest | FindRequest | PublishRequest,
+    now_ns: int,
+) -> Plan:
+    if isinstance(request, StreamRequest):
+        return plan_stream(index, request, now_ns)
+    if isinstance(request, DescribeRequest):
+        return plan_describe(index, request, now_ns)
+    if isinstance(request, FindRequest):
+        return plan_find(index, request, now_ns)
+    if isinstance(request, PublishRequest):
+        return plan_publish(index, request, now_ns)
+    raise TypeError(f"not a request: {request!r}")

@@ -1,0 +1,117 @@
+"""``router serve`` and ``router health`` as subprocesses; reload keeps the last valid map."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from router.reload import Reloader
+from router.service import RouterService
+from scopemap import load_text
+from tests.integration.behaviours import CHANNEL, ScriptedArrakis, one_endpoint_map
+from tests.integration.servers import running_router, serving
+
+pytestmark = pytest.mark.integration
+ROUTER = [sys.executable, "-m", "router.cli"]
+GOOD = "grpc://127.0.0.1:1:\n  scopes: {H1: [{all: true}]}\n  retention: {}\n"
+BAD = "grpc://127.0.0.1:1:\n  scopes: {H1: [{all: maybe}]}\n  retention: {newest: 9, oldest: 1}\n"
+
+
+@pytest.fixture
+def router_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    path = tmp_path / "map.yaml"
+    path.write_text(GOOD)
+    proc = subprocess.Popen(
+        [
+            *ROUTER,
+            "serve",
+            "--scope-map",
+            str(path),
+            "--url",
+            "grpc://127.0.0.1:0",
+            "--log-format",
+            "json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        assert line.startswith("serving grpc://127.0.0.1:"), line
+        yield proc, line.removeprefix("serving ")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def test_serve_health_and_graceful_sigterm(
+    router_process: tuple[subprocess.Popen[str], str],
+) -> None:
+    proc, url = router_process
+    ok = subprocess.run([*ROUTER, "health", url], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert "ok:" in ok.stdout
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+
+
+def test_health_fails_clearly_when_nothing_answers() -> None:
+    res = subprocess.run(
+        [*ROUTER, "health", "grpc://127.0.0.1:9", "--timeout", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 1
+    assert "did not answer server-info" in res.stderr
+
+
+def test_serve_refuses_an_invalid_map(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(BAD)
+    res = subprocess.run(
+        [*ROUTER, "serve", "--scope-map", str(path), "--url", "grpc://127.0.0.1:0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 1
+    assert "refusing to start" in res.stderr and "bad.yaml" in res.stderr
+
+
+def test_reload_keeps_last_valid_map(tmp_path: Path) -> None:
+    path = tmp_path / "map.yaml"
+    path.write_text(GOOD)
+    result = load_text(GOOD, str(path))
+    assert result.scope_map is not None
+    service = RouterService(result.scope_map)
+    try:
+        reloader = Reloader(service, path)
+        before = service.routing
+        path.write_text(BAD)
+        assert reloader.check() is False and service.routing is before
+        path.write_text(GOOD.replace("127.0.0.1:1", "127.0.0.1:2"))
+        assert reloader.check() is True
+        assert [ep.url for ep in service.routing.scope_map.endpoints] == ["grpc://127.0.0.1:2"]
+        assert reloader.check() is False  # unchanged content: no reload
+    finally:
+        service.close()
+
+
+def test_describe_then_stream_costs_one_downstream_describe() -> None:
+    arrakis = pytest.importorskip("arrakis")
+    down = ScriptedArrakis()
+    with serving(down) as durl, running_router(one_endpoint_map(durl)) as (url, _, _):
+        arrakis.Client(url).fetch([CHANNEL.name], 1_400_000_000, 1_400_000_001)
+    assert down.describes == 1
+    assert down.streams == 1

@@ -1,0 +1,103 @@
+"""A scripted in-memory Downstream: the lowest seam, for fan-out and service unit tests."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from router.downstream import Call
+from router.errors import ArrakisError
+
+HANG = "hang"  # a stream item: block until cancelled
+
+
+class ScriptedStream:
+    def __init__(self, owner: ScriptedDownstream, items: Sequence[Any]) -> None:
+        self.owner = owner
+        self.items = list(items)
+        self.cancelled = threading.Event()
+        self.closed = False
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        for item in self.items:
+            if self.cancelled.is_set():
+                return
+            if item == HANG:
+                self.cancelled.wait(20)
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.cancel()
+            with self.owner.lock:
+                self.owner.open -= 1
+
+
+class ScriptedDownstream:
+    """``streams``: one script per stream() call (a list of items, or an exception to raise
+    on open); ``answers``: request kind -> batches (or a callable of the command)."""
+
+    def __init__(
+        self,
+        url: str,
+        streams: Sequence[Sequence[Any] | BaseException] = (),
+        answers: dict[str, Any] | None = None,
+    ) -> None:
+        self.url = url
+        self.streams = list(streams)
+        self.answers = answers or {}
+        self.commands: list[dict[str, Any]] = []
+        self.calls: list[Call] = []
+        self.lock = threading.Lock()
+        self.open = 0
+
+    def __repr__(self) -> str:
+        return f"<ScriptedDownstream {self.url} open={self.open}>"
+
+    def stream(self, command: bytes, call: Call) -> ScriptedStream:
+        self.commands.append(json.loads(command))
+        self.calls.append(call)
+        script = self.streams.pop(0) if self.streams else []
+        if isinstance(script, BaseException):
+            raise script
+        with self.lock:
+            self.open += 1
+        return ScriptedStream(self, script)
+
+    def fetch(self, command: bytes, call: Call) -> list[pa.RecordBatch]:
+        doc = json.loads(command)
+        self.commands.append(doc)
+        self.calls.append(call)
+        answer = self.answers.get(doc["request"], [])
+        if isinstance(answer, ArrakisError):
+            raise answer
+        if callable(answer):
+            result: list[pa.RecordBatch] = answer(doc)
+            return result
+        return list(answer)
+
+    def action(self, kind: str, call: Call) -> list[bytes]:
+        return [b"{}"]
+
+    def exchange(
+        self, command: bytes, batches: Sequence[pa.RecordBatch], call: Call
+    ) -> list[pa.RecordBatch]:
+        return list(batches)
+
+    def close(self) -> None:
+        pass
+
+
+def answer_fn(fn: Callable[[dict[str, Any]], list[pa.RecordBatch]]) -> Any:
+    return fn
