@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Sequence
 
 from router import __version__
 
@@ -20,7 +21,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _selected(argv: Sequence[str]) -> str | None:
+    """The sub-command named in ``argv`` (its first positional argument), if any."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for ``argv``: only the chosen sub-command's module is imported.
+
+    With ``argv=None`` every sub-command is configured (for documentation and tests).
+    """
+    selected = None if argv is None else _selected(argv)
     parser = argparse.ArgumentParser(
         prog="router",
         description="arrakis-router: one Arrow Flight address in front of many Arrakis servers.",
@@ -29,14 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_text, description=help_text)
-        module = importlib.import_module(module_name)
-        module.configure(sp)
         sp.set_defaults(_module=module_name)
+        if argv is None or name == selected:
+            importlib.import_module(module_name).configure(sp)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "_module", None):
         parser.print_help(sys.stderr)

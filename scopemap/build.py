@@ -52,7 +52,7 @@ def check_endpoint_url(url: str) -> str | None:
         return f"endpoint URL {url!r} has no port"
     if parts.path or parts.query or parts.fragment or parts.username or parts.password:
         return f"endpoint URL {url!r} must be just scheme://host:port"
-    if any(c.isspace() for c in url):
+    if len(url.split()) != 1:
         return f"endpoint URL {url!r} contains whitespace"
     return None
 

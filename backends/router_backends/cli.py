@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 __all__ = ["build_parser", "main", "normalise_url"]
@@ -71,7 +72,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="TOML publisher file: enables Publish and Partition",
     )
     mock.add_argument("channels", nargs="*", metavar="CHANNELS.toml", help="channel files")
+    for name, (module, configure, run, help_text) in _SUBCOMMANDS.items():
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:  # pragma: no cover - a subcommand still being written
+            continue
+        sub_parser = sub.add_parser(name, help=help_text)
+        getattr(mod, configure)(sub_parser)
+        sub_parser.set_defaults(run=getattr(mod, run))
     return parser
+
+
+#: further subcommands: name -> (module, configure(parser) function, run(args) function, help)
+_SUBCOMMANDS = {
+    "files": (
+        "router_backends.files",
+        "configure_files",
+        "run_files",
+        "serve a recording (Arrow IPC)",
+    ),
+    "record": (
+        "router_backends.record",
+        "configure_record",
+        "run_record",
+        "record a stream from any Arrakis server into files",
+    ),
+}
 
 
 def _run_mock(args: argparse.Namespace) -> int:
@@ -128,4 +154,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level, args.log_format)
     if args.command == "mock":
         return _run_mock(args)
-    return 2  # pragma: no cover - argparse enforces the choices
+    run: Callable[[argparse.Namespace], int] = args.run
+    return run(args)

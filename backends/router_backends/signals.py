@@ -55,7 +55,7 @@ def noise(keys: Sequence[int], indices: np.ndarray, dtype: np.dtype) -> np.ndarr
     """Pseudo-random values, shape ``(len(keys), len(indices))``, of ``dtype``."""
     k = np.array(keys, dtype=np.uint64)[:, None]
     with np.errstate(over="ignore"):
-        x = k + indices[None, :] * _GAMMA
+        x: np.ndarray = np.add(k, np.multiply(indices[None, :], _GAMMA))
         _splitmix(x)
     if dtype.kind == "f":
         work = np.float32 if dtype.itemsize <= 4 else np.float64
@@ -63,17 +63,17 @@ def noise(keys: Sequence[int], indices: np.ndarray, dtype: np.dtype) -> np.ndarr
         s = quarters.sum(axis=-1, dtype=work)
         s -= work(_IH_MEAN)
         s *= work(_IH_SCALE)
-        return s.astype(dtype, copy=False)
-    top = (x >> np.uint64(54)).astype(np.int64)
+        return np.asarray(s, dtype=dtype)
+    top = np.right_shift(x, np.uint64(54)).astype(np.int64)
     if dtype.kind == "i":
         top -= 512
-    return top.astype(dtype, copy=False)
+    return np.asarray(top, dtype=dtype)
 
 
 @functools.lru_cache(maxsize=256)
 def compile_func(expr: str) -> Callable[[np.ndarray], np.ndarray]:
     """A numpy function of ``t`` (float64 GPS seconds) from a SymPy expression."""
-    import sympy  # slow to import: only when some channel has a func
+    import sympy  # type: ignore[import-untyped]  # slow: only when some channel has a func
 
     t = sympy.Symbol("t")
     try:

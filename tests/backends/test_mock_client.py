@@ -9,12 +9,12 @@ import arrakis
 import numpy as np
 import pyarrow.flight as flight
 import pytest
-
-from router.protocol.envelope import DescribeArgs, Envelope, FindArgs, StreamArgs
-from router.protocol.gps import gps_now_ns
 from router_backends.catalog import load_toml
 from router_backends.signals import samples_for
 from router_backends.testing import serve_mock
+
+from router.protocol.envelope import DescribeArgs, Envelope, FindArgs, StreamArgs
+from router.protocol.gps import gps_now_ns
 
 from .conftest import CHANNELS_TOML, GPS0, NS, STRIDE
 
@@ -27,14 +27,21 @@ def test_find_count_describe_defaults(default_url: str) -> None:
     assert total == client.count("H1:") + client.count("L1:") > 1000
     gds = list(client.find("H1:GDS-CALIB_STRAIN"))
     assert [c.name for c in gds] == [
-        "H1:GDS-CALIB_STRAIN", "H1:GDS-CALIB_STRAIN_CLEAN", "H1:GDS-CALIB_STRAIN_NOLINES"
+        "H1:GDS-CALIB_STRAIN",
+        "H1:GDS-CALIB_STRAIN_CLEAN",
+        "H1:GDS-CALIB_STRAIN_NOLINES",
     ]
     assert client.count("H1:", data_type="float64") == 3
-    assert client.count("L1:", min_rate=16384) == client.count("L1:", min_rate=16384, max_rate=16384)
+    assert client.count("L1:", min_rate=16384) == client.count(
+        "L1:", min_rate=16384, max_rate=16384
+    )
     assert client.count(publisher=["MOCK_L1"]) == client.count("L1:")
     meta = client.describe(["L1:GDS-CALIB_STRAIN"])["L1:GDS-CALIB_STRAIN"]
     assert (meta.sample_rate, meta.stride, meta.max_latency, meta.publisher) == (
-        16384, STRIDE, NS, "MOCK_L1"
+        16384,
+        STRIDE,
+        NS,
+        "MOCK_L1",
     )
 
 
@@ -141,7 +148,9 @@ def test_fault_delay_and_stall() -> None:
 def test_fault_error_after_n_blocks() -> None:
     with serve_mock(CHANNELS_TOML, faults="error=3") as url:
         seen = 0
-        with pytest.raises(flight.FlightUnavailableError, match="injected fault: stream error after 3"):
+        with pytest.raises(
+            flight.FlightUnavailableError, match="injected fault: stream error after 3"
+        ):
             for _ in arrakis.Client(url).stream(["X1:TST-RAMP"], GPS0, GPS0 + 2):
                 seen += 1
         assert seen <= 3
@@ -218,25 +227,55 @@ def _doc(request: str, **args: object) -> bytes:
     [
         ("info", b"not json", flight.FlightInternalError, "invalid request: not JSON"),
         ("get", b"\xff\xfe", flight.FlightInternalError, "invalid request: not UTF-8"),
-        ("info", b'{"request": "Nope", "args": {}}', flight.FlightInternalError,
-         "invalid request: request: 'Nope' is not one of"),
-        ("get", _doc("Stream", channels=["X1:TST-RAMP"], start="x", end=None),
-         flight.FlightInternalError, "invalid Stream request: args.start: 'x' is not of type"),
-        ("info", _doc("Stream", channels=["X1:TST-RAMP"], start=1, end=None, time=3),
-         flight.FlightServerError,
-         "Flight error: unknown Stream argument(s): time (request schema 0.5.0; server schema 0.5.0)"),
-        ("get", _doc("Describe", channels=["NOCOLON"], time=None), flight.FlightInternalError,
-         "channel name(s) without ':'"),
-        ("info", _doc("Describe", channels=["X1:TST-RAMP", "X1:NOPE-A", "Y1:B"], time=None),
-         flight.FlightUnavailableError,
-         "channel(s) {X1:NOPE-A, Y1:B} are not available on this server"),
-        ("get", _doc("Stream", channels=["X1:NOPE"], start=None, end=None),
-         flight.FlightUnavailableError, "channel(s) {X1:NOPE} are not available"),
-        ("info", _doc("Stream", channels=["X1:TST-RAMP"], start=None, end=None, replay_id="R"),
-         flight.FlightServerError,
-         "Flight error: replay_id 'R' was provided but no replay registry is configured"),
-        ("info", _doc("Publish", publisher_id="P"), flight.FlightServerError,
-         "Flight error: publish not supported for server backend"),
+        (
+            "info",
+            b'{"request": "Nope", "args": {}}',
+            flight.FlightInternalError,
+            "invalid request: request: 'Nope' is not one of",
+        ),
+        (
+            "get",
+            _doc("Stream", channels=["X1:TST-RAMP"], start="x", end=None),
+            flight.FlightInternalError,
+            "invalid Stream request: args.start: 'x' is not of type",
+        ),
+        (
+            "info",
+            _doc("Stream", channels=["X1:TST-RAMP"], start=1, end=None, time=3),
+            flight.FlightServerError,
+            "Flight error: unknown Stream argument(s): time "
+            "(request schema 0.5.0; server schema 0.5.0)",
+        ),
+        (
+            "get",
+            _doc("Describe", channels=["NOCOLON"], time=None),
+            flight.FlightInternalError,
+            "channel name(s) without ':'",
+        ),
+        (
+            "info",
+            _doc("Describe", channels=["X1:TST-RAMP", "X1:NOPE-A", "Y1:B"], time=None),
+            flight.FlightUnavailableError,
+            "channel(s) {X1:NOPE-A, Y1:B} are not available on this server",
+        ),
+        (
+            "get",
+            _doc("Stream", channels=["X1:NOPE"], start=None, end=None),
+            flight.FlightUnavailableError,
+            "channel(s) {X1:NOPE} are not available",
+        ),
+        (
+            "info",
+            _doc("Stream", channels=["X1:TST-RAMP"], start=None, end=None, replay_id="R"),
+            flight.FlightServerError,
+            "Flight error: replay_id 'R' was provided but no replay registry is configured",
+        ),
+        (
+            "info",
+            _doc("Publish", publisher_id="P"),
+            flight.FlightServerError,
+            "Flight error: publish not supported for server backend",
+        ),
         ("action", b"bogus", flight.FlightServerError, "Flight error: action not valid"),
     ],
 )
@@ -269,6 +308,9 @@ def test_actions_and_flight_info(toml_url: str) -> None:
     f = Envelope("Find", FindArgs("X1:TST"))
     table = raw.do_get(flight.Ticket(f.encode())).read_all()
     assert table.column("channel").to_pylist() == [
-        "X1:TST-RAMP", "X1:TST-SINE", "X1:TST-CONST_I32", "X1:TST-NOISE"
+        "X1:TST-RAMP",
+        "X1:TST-SINE",
+        "X1:TST-CONST_I32",
+        "X1:TST-NOISE",
     ]
     raw.close()

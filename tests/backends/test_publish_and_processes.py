@@ -12,9 +12,9 @@ import pyarrow.flight as flight
 import pytest
 from arrakis.channel import Channel
 from arrakis.publish import Publisher
+from router_backends.testing import MockProcess, mock_process, serve_mock
 
 from router.protocol.envelope import Envelope, PublishArgs, StreamArgs
-from router_backends.testing import MockProcess, mock_process, serve_mock
 
 from .conftest import CHANNELS_TOML, GPS0, NS
 
@@ -48,7 +48,10 @@ def test_publish_properties(publishing_url: str) -> None:
 def test_static_publisher_channels_have_partitions(publishing_url: str) -> None:
     chans = list(arrakis.Client(publishing_url).find("X1:TST", publisher=["TEST_X1"]))
     assert [(c.partition_id, c.partition_index) for c in chans] == [
-        ("TEST_X1_TST_0", 2), ("TEST_X1_TST_0", 3), ("TEST_X1_TST_0", 0), ("TEST_X1_TST_0", 1)
+        ("TEST_X1_TST_0", 2),
+        ("TEST_X1_TST_0", 3),
+        ("TEST_X1_TST_0", 0),
+        ("TEST_X1_TST_0", 1),
     ]
 
 
@@ -77,8 +80,11 @@ def _stream_table(url: str, start_s: int, seconds: int) -> object:
     raw = flight.connect(url)
     env = Envelope(
         "Stream",
-        StreamArgs(("H1:GDS-CALIB_STRAIN", "L1:PEM-CS_ACC_BSC1_ITMY_X_DQ", "H1:GDS-CALIB_STATE_VECTOR"),
-                   start_s * NS, (start_s + seconds) * NS),
+        StreamArgs(
+            ("H1:GDS-CALIB_STRAIN", "L1:PEM-CS_ACC_BSC1_ITMY_X_DQ", "H1:GDS-CALIB_STATE_VECTOR"),
+            start_s * NS,
+            (start_s + seconds) * NS,
+        ),
     )
     try:
         return raw.do_get(flight.Ticket(env.encode())).read_all()

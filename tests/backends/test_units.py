@@ -7,14 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from router.protocol.channel import ChannelMeta
-from router.protocol.errors import UnavailableError
 from router_backends.catalog import Catalog, CatalogError, ChannelSpec, load_toml
 from router_backends.defaults import default_channels
 from router_backends.faults import FaultPlan, parse_faults
 from router_backends.retention import Retention, parse_retention
 from router_backends.signals import generate, samples_for
+
+from router.protocol.channel import ChannelMeta
+from router.protocol.errors import UnavailableError
 
 from .conftest import CHANNELS_TOML, GPS0, NS, STRIDE
 
@@ -36,9 +36,7 @@ def test_toml_common_func_and_changes() -> None:
     specs = {s.name: s for s in load_toml(CHANNELS_TOML)}
     ramp = specs["X1:TST-RAMP"]
     assert ramp.func == "t - 1400000000"
-    assert ramp.versions[0] == ChannelMeta(
-        "X1:TST-RAMP", "float64", 256, STRIDE, NS, "TEST_X1"
-    )
+    assert ramp.versions[0] == ChannelMeta("X1:TST-RAMP", "float64", 256, STRIDE, NS, "TEST_X1")
     chg = specs["X1:CHG-RATE"]
     assert chg.meta_at((GPS0 + 100) * NS - 1).sample_rate == 256
     assert chg.meta_at((GPS0 + 100) * NS).sample_rate == 512
@@ -54,7 +52,8 @@ def test_toml_common_func_and_changes() -> None:
         ('["X1:A"]\ndata_type = "complex64"\nsample_rate = 16\n', "unsupported data_type"),
         ('["X1:A"]\ndata_type = "float32"\nsample_rate = 100\nstride = 62500000\n', "whole number"),
         (
-            '["X1:A"]\ndata_type = "float32"\nsample_rate = 16\nchanges = [{time = 5, name = "x"}]\n',
+            '["X1:A"]\ndata_type = "float32"\nsample_rate = 16\n'
+            'changes = [{time = 5, name = "x"}]\n',
             "cannot change name",
         ),
         ('["X1:A"\n', "Expected ']'"),
@@ -105,8 +104,13 @@ def test_parse_faults() -> None:
     assert plan.drops(4) and plan.drops(8) and not plan.drops(0) and not plan.drops(5)
     assert plan.delay_for(2) == 0.5 and plan.delay_for(3) == 0
     assert parse_faults([]) == FaultPlan() and not FaultPlan().active
-    for bad, msg in [("drop", "NAME=VALUE"), ("drop=x", "not an integer"), ("drop=0", "at least 1"),
-                     ("stall=3", "SECONDS@BLOCKS"), ("boom=1", "unknown fault 'boom'")]:
+    for bad, msg in [
+        ("drop", "NAME=VALUE"),
+        ("drop=x", "not an integer"),
+        ("drop=0", "at least 1"),
+        ("stall=3", "SECONDS@BLOCKS"),
+        ("boom=1", "unknown fault 'boom'"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             parse_faults([bad])
 

@@ -208,3 +208,32 @@ def test_block_batch_casts_dtypes() -> None:
     batch = block_batch(SCHEMA, 0, {"H1:C-I32": np.arange(32, dtype=np.float64)}, SAMPLES)
     _, cols = batch_columns(batch)
     assert cols["H1:C-I32"].type == pa.int32()
+
+
+def test_blocks_batch_rows_are_blocks() -> None:
+    from router.protocol.blocks import blocks_batch, split_blocks
+
+    times = [0, 62_500_000, 125_000_000]
+    cols = {"H1:B-F32": np.arange(48, dtype=np.float32), "H1:A-F64": None}
+    batch = blocks_batch(SCHEMA, times, cols, SAMPLES)
+    assert batch.num_rows == 3
+    rows = split_blocks(batch)
+    assert [r.num_rows for r in rows] == [1, 1, 1]
+    t, got = batch_columns(_ipc(rows[1]))
+    assert t == 62_500_000
+    assert got["H1:B-F32"].to_pylist() == list(range(16, 32))
+    assert got["H1:A-F64"].null_count == 1024
+    assert rows[2].equals(
+        block_batch(SCHEMA, 125_000_000, {"H1:B-F32": np.arange(32, 48)}, SAMPLES)
+    )
+
+
+def test_flight_info_helper() -> None:
+    import pyarrow.flight as flight
+
+    from router.protocol.flightinfo import REUSE_CONNECTION_URI, flight_info
+
+    info = flight_info(flight.FlightDescriptor.for_command(b"x"), SCHEMA, [b"a", b"b"])
+    assert [e.ticket.ticket for e in info.endpoints] == [b"a", b"b"]
+    assert info.endpoints[0].locations[0].uri.decode() == REUSE_CONNECTION_URI
+    assert info.schema == SCHEMA and info.total_records == -1

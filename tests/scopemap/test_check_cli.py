@@ -85,3 +85,22 @@ def test_console_entry_point_runs_check() -> None:
         capture_output=True, text=True, cwd=ROOT, check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_router_check_does_not_import_flight_or_the_service() -> None:
+    """`router check` runs in CI jobs: it must not pay for pyarrow or the Flight service."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from router.cli import build_parser\n"
+        "build_parser(['check', 'x.yaml']).parse_args(['check', 'x.yaml'])\n"
+        "bad = [m for m in ('pyarrow', 'pyarrow.flight', 'router.serve', 'router.service')"
+        " if m in sys.modules]\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert out == ""
