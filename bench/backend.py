@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -117,6 +118,30 @@ def upstream_mock(toml: Path, timeout: float = 60.0) -> Iterator[str]:
                 proc.wait()
 
 
+FILES_MAIN = (
+    "import argparse, sys\n"
+    "from router_backends.logs import configure_logging\n"
+    "from router_backends.files import configure_files, run_files\n"
+    "configure_logging('warning')\n"
+    "p = argparse.ArgumentParser()\n"
+    "configure_files(p)\n"
+    "sys.exit(run_files(p.parse_args(sys.argv[1:])))\n"
+)
+
+
+@contextlib.contextmanager
+def files_server(source: str, channels: list[str], seconds: int, root: Path) -> Iterator[str]:
+    """Record the case's request from ``source`` into ``root``, serve it with
+    `router-backend files` in a subprocess; yield its URL."""
+    from router_backends.record import record
+
+    start = START_S * 10**9
+    record(source, channels, start, start + seconds * 10**9, root, progress=None)
+    argv = [str(BIN / "python"), "-c", FILES_MAIN, str(root), "--url", "grpc://127.0.0.1:0"]
+    with process("router-backend files", argv) as url:
+        yield url
+
+
 def raw_doget(url: str, command: bytes) -> int:
     """Bytes of samples in the whole stream, read with plain pyarrow.
 
@@ -163,25 +188,41 @@ def main() -> None:
         toml = write_inputs(Path(tmpdir))
         ours_argv = [str(BIN / "router-backend"), "mock", "--url", "grpc://127.0.0.1:0", str(toml)]
         with process("router-backend mock", ours_argv) as ours, upstream_mock(toml) as upstream:
-            for label, channels, seconds in cases:
-                cmd = stream_cmd(channels, seconds)
-                raw_doget(ours, cmd)  # warm both: connections, caches, first-call imports
-                raw_doget(upstream, cmd)
-                r = interleaved(
-                    reps,
-                    {
-                        "ours": lambda c=cmd: raw_doget(ours, c),  # type: ignore[misc]
-                        "upstream": lambda c=cmd: raw_doget(upstream, c),  # type: ignore[misc]
-                    },
-                )
-                o, u = median(r["ours"]), median(r["upstream"])
-                flag = "" if o / u >= TARGET else f" (below the {TARGET:g}x target)"
-                label = label if not args.quick else f"{label.split(',')[0]}, {seconds} s"
-                rows.append([label, f"{o:.1f}", f"{u:.1f}", f"{o / u:.1f}x{flag}"])
+            for i, (label, channels, seconds) in enumerate(cases):
+                rec = Path(tmpdir) / f"rec{i}"
+                with files_server(ours, channels, seconds, rec) as files:
+                    rows.append(run_case(label, channels, seconds, reps, ours, upstream, files))
+                shutil.rmtree(rec)
+                if args.quick:
+                    rows[-1][0] = f"{label.split(',')[0]}, {seconds} s"
                 print("stream", rows[-1], flush=True)
     print()
     print(f"### Mock stream throughput, raw pyarrow DoGet (MB/s of samples, median of {reps})\n")
-    print(table(["case", "router-backend mock", "arrakis-server mock", "ratio"], rows))
+    print(
+        table(
+            ["case", "router-backend mock", "arrakis-server mock", "ratio", "files (recorded)"],
+            rows,
+        )
+    )
+
+
+def run_case(
+    label: str, channels: list[str], seconds: int, reps: int, ours: str, upstream: str, files: str
+) -> list[str]:
+    cmd = stream_cmd(channels, seconds)
+    for url in (ours, upstream, files):  # warm: connections, caches, first-call imports
+        raw_doget(url, cmd)
+    r = interleaved(
+        reps,
+        {
+            "ours": lambda c=cmd: raw_doget(ours, c),  # type: ignore[misc]
+            "upstream": lambda c=cmd: raw_doget(upstream, c),  # type: ignore[misc]
+            "files": lambda c=cmd: raw_doget(files, c),  # type: ignore[misc]
+        },
+    )
+    o, u, f = median(r["ours"]), median(r["upstream"]), median(r["files"])
+    flag = "" if o / u >= TARGET else f" (below the {TARGET:g}x target)"
+    return [label, f"{o:.1f}", f"{u:.1f}", f"{o / u:.1f}x{flag}", f"{f:.1f}"]
 
 
 if __name__ == "__main__":

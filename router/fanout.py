@@ -36,6 +36,7 @@ T = TypeVar("T")
 log = structlog.get_logger("router.fanout")
 
 _END = object()
+END = object()  # what :meth:`GroupFeed.poll` returns once the stream has finished
 
 
 def fetch_first(
@@ -90,8 +91,10 @@ class GroupFeed:
         poll: float = 0.05,
         monotonic: Callable[[], float] = time.monotonic,
         label: str = "",
+        notify: threading.Event | None = None,
     ) -> None:
         self.endpoints = tuple(endpoints)
+        self._notify = notify
         self.label = label
         self._pool = pool
         self._command_for = command_for
@@ -144,6 +147,18 @@ class GroupFeed:
             assert isinstance(item, pa.RecordBatch)
             yield item
 
+    def poll(self) -> object | None:
+        """Non-blocking consumer side (the live merge reads several feeds in one thread):
+        the next batch, :data:`END`, an error to raise, or ``None`` when nothing is queued.
+        ``notify`` (given at construction) is set whenever something is queued."""
+        self.start()
+        try:
+            item = self._queue.get_nowait()
+        except queue.Empty:
+            self._check_idle()
+            return None
+        return END if item is _END else item
+
     def _check_idle(self) -> None:
         if self._monotonic() - self._progress <= self._idle_timeout:
             return
@@ -182,6 +197,8 @@ class GroupFeed:
             try:
                 self._queue.put(item, timeout=self._poll)
                 self._progress = self._monotonic()
+                if self._notify is not None:
+                    self._notify.set()
                 return True
             except queue.Full:
                 continue

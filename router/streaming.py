@@ -85,6 +85,11 @@ class StreamOptions:
     idle_timeout: float = 30.0
     queue_size: int = 16
     poll: float = 0.05
+    # live streams (router.live): grace past a block's end + max_latency before a missing
+    # group is null-filled (s), blocks held per group (backpressure), reconnect delay (s)
+    live_grace: float = 0.5
+    live_buffer: int = 64
+    live_reconnect: float = 1.0
 
 
 class StreamExecution:
@@ -164,6 +169,10 @@ class StreamExecution:
         finally:
             for feed in feeds:
                 feed.close()
+
+    def read_slice(self, sl: StreamSlice) -> Iterator[Block]:
+        """One slice's merged, trimmed blocks (its feeds are opened now, closed at the end)."""
+        return self._slice_blocks(sl, self._open_slice(sl))
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         request = self.plan.request

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import shlex
-import shutil
+import sys
 import tomllib
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -116,7 +116,8 @@ def test_entrypoint_and_healthcheck_are_real_commands(
     script = entry.value[0]
     assert script in project["scripts"], f"{script!r} is not a console script of the project"
     installed = {ep.name for ep in entry_points(group="console_scripts")}
-    assert script in installed and shutil.which(script) is not None
+    assert script in installed
+    assert (Path(sys.executable).parent / script).exists(), f"{script} is not installed"
 
     assert entry.value[1] in COMMANDS
     # ENTRYPOINT + CMD must parse as a `router serve` invocation.

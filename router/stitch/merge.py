@@ -105,3 +105,27 @@ def fill_gaps(
         while expected < end:
             yield Block(expected, {})
             expected += duration
+
+
+def join_at_boundary(first: Iterable[Block], second: Iterable[Block]) -> Iterator[Block]:
+    """``first`` then ``second`` (each strictly increasing), the hand-over made seamless:
+    ``second``'s blocks up to ``first``'s last slot are dropped, except that a block for that
+    very slot fills the nulls of ``first``'s copy (a hand-over time inside a block). Unlike
+    :func:`coalesce_duplicates`, nothing of ``second`` is held back (it may be live)."""
+    held: Block | None = None
+    for block in first:
+        if held is not None:
+            yield held
+        held = block
+    for block in second:
+        if held is not None:
+            if block.time < held.time:
+                continue
+            if block.time == held.time:
+                block = _coalesce(held, block)
+            else:
+                yield held
+            held = None
+        yield block
+    if held is not None:
+        yield held

@@ -4,8 +4,14 @@ read them back with the real ``arrakis`` client and raw pyarrow."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import selectors
 import shutil
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -386,3 +392,57 @@ def test_recorded_batches_are_plain_ipc(recording: Path) -> None:
         table = pa.ipc.open_file(source).read_all()
     assert table.num_rows == int(CHUNK_S * 16)
     assert table.schema.names == ["time", "X1:TST-A", "X1:TST-B"]
+
+
+# ---------------------------------------------------------------------- upstream source
+
+
+@contextlib.contextmanager
+def _upstream_mock(toml: Path) -> Iterator[str]:
+    """`arrakis-server mock` (it logs `URL: grpc://HOST:PORT` on stderr once bound)."""
+    exe = Path(sys.executable).with_name("arrakis-server")
+    argv = [str(exe), "-u", "grpc://127.0.0.1:0", "mock", str(toml)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 60
+        url = ""
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stderr, selectors.EVENT_READ)
+            while not url and time.monotonic() < deadline and proc.poll() is None:
+                if sel.select(0.5):
+                    line = proc.stderr.readline()
+                    if " URL: " in line:
+                        url = line.rsplit("URL: ", 1)[1].strip()
+        assert url, "arrakis-server did not report its URL"
+        threading.Thread(target=proc.stderr.read, daemon=True).start()
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not Path(sys.executable).with_name("arrakis-server").exists(), reason="no arrakis-server"
+)
+def test_record_from_upstream_mock(toml: Path, tmp_path: Path) -> None:
+    channels = ["X1:TST-A", "X1:TST-C"]
+    with _upstream_mock(toml) as url:
+        record(url, channels, GPS0 * NS, (GPS0 + 2) * NS, tmp_path / "up", progress=None)
+    stored = {}
+    for group in ("g0000", "g0001"):
+        path = tmp_path / "up" / group / chunk_name(GPS0 * NS)
+        with pa.memory_map(str(path)) as source:
+            table = pa.ipc.open_file(source).read_all()
+        for name in table.schema.names[1:]:
+            stored[name] = table.column(name).combine_chunks().flatten().to_numpy()
+    with serve_backend(FilesBackend(tmp_path / "up")) as server:
+        got = arrakis.Client(server.url).fetch(channels, GPS0, GPS0 + 2)
+    for name in channels:
+        np.testing.assert_array_equal(np.asarray(got[name].data), stored[name], err_msg=name)
+    assert len(stored["X1:TST-A"]) == 512 and len(stored["X1:TST-C"]) == 32

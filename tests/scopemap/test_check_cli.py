@@ -73,16 +73,26 @@ def test_json_output(capsys: pytest.CaptureFixture[str]) -> None:
     assert doc["errors"] == 1 and doc["warnings"] == 1 and doc["strict"] is False
     first, second = doc["files"]
     assert first["ok"] is True and second["ok"] is False
-    assert first["diagnostics"] == [{
-        "file": paths[0], "line": 6, "column": 9, "severity": "warning", "code": "SM204",
-        "message": first["diagnostics"][0]["message"]}]
+    assert first["diagnostics"] == [
+        {
+            "file": paths[0],
+            "line": 6,
+            "column": 9,
+            "severity": "warning",
+            "code": "SM204",
+            "message": first["diagnostics"][0]["message"],
+        }
+    ]
     assert second["diagnostics"][0]["code"] == "SM110"
 
 
 def test_console_entry_point_runs_check() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "router.cli", "check", "--strict", *map(str, EXAMPLES)],
-        capture_output=True, text=True, cwd=ROOT, check=False,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

@@ -64,8 +64,9 @@ def test_empty_document_is_an_error(text: str) -> None:
 
 @pytest.mark.parametrize("word", [".inf", ".Inf", "inf", "Infinity", "+inf"])
 def test_infinity_spellings(word: str) -> None:
-    result = load_text(f"grpc://a.b:1:\n  scopes: {{H1: [{{all: true}}]}}\n"
-                       f"  retention: {{oldest: {word}}}\n")
+    result = load_text(
+        f"grpc://a.b:1:\n  scopes: {{H1: [{{all: true}}]}}\n  retention: {{oldest: {word}}}\n"
+    )
     assert result.scope_map is not None
     assert math.isinf(result.scope_map.endpoints[0].retention.oldest_s)
     codes = [d.code for d in result.diagnostics]
@@ -90,7 +91,9 @@ def test_defaults_and_model() -> None:
     ep = sm.endpoint("grpc://a.b:1")
     assert ep.retention.newest_s == 0 and math.isinf(ep.retention.oldest_s)
     assert [(e.kind, e.value, e.publisher) for e in ep.scopes] == [
-        ("subsystem", "GDS", "P"), ("channel", "H1:LSC-X", "P")]
+        ("subsystem", "GDS", "P"),
+        ("channel", "H1:LSC-X", "P"),
+    ]
     assert ep.scopes[0].source is not None and ep.scopes[0].source.line == 4
     assert sm.domains == ("H1",)
 

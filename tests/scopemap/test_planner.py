@@ -71,8 +71,9 @@ def test_demo_map_stream_slices(
     idx = example("demo.yaml")
     start = NOW - start_age * S
     end = None if end_age is None else NOW - end_age * S
-    p = plan_stream(idx, StreamRequest(("H1:GDS-CALIB_STRAIN", "L1:GDS-CALIB_STRAIN"), start,
-                                       end), NOW)
+    p = plan_stream(
+        idx, StreamRequest(("H1:GDS-CALIB_STRAIN", "L1:GDS-CALIB_STRAIN"), start, end), NOW
+    )
     got = []
     for s in p.slices:
         assert len(s.groups) == 1
@@ -95,9 +96,12 @@ def test_live_stream_goes_to_live_endpoints_and_reports_the_rest() -> None:
     p = plan_stream(idx, StreamRequest(("H1:GDS-A", "H1:PEM-B", "X1:Y"), None, None), NOW)
     assert [(s.start, s.end) for s in p.slices] == [(None, None)]
     assert [(g.channels, g.endpoints) for g in p.slices[0].groups] == [
-        (("H1:GDS-A",), ("grpc://live.x:1",))]
+        (("H1:GDS-A",), ("grpc://live.x:1",))
+    ]
     assert {(u.channels, u.reason) for u in p.uncovered} == {
-        (("H1:PEM-B",), Reason.NO_LIVE), (("X1:Y",), Reason.NO_SCOPE)}
+        (("H1:PEM-B",), Reason.NO_LIVE),
+        (("X1:Y",), Reason.NO_SCOPE),
+    }
 
 
 def test_carve_out_wins_where_it_has_data_and_falls_back_elsewhere() -> None:
@@ -109,7 +113,8 @@ def test_carve_out_wins_where_it_has_data_and_falls_back_elsewhere() -> None:
     old, recent = p.slices
     assert old.end == N - 86400 * S
     assert [(g.channels, g.endpoints) for g in old.groups] == [
-        ((strain, other), ("grpc://h1-general.example.org:31206",))]
+        ((strain, other), ("grpc://h1-general.example.org:31206",))
+    ]
     assert {(g.channels, g.endpoints) for g in recent.groups} == {
         ((strain,), ("grpc://h1-calibration.example.org:31206",)),
         ((other,), ("grpc://h1-general.example.org:31206",)),
@@ -123,10 +128,13 @@ def test_retention_gap_is_reported_not_dropped() -> None:
     )
     p = plan_stream(idx, StreamRequest(("H1:A",), NOW - 1000 * S, NOW - 100 * S), NOW)
     assert [(s.start, s.end, len(s.groups)) for s in p.slices] == [
-        (NOW - 1000 * S, N - 900 * S, 1), (N - 900 * S, N - 600 * S, 0),
-        (N - 600 * S, NOW - 100 * S, 1)]
+        (NOW - 1000 * S, N - 900 * S, 1),
+        (N - 900 * S, N - 600 * S, 0),
+        (N - 600 * S, NOW - 100 * S, 1),
+    ]
     assert [(u.channels, u.start, u.end, u.reason) for u in p.uncovered] == [
-        (("H1:A",), N - 900 * S, N - 600 * S, Reason.NO_RETENTION)]
+        (("H1:A",), N - 900 * S, N - 600 * S, Reason.NO_RETENTION)
+    ]
 
 
 def test_replicas_are_listed_in_yaml_order_and_grouped() -> None:
@@ -134,8 +142,11 @@ def test_replicas_are_listed_in_yaml_order_and_grouped() -> None:
     p = plan_stream(idx, StreamRequest(("L1:A", "H1:B"), NOW - 9000 * S, NOW - 8000 * S), NOW)
     [s] = p.slices
     assert [(g.channels, g.endpoints) for g in s.groups] == [
-        (("H1:B", "L1:A"), ("grpc://archive-a.example.org:31206",
-                            "grpc://archive-b.example.org:31206"))]
+        (
+            ("H1:B", "L1:A"),
+            ("grpc://archive-a.example.org:31206", "grpc://archive-b.example.org:31206"),
+        )
+    ]
 
 
 def test_direct_read_groups_carry_kafka_locations() -> None:
@@ -144,7 +155,9 @@ def test_direct_read_groups_carry_kafka_locations() -> None:
     groups = {g.channels: g for g in p.slices[0].groups}
     assert groups[("H1:LSC-Y",)].direct_read == ()
     assert groups[("H1:GDS-X",)].direct_read == (
-        "kafka://k1.example.org:9092", "kafka://k2.example.org:9092")
+        "kafka://k1.example.org:9092",
+        "kafka://k2.example.org:9092",
+    )
     d = plan_describe(idx, DescribeRequest(("H1:GDS-X", "H1:LSC-Y"), None), NOW)
     assert [g.channels for g in d.groups] == [("H1:GDS-X", "H1:LSC-Y")]
 
@@ -165,7 +178,9 @@ def test_describe_prefers_live_and_falls_back_per_channel() -> None:
     )
     d = plan_describe(idx, DescribeRequest(("H1:A", "L1:B", "V1:C"), None), NOW)
     assert [(g.channels, g.endpoints) for g in d.groups] == [
-        (("H1:A",), ("grpc://live.x:1",)), (("L1:B",), ("grpc://arch.x:1",))]
+        (("H1:A",), ("grpc://live.x:1",)),
+        (("L1:B",), ("grpc://arch.x:1",)),
+    ]
     assert [(u.channels, u.reason) for u in d.uncovered] == [(("V1:C",), Reason.NO_SCOPE)]
     old = plan_describe(idx, DescribeRequest(("H1:A",), NOW - 1000 * S), NOW)
     assert [g.endpoints for g in old.groups] == [("grpc://arch.x:1",)]
@@ -178,7 +193,8 @@ def test_find_counts_replicas_once() -> None:
     idx = example("replicated-archives.yaml")
     f = plan_find(idx, FindRequest(NOW - 9000 * S), NOW)
     assert [t.endpoints for t in f.targets] == [
-        ("grpc://archive-a.example.org:31206", "grpc://archive-b.example.org:31206")]
+        ("grpc://archive-a.example.org:31206", "grpc://archive-b.example.org:31206")
+    ]
     live = plan_find(idx, FindRequest(None), NOW)
     assert [t.endpoints for t in live.targets] == [("grpc://live.example.org:31206",)]
 
@@ -203,19 +219,26 @@ def test_find_drops_nested_regions() -> None:
 def test_publish_routes_to_first_authoritative_endpoint() -> None:
     idx = example("replays-publishers.yaml")
     assert plan_publish(idx, PublishRequest("H1-lldd"), NOW).endpoint == (
-        "grpc://h1-live.example.org:31206")
+        "grpc://h1-live.example.org:31206"
+    )
     assert plan_publish(idx, PublishRequest("nobody"), NOW).endpoint is None
 
 
 # --------------------------------------------------------------------------- replays
 
 REPLAY_ERRORS = [
-    (StreamRequest((), 1, 2, "ER15", 1, 2),
-     "replay_id and replay_start/replay_end are mutually exclusive"),
-    (StreamRequest((), 1, 2, "NOPE"),
-     "unknown replay_id 'NOPE'; available replays: ['ER15', 'ER16']"),
-    (StreamRequest((), 1, 2, None, 1, None),
-     "both replay_start and replay_end must be provided together"),
+    (
+        StreamRequest((), 1, 2, "ER15", 1, 2),
+        "replay_id and replay_start/replay_end are mutually exclusive",
+    ),
+    (
+        StreamRequest((), 1, 2, "NOPE"),
+        "unknown replay_id 'NOPE'; available replays: ['ER15', 'ER16']",
+    ),
+    (
+        StreamRequest((), 1, 2, None, 1, None),
+        "both replay_start and replay_end must be provided together",
+    ),
     (StreamRequest((), 1, 2, None, 5, 5), "replay_start must be less than replay_end"),
     (DescribeRequest((), None, "NOPE"), "unknown replay_id 'NOPE'"),
     (FindRequest(None, "NOPE"), "unknown replay_id 'NOPE'"),
@@ -245,10 +268,14 @@ def test_named_replay_dual_pass() -> None:
     # GDS is derived (the replay's own scope on the live server, at the client's times);
     # PEM is raw archival data, found on the archive at the folded (replay) times.
     assert {(g.channels, g.endpoints) for g in s.groups} == {
-        (("H1:GDS-A",), ("grpc://live.x:1",)), (("H1:PEM-B",), ("grpc://arch.x:1",))}
+        (("H1:GDS-A",), ("grpc://live.x:1",)),
+        (("H1:PEM-B",), ("grpc://arch.x:1",)),
+    }
     f = plan_find(idx, FindRequest(None, "R"), NOW)
     assert [(t.endpoints, t.replay_id) for t in f.targets] == [
-        (("grpc://arch.x:1",), None), (("grpc://live.x:1",), "R")]
+        (("grpc://arch.x:1",), None),
+        (("grpc://live.x:1",), "R"),
+    ]
     assert f.targets[0].time is not None
     assert 1300000000 * S <= f.targets[0].time < 1300000100 * S
     d = plan_describe(idx, DescribeRequest(("H1:GDS-A", "H1:PEM-B"), None, "R"), NOW)
@@ -279,8 +306,11 @@ def test_upstream_json_matches_protocol_shape() -> None:
     assert result.scope_map is not None
     doc = to_upstream_json(result.scope_map)
     live = doc["endpoints"]["grpc://h1-live.example.org:31206"]
-    assert live["scopes"]["H1"][0] == {"subsystem": "GDS", "publisher": "H1-lldd",
-                                       "direct_read": True}
+    assert live["scopes"]["H1"][0] == {
+        "subsystem": "GDS",
+        "publisher": "H1-lldd",
+        "direct_read": True,
+    }
     assert live["retention"] == {"newest": 0, "oldest": 600}
     assert live["replay_ids"] == ["ER15", "ER16"]
     assert live["replay_scopes"] == {"ER16": {"H1": [{"subsystem": "GDS"}]}}
@@ -292,7 +322,8 @@ def test_upstream_json_matches_protocol_shape() -> None:
     assert doc["local_endpoint"] is None
     assert replays_json(result.scope_map) == {
         "ER15": {"start": 1400000000.0, "end": 1400000100.0},
-        "ER16": {"start": 1400001000.0, "end": 1400001100.0}}
+        "ER16": {"start": 1400001000.0, "end": 1400001100.0},
+    }
 
 
 # --------------------------------------------------------------------------- RetentionTree
@@ -312,8 +343,10 @@ def test_retention_tree_matches_a_scan(ws: list[tuple[float, float]], a0: int, w
     got = sorted(i for i, _, _ in tree.overlapping(a0, a1))
     assert got == [i for i, (lo, hi) in enumerate(ws) if lo < a1 and a0 < hi]
     assert sorted(i for i, _, _ in tree.covering(a0)) == [
-        i for i, (lo, hi) in enumerate(ws) if lo < a0 <= hi]
+        i for i, (lo, hi) in enumerate(ws) if lo < a0 <= hi
+    ]
     assert sorted(i for i, _, _ in tree.covering(float("-inf"))) == [
-        i for i, (lo, _) in enumerate(ws) if lo == float("-inf")]
+        i for i, (lo, _) in enumerate(ws) if lo == float("-inf")
+    ]
     for p in tree.split_points(a0, a1):
         assert a0 < p < a1

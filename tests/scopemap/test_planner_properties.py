@@ -74,7 +74,10 @@ def test_every_channel_instant_exactly_once_at_highest_specificity(
     for t in _instants(p, req):
         for c in set(req.channels):
             where = [
-                (s, g) for s in p.slices if _in(t, s.start, s.end) for g in s.groups
+                (s, g)
+                for s in p.slices
+                if _in(t, s.start, s.end)
+                for g in s.groups
                 if c in g.channels
             ]
             unc = [u for u in p.uncovered if c in u.channels and _in(t, u.start, u.end)]
