@@ -17,8 +17,11 @@ $(STAMP): pyproject.toml backends/pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+LINT_PATHS := scopemap router backends/router_backends tests bench examples
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check scopemap router backends/router_backends tests bench
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)

@@ -37,14 +37,22 @@ def synthetic_map(n: int, seed: int = 1) -> str:
     domains = domains_for(n)
     lines = []
     for d, domain in enumerate(domains):  # one wildcard archive per domain
-        lines += [f"grpc://wild-{d}.example.org:31206:", "  scopes:",
-                  f"    {domain}: [{{all: true}}]", f"  retention: {TIERS[2]}"]
+        lines += [
+            f"grpc://wild-{d}.example.org:31206:",
+            "  scopes:",
+            f"    {domain}: [{{all: true}}]",
+            f"  retention: {TIERS[2]}",
+        ]
     for i in range(n - len(domains)):
         domain = domains[i % len(domains)]
         subs = rng.sample(range(SUBSYSTEMS), 3)
         entries = ", ".join(f"{{subsystem: S{s}}}" for s in subs)
-        lines += [f"grpc://ep-{i}.example.org:{30000 + i % 30000}:", "  scopes:",
-                  f"    {domain}: [{entries}]", f"  retention: {TIERS[i % 3]}"]
+        lines += [
+            f"grpc://ep-{i}.example.org:{30000 + i % 30000}:",
+            "  scopes:",
+            f"    {domain}: [{entries}]",
+            f"  retention: {TIERS[i % 3]}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -98,14 +106,19 @@ def main() -> None:
                 p = plan_stream(index, request, NOW)
                 groups = sum(len(s.groups) for s in p.slices)
                 shape = "spread" if spread else "clustered"
-                print(f"| {n:,} | {count:,} | {shape} | {len(p.slices)} | {groups} | "
-                      f"{statistics.median(samples):.3f} | {p99(samples):.3f} |", flush=True)
+                print(
+                    f"| {n:,} | {count:,} | {shape} | {len(p.slices)} | {groups} | "
+                    f"{statistics.median(samples):.3f} | {p99(samples):.3f} |",
+                    flush=True,
+                )
     print()
     print("| endpoints | YAML size | load + validate (s) | index (s) | total (s) |")
     print("| ---: | ---: | ---: | ---: | ---: |")
     for n, size, load_s, index_s in load_figures:
-        print(f"| {n:,} | {size / 1e6:.1f} MB | {load_s:.2f} | {index_s:.2f} | "
-              f"{load_s + index_s:.2f} |")
+        print(
+            f"| {n:,} | {size / 1e6:.1f} MB | {load_s:.2f} | {index_s:.2f} | "
+            f"{load_s + index_s:.2f} |"
+        )
 
 
 if __name__ == "__main__":

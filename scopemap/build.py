@@ -251,8 +251,9 @@ class Builder:
             return found
         for key in ("subsystem", "channel"):
             if key in item:
-                self._ignored(path, item, ("publisher", "direct_read", "subsystems", "channels"),
-                              key)
+                self._ignored(
+                    path, item, ("publisher", "direct_read", "subsystems", "channels"), key
+                )
                 if key == "subsystem" and "channel" in item:
                     self._ignored(path, item, ("channel",), key)
                 v = item[key]
@@ -283,15 +284,19 @@ class Builder:
                 self.error("SM104", str(exc), path)
                 return False
             if parsed.domain != domain:
-                msg = (f"channel {value!r} is listed under domain {domain!r} but belongs to "
-                       f"{parsed.domain!r}: it can never match")
+                msg = (
+                    f"channel {value!r} is listed under domain {domain!r} but belongs to "
+                    f"{parsed.domain!r}: it can never match"
+                )
                 self.error("SM104", msg, path)
                 return False
             return True
         bad = [c for c in ("-", "_", ":") if c in value]
         if bad:
-            msg = (f"subsystem {value!r} can never match: a subsystem is the part of a channel "
-                   "name after the domain's ':' up to the first '-' or '_'")
+            msg = (
+                f"subsystem {value!r} can never match: a subsystem is the part of a channel "
+                "name after the domain's ':' up to the first '-' or '_'"
+            )
             self.error("SM104", msg, path)
             return False
         return True

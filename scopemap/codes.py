@@ -20,8 +20,11 @@ CODES = MappingProxyType(
         # semantics
         "SM101": (E, "retention newest is greater than oldest"),
         "SM102": (E, "negative (or NaN) retention age"),
-        "SM103": (E, "unparseable or unsupported URL (endpoints: grpc, grpc+tcp, grpc+tls; "
-                  "kafka only as direct_read)"),
+        "SM103": (
+            E,
+            "unparseable or unsupported URL (endpoints: grpc, grpc+tcp, grpc+tls; "
+            "kafka only as direct_read)",
+        ),
         "SM104": (E, "invalid channel name or subsystem in a scope entry"),
         "SM105": (E, "'all' must be the boolean true"),
         "SM106": (E, "scope entry with none of all / publisher / subsystem / channel"),
@@ -30,8 +33,10 @@ CODES = MappingProxyType(
         "SM109": (E, "replay end is not after its start"),
         "SM110": (E, "the same endpoint is listed twice"),
         # warnings
-        "SM201": (W, "'inf' written as a string: YAML 1.2 loaders (upstream) fail on it; "
-                  "write .inf"),
+        "SM201": (
+            W,
+            "'inf' written as a string: YAML 1.2 loaders (upstream) fail on it; write .inf",
+        ),
         "SM202": (W, "retention gap: an age range no endpoint serves for a domain/scope"),
         "SM203": (W, "domain with no live endpoint (newest: 0)"),
         "SM204": (W, "scope entry that can never win (inert beside 'all: true' or repeated)"),

@@ -90,7 +90,9 @@ def _replays(r: Any) -> bool:
     if r is None:
         return True
     return isinstance(r, dict) and all(
-        isinstance(v, dict) and v.keys() == {"start", "end"} and _number(v["start"])
+        isinstance(v, dict)
+        and v.keys() == {"start", "end"}
+        and _number(v["start"])
         and _number(v["end"])
         for v in r.values()
     )
@@ -99,6 +101,4 @@ def _replays(r: Any) -> bool:
 def fast_valid(doc: Any) -> bool:
     if not isinstance(doc, dict) or not doc:
         return False
-    return all(
-        _replays(v) if k == "replays" else _endpoint(v) for k, v in doc.items()
-    )
+    return all(_replays(v) if k == "replays" else _endpoint(v) for k, v in doc.items())

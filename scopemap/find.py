@@ -76,8 +76,9 @@ def _dominated(regions: list[Region]) -> set[int]:
     return out
 
 
-def find_targets(index: RoutingIndex, view: ScopeIndex, time: int | None, n: int,
-                 replay_id: str | None) -> tuple[FindTarget, ...]:
+def find_targets(
+    index: RoutingIndex, view: ScopeIndex, time: int | None, n: int, replay_id: str | None
+) -> tuple[FindTarget, ...]:
     by_region: dict[Region, list[int]] = {}
     for i in _active(index, view, time, n):
         by_region.setdefault(region_of(view.entries[i]), []).append(i)

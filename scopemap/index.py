@@ -79,8 +79,10 @@ class ScopeIndex:
         self.wildcard = {k: Tier(list(v.values()), ages) for k, v in wild.items()}
 
     def __repr__(self) -> str:
-        return (f"ScopeIndex({len(self.entries)} endpoints, {len(self.exact)} channels, "
-                f"{len(self.subsystem)} subsystems, {len(self.wildcard)} wildcard domains)")
+        return (
+            f"ScopeIndex({len(self.entries)} endpoints, {len(self.exact)} channels, "
+            f"{len(self.subsystem)} subsystems, {len(self.wildcard)} wildcard domains)"
+        )
 
     def tiers(self, channel: str) -> tuple[Tier, ...]:
         """The tiers claiming ``channel``, most specific first; () for an invalid name."""
@@ -164,5 +166,7 @@ class RoutingIndex:
         return [pos[u] for u in urls]
 
     def __repr__(self) -> str:
-        return (f"RoutingIndex({len(self.urls)} endpoints, base={self.base!r}, "
-                f"replays={sorted(self.replay_views)})")
+        return (
+            f"RoutingIndex({len(self.urls)} endpoints, base={self.base!r}, "
+            f"replays={sorted(self.replay_views)})"
+        )

@@ -84,8 +84,10 @@ def _gaps(sm: ScopeMap, retention_pos: Callable[[str], SourcePos]) -> Iterator[W
                 continue
             reported.add((domain, lo, hi))
             upper = "inf" if math.isinf(hi) else f"{hi:g} s"
-            msg = (f"{label}: no endpoint serves data aged {lo:g} s to {upper} "
-                   f"(retention gap after {url})")
+            msg = (
+                f"{label}: no endpoint serves data aged {lo:g} s to {upper} "
+                f"(retention gap after {url})"
+            )
             yield "SM202", msg, retention_pos(url)
 
 
@@ -118,8 +120,10 @@ def _inert_in(entries: Iterable[ScopeEntry]) -> Iterator[Warning_]:
                 continue
             if wildcard is not None and e is not wildcard and e.direct_read is None:
                 wline = wildcard.source.line if wildcard.source else 0
-                msg = (f"{domain} entry {e.value!r} has no routing effect beside "
-                       f"'all: true' (line {wline})")
+                msg = (
+                    f"{domain} entry {e.value!r} has no routing effect beside "
+                    f"'all: true' (line {wline})"
+                )
                 flagged.add(e.source)
                 yield "SM204", msg, where
                 continue

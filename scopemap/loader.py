@@ -119,8 +119,10 @@ def _string_infinity(tree: SourceTree, add: Callable[[str, str, SourcePos], None
         for key in ("newest", "oldest"):
             value = retention.get(key)
             if isinstance(value, str):
-                msg = (f"{key}: {value} is a string in YAML 1.2 (upstream arrakis-server fails "
-                       "on it); write .inf")
+                msg = (
+                    f"{key}: {value} is a string in YAML 1.2 (upstream arrakis-server fails "
+                    "on it); write .inf"
+                )
                 add("SM201", msg, tree.pos((url, "retention", key)))
 
 

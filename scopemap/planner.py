@@ -75,8 +75,9 @@ def _routes(index: RoutingIndex, window: ReplayWindow | None) -> tuple[_Route, _
 # --------------------------------------------------------------------------- stream
 
 
-def _stream_timeline(route: _Route, tiers: Sequence[Tier], req: StreamRequest,
-                     n: int) -> list[Piece]:
+def _stream_timeline(
+    route: _Route, tiers: Sequence[Tier], req: StreamRequest, n: int
+) -> list[Piece]:
     if req.start is None:
         if route.fold is None:
             state = live_state(tiers, route.missing)
@@ -142,11 +143,13 @@ def plan_stream(index: RoutingIndex, request: StreamRequest, now_ns: int) -> Str
 # --------------------------------------------------------------------------- describe
 
 
-def _describe_state(route: _Route, tiers: Sequence[Tier], index: RoutingIndex,
-                    time: int | None, n: int) -> State:
+def _describe_state(
+    route: _Route, tiers: Sequence[Tier], index: RoutingIndex, time: int | None, n: int
+) -> State:
     if route.fold is not None:
-        return instant_state(tiers, n, route.fold.translate(n if time is None else time),
-                             route.missing)
+        return instant_state(
+            tiers, n, route.fold.translate(n if time is None else time), route.missing
+        )
     if time is None:
         return preferred_state(tiers, index.ages, route.missing)
     return instant_state(tiers, n, time, route.missing)

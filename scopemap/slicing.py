@@ -102,7 +102,8 @@ def range_timeline(
     for a, b in pairwise(bounds):
         assert a is not None
         covering = [
-            c for c, s, e in claims
+            c
+            for c, s, e in claims
             if (s is None or s <= a) and (e is None or (b is not None and e >= b))
         ]
         state: State = _top(covering) or (Reason.NO_LIVE if b is None else Reason.NO_RETENTION)
@@ -127,8 +128,9 @@ def instant_state(tiers: Sequence[Tier], n: int, t: int, missing: Reason) -> Sta
     return _top([c for c, _, _ in _best(found).values()]) or Reason.NO_RETENTION
 
 
-def preferred_state(tiers: Sequence[Tier], ages: Sequence[tuple[float, float]],
-                    missing: Reason) -> State:
+def preferred_state(
+    tiers: Sequence[Tier], ages: Sequence[tuple[float, float]], missing: Reason
+) -> State:
     """``time: null`` metadata: the claimers reaching nearest to now, then most specific."""
     claims = list(_best([(c, 0.0, 0.0) for tier in tiers for c in tier.claims]).values())
     if not claims:
@@ -141,8 +143,11 @@ def shift(pieces: list[Piece], offset: int) -> list[Piece]:
     if not offset:
         return pieces
     return [
-        Piece(None if p.start is None else p.start + offset,
-              None if p.end is None else p.end + offset, p.state)
+        Piece(
+            None if p.start is None else p.start + offset,
+            None if p.end is None else p.end + offset,
+            p.state,
+        )
         for p in pieces
     ]
 
@@ -160,8 +165,9 @@ def cut_slices(
     """Greedy fewest slices over timelines that each tile ``[start, end)`` (see module doc)."""
     keys = list(timelines)
     cursor = dict.fromkeys(keys, 0)
-    points = sorted({p.start for pieces in timelines.values() for p in pieces[1:]
-                     if p.start is not None})
+    points = sorted(
+        {p.start for pieces in timelines.values() for p in pieces[1:] if p.start is not None}
+    )
     running: dict[str, State] = {k: timelines[k][0].state for k in keys}
     slices: list[tuple[int, int | None, dict[str, State]]] = []
     slice_start = start
@@ -255,8 +261,9 @@ def group_units(units: Sequence[Unit], urls: Sequence[str], *, direct: bool) -> 
     return groups
 
 
-def _split_direct(units: list[Unit], replicas: list[int], urls: Sequence[str],
-                  direct: bool) -> list[ChannelGroup]:
+def _split_direct(
+    units: list[Unit], replicas: list[int], urls: Sequence[str], direct: bool
+) -> list[ChannelGroup]:
     locations = tuple(urls[i] for i in replicas)
     if not direct:
         return [ChannelGroup(tuple(sorted(c for u in units for c in u.channels)), locations)]

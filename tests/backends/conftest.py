@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from router_backends.testing import serve_mock
 
 CHANNELS_TOML = Path(__file__).with_name("channels.toml")

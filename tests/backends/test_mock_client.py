@@ -9,12 +9,12 @@ import arrakis
 import numpy as np
 import pyarrow.flight as flight
 import pytest
-from router_backends.catalog import load_toml
-from router_backends.signals import samples_for
-from router_backends.testing import serve_mock
 
 from router.protocol.envelope import DescribeArgs, Envelope, FindArgs, StreamArgs
 from router.protocol.gps import gps_now_ns
+from router_backends.catalog import load_toml
+from router_backends.signals import samples_for
+from router_backends.testing import serve_mock
 
 from .conftest import CHANNELS_TOML, GPS0, NS, STRIDE
 

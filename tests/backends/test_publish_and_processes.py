@@ -12,9 +12,9 @@ import pyarrow.flight as flight
 import pytest
 from arrakis.channel import Channel
 from arrakis.publish import Publisher
-from router_backends.testing import MockProcess, mock_process, serve_mock
 
 from router.protocol.envelope import Envelope, PublishArgs, StreamArgs
+from router_backends.testing import MockProcess, mock_process, serve_mock
 
 from .conftest import CHANNELS_TOML, GPS0, NS
 

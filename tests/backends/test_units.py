@@ -7,14 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from router.protocol.channel import ChannelMeta
+from router.protocol.errors import UnavailableError
 from router_backends.catalog import Catalog, CatalogError, ChannelSpec, load_toml
 from router_backends.defaults import default_channels
 from router_backends.faults import FaultPlan, parse_faults
 from router_backends.retention import Retention, parse_retention
 from router_backends.signals import generate, samples_for
-
-from router.protocol.channel import ChannelMeta
-from router.protocol.errors import UnavailableError
 
 from .conftest import CHANNELS_TOML, GPS0, NS, STRIDE
 
