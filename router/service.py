@@ -27,6 +27,7 @@ from router.errors import (
     UnsupportedError,
 )
 from router.fanout import fetch_first
+from router.live import LiveExecution, max_latency_ns
 from router.metadata import DescribeCache, describe_groups, find_targets
 from router.protocol.arrow import (
     COUNT_SCHEMA,
@@ -74,6 +75,9 @@ class Settings:
     idle_timeout: float = 30.0
     queue_size: int = 16
     workers: int = 32
+    live_grace: float = 0.5
+    live_buffer: int = 64
+    live_reconnect: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,11 @@ class RouterService:
         self.cache = DescribeCache(self.settings.describe_ttl)
         self.executor = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="fanout")
         self.stream_options = StreamOptions(
-            idle_timeout=self.settings.idle_timeout, queue_size=self.settings.queue_size
+            idle_timeout=self.settings.idle_timeout,
+            queue_size=self.settings.queue_size,
+            live_grace=self.settings.live_grace,
+            live_buffer=self.settings.live_buffer,
+            live_reconnect=self.settings.live_reconnect,
         )
 
     def __repr__(self) -> str:
@@ -159,7 +167,7 @@ class RouterService:
         command = envelope.encode()
         redirect = self.settings.mode == "redirect"
         if isinstance(args, StreamArgs):
-            plan, grid = self._stream_plan(args, request_id)
+            plan, grid, _ = self._stream_plan(args, request_id)
             if redirect and len(plan.slices) == 1:
                 start = grid.floor(args.start) if args.start is not None else None
                 return [
@@ -202,27 +210,39 @@ class RouterService:
     ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         args = envelope.args
         if isinstance(args, StreamArgs):
-            plan, grid = self._stream_plan(args, request_id)
-            execution = StreamExecution(
-                plan,
-                grid,
-                envelope,
-                self.pool,
-                self.call(request_id, "Stream"),
-                self.stream_options,
-                should_stop,
-            )
+            plan, grid, metas = self._stream_plan(args, request_id)
+            call = self.call(request_id, "Stream")
+            execution: StreamExecution | LiveExecution
+            if args.start is None or args.end is None:
+                execution = LiveExecution(
+                    plan,
+                    grid,
+                    envelope,
+                    self.pool,
+                    call,
+                    self.stream_options,
+                    should_stop,
+                    clock=self.clock,
+                    max_latency=max_latency_ns(metas),
+                    plan_at=lambda start: self._replan(args, start),
+                )
+            else:
+                execution = StreamExecution(
+                    plan, grid, envelope, self.pool, call, self.stream_options, should_stop
+                )
             log.info(
                 "stream_start",
                 channels=len(args.channels),
                 slices=len(plan.slices),
                 groups=sum(len(s.groups) for s in plan.slices),
                 block_ns=grid.duration,
+                live=args.start is None,
+                open_ended=args.end is None,
             )
             return grid.schema, iter(execution)
         if isinstance(args, DescribeArgs):
-            metas = self.describe(args, request_id)
-            return METADATA_SCHEMA, iter(metadata_batches([metas[c] for c in args.channels]))
+            described = self.describe(args, request_id)
+            return METADATA_SCHEMA, iter(metadata_batches([described[c] for c in args.channels]))
         if isinstance(args, FindArgs):
             found = self.find(args, envelope.version, request_id)
             if envelope.request == "Count":
@@ -310,19 +330,26 @@ class RouterService:
             reasons = sorted({u.reason.value for u in uncovered})
             raise ChannelsNotAvailableError(channels, "; ".join(reasons))
 
-    def _stream_plan(self, args: StreamArgs, request_id: str) -> tuple[StreamPlan, Grid]:
-        if args.start is None or args.end is None:
-            raise UnsupportedError(
-                "live and open-ended streams are not supported yet: "
-                "give both start and end (live streaming through the router is coming)"
-            )
+    def _stream_plan(
+        self, args: StreamArgs, request_id: str
+    ) -> tuple[StreamPlan, Grid, list[ChannelMeta]]:
         if not args.channels:
             raise InvalidRequestError("invalid Stream request: args.channels: no channels")
-        plan = plan_stream(
+        plan = self._replan(args, args.start)
+        if plan.uncovered:
+            raise PlanIncompleteError(uncovered_text(plan.uncovered))
+        found = self.describe(DescribeArgs(args.channels, args.start, args.replay_id), request_id)
+        metas = [found[c] for c in args.channels]
+        return plan, make_grid(metas), metas
+
+    def _replan(self, args: StreamArgs, start: int | None) -> StreamPlan:
+        """The plan of ``args`` from ``start`` on, at the clock's now (a live stream's
+        catch-up re-plans where each slice ends: retention boundaries move with the clock)."""
+        return plan_stream(
             self.routing.index,
             StreamRequest(
                 args.channels,
-                args.start,
+                start,
                 args.end,
                 replay_id=args.replay_id,
                 replay_start=args.replay_start,
@@ -330,10 +357,6 @@ class RouterService:
             ),
             self.clock.now_ns(),
         )
-        if plan.uncovered:
-            raise PlanIncompleteError(uncovered_text(plan.uncovered))
-        metas = self.describe(DescribeArgs(args.channels, args.start, args.replay_id), request_id)
-        return plan, make_grid([metas[c] for c in args.channels])
 
     def _publish_endpoint(self, envelope: Envelope) -> str:
         args = envelope.args

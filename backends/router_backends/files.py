@@ -1,4 +1,4 @@
-"""``router-backend files DIR``: serve a recording (see ``backends/FILES.md``).
+"""``router-backend files DIR``: serve a recording (see ``backends/README.md, "Recorded data"``).
 
 The recording is opened and validated at start-up (a bad DIR is a one-line error, exit
 status 2); chunk files are memory-mapped when a stream first needs them.  Streams must lie

@@ -1,4 +1,4 @@
-"""The on-disk layout of a recording (see ``backends/FILES.md``) and its writer.
+"""The on-disk layout of a recording (see ``backends/README.md, "Recorded data"``) and its writer.
 
 ::
 

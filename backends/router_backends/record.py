@@ -1,6 +1,6 @@
 """``router-backend record --from URL --start S --end E CHANNEL... DIR``.
 
-Records a bounded stream from any Arrakis server into the layout of ``backends/FILES.md``,
+Records a bounded stream from any Arrakis server into the layout of ``backends/README.md, "Recorded data"``,
 speaking the protocol with plain pyarrow Flight and our envelopes:
 
 1. GetFlightInfo(Describe at ``start``) and DoGet of every endpoint: the channel metadata.

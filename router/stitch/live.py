@@ -58,7 +58,10 @@ class LiveMerge:
     """Merge ``groups`` live block streams onto the grid of ``duration`` ns from slot ``head``.
 
     ``end`` (exclusive, ``None``: forever) bounds the output. ``now`` is the GPS time the
-    merge starts waiting (the head's "since").
+    merge starts waiting (the head's "since"). With ``align`` (a live start), the first slot
+    moves forward to the first block delivered (downstreams choose their own first live
+    block) if nothing has been emitted yet; ``head`` is then only the fallback used when
+    nothing arrives before its deadline.
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class LiveMerge:
         now: int,
         end: int | None = None,
         buffer: int = 64,
+        align: bool = False,
     ) -> None:
         if groups < 1:
             raise ValueError("a live merge needs at least one group")
@@ -84,6 +88,7 @@ class LiveMerge:
         self.stats = LiveStats()
         self._groups = [_Group() for _ in range(groups)]
         self._head_since = now
+        self._align = align
 
     def __repr__(self) -> str:
         pending = [len(g.pending) for g in self._groups]
@@ -105,6 +110,10 @@ class LiveMerge:
         """Every group has finished and nothing is pending."""
         return all(g.finished and not g.pending for g in self._groups)
 
+    def absent(self) -> list[int]:
+        """Groups currently null-filled for having missed a deadline."""
+        return [i for i, g in enumerate(self._groups) if g.absent]
+
     def wants(self, group: int) -> bool:
         """Whether the caller may push another block of ``group`` (backpressure)."""
         return len(self._groups[group].pending) < self.buffer
@@ -112,6 +121,10 @@ class LiveMerge:
     def push(self, group: int, block: Block) -> None:
         """One on-grid block of ``group`` (blocks of a group arrive in increasing time)."""
         g = self._groups[group]
+        if self._align:
+            self._align = False
+            if self.stats.emitted == 0 and block.time > self.head:
+                self.head = block.time  # live start: begin where the first downstream begins
         if block.time < self.head:
             if self.stats.emitted == 0:
                 self.stats.trimmed += 1  # before the first slot: start alignment

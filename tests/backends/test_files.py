@@ -20,14 +20,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
+
+from router.protocol.envelope import Envelope, StreamArgs
 from router_backends.files import FilesBackend, configure_files, run_files
 from router_backends.files_layout import CHANNELS_FILE, RecordingError, chunk_name
 from router_backends.files_reader import Recording
 from router_backends.record import configure_record, record, run_record
 from router_backends.retention import Retention
 from router_backends.testing import serve_backend, serve_mock
-
-from router.protocol.envelope import Envelope, StreamArgs
 
 pytestmark = pytest.mark.integration
 
@@ -403,6 +403,7 @@ def _upstream_mock(toml: Path) -> Iterator[str]:
     exe = Path(sys.executable).with_name("arrakis-server")
     argv = [str(exe), "-u", "grpc://127.0.0.1:0", "mock", str(toml)]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    drain: threading.Thread | None = None
     try:
         assert proc.stderr is not None
         deadline = time.monotonic() + 60
@@ -415,7 +416,8 @@ def _upstream_mock(toml: Path) -> Iterator[str]:
                     if " URL: " in line:
                         url = line.rsplit("URL: ", 1)[1].strip()
         assert url, "arrakis-server did not report its URL"
-        threading.Thread(target=proc.stderr.read, daemon=True).start()
+        drain = threading.Thread(target=proc.stderr.read, daemon=True)
+        drain.start()
         yield url
     finally:
         proc.terminate()
@@ -424,6 +426,10 @@ def _upstream_mock(toml: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if drain is not None:
+            drain.join(5)
+        if proc.stderr is not None:
+            proc.stderr.close()
 
 
 @pytest.mark.slow

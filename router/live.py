@@ -1,0 +1,345 @@
+"""Executing live and open-ended streams (``start`` null, or ``end`` null).
+
+Two phases, one output::
+
+    catch-up (start in the past):  archive slices, read one at a time; after each, the rest
+                                   [cursor, end) is planned again at the clock's now, so a
+                                   retention boundary that moved meanwhile is honoured
+    hand-over:                     the first open-ended slice of a re-plan starts at the
+                                   cursor; its block meets the archive's last one in
+                                   join_at_boundary (no gap, no duplicate)
+    live:                          one GroupFeed per channel group read concurrently into a
+                                   LiveMerge, which emits each slot when every group has it
+                                   or at its deadline (null-filling late groups)
+
+One injected clock drives every deadline. A live group whose downstream fails (or ends an
+open-ended stream) is null-filled by the deadlines and reconnected after a delay, resuming at
+the merge head. The client's cancellation is checked at least every ``poll`` seconds, and
+every feed (thread + downstream call) is closed on every exit path.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+
+import pyarrow as pa
+import structlog
+
+from router.downstream import Call, DownstreamPool
+from router.errors import ArrakisError, CancelledError, UnavailableError, is_retryable
+from router.fanout import END, GroupFeed
+from router.protocol.channel import ChannelMeta
+from router.protocol.envelope import Envelope
+from router.protocol.gps import Clock
+from router.stitch import Block, Grid, LiveMerge, Rebucketer, join_at_boundary, to_batches
+from router.stitch.merge import coalesce_duplicates, fill_gaps
+from router.streaming import StreamExecution, StreamOptions, batch_end, seconds, slice_label
+from scopemap import StreamPlan, StreamSlice
+
+log = structlog.get_logger("router.live")
+NS = 1_000_000_000
+
+PlanAt = Callable[[int], StreamPlan]
+
+
+def max_latency_ns(metas: Sequence[ChannelMeta]) -> int:
+    """The channels' latency budget (0 when none advertises one)."""
+    return max((m.max_latency or 0 for m in metas), default=0)
+
+
+def catch_up(plan: StreamPlan, plan_at: PlanAt) -> Iterator[StreamSlice]:
+    """The slices of an open-ended stream in reading order: bounded slices one at a time, the
+    remainder re-planned (``plan_at(cursor)``, at the clock's now) after each, until the
+    first slice of a plan is the open-ended one, which is yielded last (the hand-over).
+
+    Each re-plan starts exactly where the previous slice ended, so the slices still tile the
+    request; a bounded slice is never empty, so the cursor strictly increases.
+    """
+    while plan.slices:
+        if plan.uncovered:
+            raise UnavailableError(
+                "the stream can no longer be served from "
+                f"{seconds(plan.request.start)} GPS s on: {_uncovered(plan)}"
+            )
+        first = plan.slices[0]
+        yield first
+        if first.end is None or first.end == plan.request.end:
+            return
+        plan = plan_at(first.end)
+
+
+def _uncovered(plan: StreamPlan) -> str:
+    return "; ".join(
+        f"{', '.join(u.channels)} in [{seconds(u.start)}, {seconds(u.end)}): {u.reason.value}"
+        for u in plan.uncovered
+    )
+
+
+@dataclass
+class _LiveGroup:
+    """One channel group of the live slice: its feed (replaced on reconnect) and re-blocker."""
+
+    index: int
+    channels: tuple[str, ...]
+    endpoints: tuple[str, ...]
+    rebucketer: Rebucketer
+    feed: GroupFeed | None = None
+    retry_at: float | None = None  # monotonic time of the next reconnect
+    reconnects: int = 0
+
+
+class LiveExecution:
+    """The stitched stream of a live (``start`` null) or open-ended request. Iterate once;
+    ``close()`` (idempotent, also run at the end of iteration) closes every feed."""
+
+    def __init__(
+        self,
+        plan: StreamPlan,
+        grid: Grid,
+        envelope: Envelope,
+        pool: DownstreamPool,
+        call: Call,
+        options: StreamOptions,
+        should_stop: Callable[[], bool],
+        *,
+        clock: Clock,
+        max_latency: int,
+        plan_at: PlanAt,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.plan = plan
+        self.grid = grid
+        self._envelope = envelope
+        self._pool = pool
+        self._call = call
+        self._options = options
+        self._should_stop = should_stop
+        self._clock = clock
+        self._plan_at = plan_at
+        self._monotonic = monotonic
+        self.allowance = max_latency + round(options.live_grace * NS)
+        self._archive = StreamExecution(plan, grid, envelope, pool, call, options, should_stop)
+        self._groups: list[_LiveGroup] = []
+        self._wake = threading.Event()
+        self._closed = False
+        self.merge: LiveMerge | None = None
+        self.handover: int | None = None
+        self.blocks = 0
+        self._head = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<LiveExecution blocks={self.blocks} handover={self.handover} merge={self.merge} "
+            f"feeds={[g.feed for g in self._groups]}>"
+        )
+
+    # ------------------------------------------------------------------ output
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        request = self.plan.request
+        first = request.start if request.start is not None else self._clock.now_ns()
+        head = self._head = self.grid.floor(first)
+        live_slice: list[StreamSlice] = []
+
+        def archive() -> Iterator[Block]:
+            for sl in catch_up(self.plan, self._plan_at):
+                if sl.end is None or sl.start is None:
+                    live_slice.append(sl)
+                    return
+                yield from self._archive.read_slice(sl)
+
+        def live() -> Iterator[Block]:
+            if live_slice:
+                yield from self._live(live_slice[0])
+
+        try:
+            blocks = join_at_boundary(coalesce_duplicates(archive()), live())
+            if request.start is not None:  # (the live merge itself emits every slot)
+                blocks = fill_gaps(blocks, head, request.end, self.grid.duration)
+            for batch in to_batches(blocks, self.grid):
+                if self._should_stop():
+                    raise CancelledError("the client cancelled the stream")
+                self.blocks += 1
+                yield batch
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._archive.close()
+        for group in self._groups:
+            if group.feed is not None:
+                group.feed.close()
+
+    # ------------------------------------------------------------------ live phase
+    def _live(self, sl: StreamSlice) -> Iterator[Block]:
+        request = self.plan.request
+        now = self._clock.now_ns()
+        start = self.grid.floor(sl.start) if sl.start is not None else None
+        head = start if start is not None else self._head
+        self.handover = start
+        merge = self.merge = LiveMerge(
+            len(sl.groups),
+            self.grid.duration,
+            head,
+            allowance=self.allowance,
+            now=now,
+            end=request.end,
+            buffer=self._options.live_buffer,
+            align=start is None,
+        )
+        for i, group in enumerate(sl.groups):
+            rebucketer = Rebucketer(self.grid, group.channels)
+            g = _LiveGroup(i, group.channels, group.endpoints, rebucketer)
+            self._groups.append(g)
+            self._open(g, start)
+        log.info(
+            "live_start",
+            groups=len(sl.groups),
+            head=seconds(head),
+            handover=seconds(start) if start is not None else None,
+            allowance_s=self.allowance / NS,
+        )
+        absent: set[int] = set()
+        try:
+            while True:
+                if self._should_stop():
+                    raise CancelledError("the client cancelled the stream")
+                self._wake.clear()
+                for g in self._groups:
+                    self._drain(g, merge)
+                now = self._clock.now_ns()
+                yield from merge.pop_ready(now)
+                absent = self._log_absence(merge, absent)
+                if merge.done or (
+                    merge.exhausted
+                    and request.end is None
+                    and not any(g.feed is not None or g.retry_at is not None for g in self._groups)
+                ):
+                    return
+                self._wake.wait(self._wait_s(merge, now))
+        finally:
+            log.info("live_done", **_stats(merge))
+            for g in self._groups:
+                if g.feed is not None:
+                    g.feed.close()
+
+    def _wait_s(self, merge: LiveMerge, now: int) -> float:
+        wait = self._options.poll
+        deadline = merge.deadline()
+        if deadline is not None:
+            wait = min(wait, max(0.0, (deadline - now) / NS))
+        for g in self._groups:
+            if g.retry_at is not None:
+                wait = min(wait, max(0.0, g.retry_at - self._monotonic()))
+        return wait
+
+    def _open(self, g: _LiveGroup, start: int | None) -> None:
+        envelope, end = self._envelope, self.plan.request.end
+        label = f"[{seconds(start)}, {seconds(end)}) {{{', '.join(g.channels[:3])}}}"
+
+        def command_for(resume: int | None) -> bytes:
+            at = resume if resume is not None else start
+            return envelope.replace(channels=g.channels, start=at, end=end).encode()
+
+        g.feed = GroupFeed(
+            self._pool,
+            g.endpoints,
+            command_for,
+            replace(self._call, what=f"Stream live {label}"),
+            batch_end=batch_end(self.grid),
+            should_stop=self._should_stop,
+            idle_timeout=self._options.idle_timeout,
+            queue_size=self._options.queue_size,
+            poll=self._options.poll,
+            label=label,
+            notify=self._wake,
+        ).start()
+        g.retry_at = None
+
+    def _drain(self, g: _LiveGroup, merge: LiveMerge) -> None:
+        if g.feed is None:
+            if g.retry_at is not None and self._monotonic() >= g.retry_at:
+                g.reconnects += 1
+                log.info(
+                    "live_reconnect",
+                    endpoints=list(g.endpoints),
+                    resume=seconds(merge.head),
+                    attempt=g.reconnects,
+                )
+                merge.restart(g.index)
+                self._open(g, merge.head)
+            return
+        while merge.wants(g.index):
+            item = g.feed.poll()
+            if item is None:
+                return
+            if isinstance(item, pa.RecordBatch):
+                for block in g.rebucketer.push(item):
+                    merge.push(g.index, block)
+                continue
+            # the feed has ended, normally or not
+            g.feed.close()
+            g.feed = None
+            if item is END and self.plan.request.end is not None:
+                for block in g.rebucketer.finish():
+                    merge.push(g.index, block)
+                merge.finish(g.index)
+                return
+            error = (
+                item
+                if isinstance(item, ArrakisError)
+                else UnavailableError(
+                    f"{g.endpoints[0]}: the live stream of {', '.join(g.channels[:3])} ended"
+                )
+            )
+            if isinstance(item, BaseException) and not isinstance(item, ArrakisError):
+                raise item
+            if not is_retryable(error):
+                raise error
+            g.retry_at = self._monotonic() + self._options.live_reconnect
+            log.warning(
+                "live_group_lost",
+                endpoints=list(g.endpoints),
+                channels=list(g.channels[:3]),
+                error=str(error),
+                retry_s=self._options.live_reconnect,
+            )
+            return
+
+    def _log_absence(self, merge: LiveMerge, before: set[int]) -> set[int]:
+        now_absent = set(merge.absent())
+        for i in sorted(now_absent - before):
+            g = self._groups[i]
+            log.warning(
+                "live_group_late",
+                endpoints=list(g.endpoints),
+                channels=list(g.channels[:3]),
+                **_stats(merge),
+            )
+        for i in sorted(before - now_absent):
+            g = self._groups[i]
+            log.info(
+                "live_group_back",
+                endpoints=list(g.endpoints),
+                channels=list(g.channels[:3]),
+                **_stats(merge),
+            )
+        return now_absent
+
+
+def _stats(merge: LiveMerge) -> dict[str, int]:
+    s = merge.stats
+    return {
+        "emitted": s.emitted,
+        "complete": s.complete,
+        "null_filled": s.null_filled,
+        "late_blocks": s.late_blocks,
+    }
+
+
+__all__ = ["LiveExecution", "catch_up", "max_latency_ns", "slice_label"]
