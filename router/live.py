@@ -136,6 +136,18 @@ class LiveExecution:
             f"feeds={[g.feed for g in self._groups]}>"
         )
 
+    @property
+    def gap_blocks(self) -> int:
+        """Blocks with some channel null-filled (catch-up gaps + live slots a group missed)."""
+        live = self.merge.stats.emitted - self.merge.stats.complete if self.merge else 0
+        return int(getattr(self._archive, "gap_blocks", 0)) + live
+
+    @property
+    def duplicates_dropped(self) -> int:
+        """Boundary copies merged in the catch-up + late live blocks dropped."""
+        live = self.merge.stats.late_blocks if self.merge else 0
+        return int(getattr(self._archive, "duplicates_dropped", 0)) + live
+
     # ------------------------------------------------------------------ output
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         request = self.plan.request

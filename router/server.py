@@ -17,7 +17,9 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import structlog
 
+from router.actions import ACTIONS
 from router.errors import ArrakisError, CancelledError, UnsupportedError, to_flight_error
+from router.metrics import RouterMetrics
 from router.protocol.envelope import parse_envelope
 from router.protocol.reqid import (
     REQUEST_ID_MIDDLEWARE_KEY,
@@ -30,6 +32,8 @@ log = structlog.get_logger("router.server")
 
 
 def _level(exc: BaseException) -> str:
+    if isinstance(exc, CancelledError):
+        return "info"  # a client ending its stream is routine (every live stream ends so)
     return "warning" if isinstance(exc, ArrakisError) else "error"
 
 
@@ -54,15 +58,23 @@ def edge(request_id: str, op: str) -> Iterator[None]:
 
 
 def guarded(
-    batches: Iterator[pa.RecordBatch], request_id: str, op: str, on_close: Callable[[], None]
+    batches: Iterator[pa.RecordBatch],
+    request_id: str,
+    op: str,
+    on_close: Callable[[BaseException | None], None],
+    on_batch: Callable[[], None] | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """Iterate ``batches`` translating errors at the edge; always close the source."""
+    """Iterate ``batches`` translating errors at the edge; always close the source.
+    ``on_close`` gets how the stream ended (None: complete; GeneratorExit: the client left)."""
     started = time.monotonic()
     count = 0
+    failure: BaseException | None = None
     try:
         with edge(request_id, op):
             for batch in batches:
                 count += 1
+                if on_batch is not None:
+                    on_batch()
                 yield batch
         log.info(
             "stream_done",
@@ -71,11 +83,37 @@ def guarded(
             batches=count,
             seconds=round(time.monotonic() - started, 3),
         )
+    except BaseException as exc:
+        failure = exc
+        raise
     finally:
         close = getattr(batches, "close", None)
         if close is not None:
             close()
-        on_close()
+        on_close(failure)
+
+
+class Meter:
+    """Reports one call to the metrics when its ``with`` block ends: the outcome (the
+    translated error, if any) and, for GetFlightInfo, the latency. ``deferred``: a DoGet
+    whose stream was handed out reports when the stream ends instead."""
+
+    def __init__(self, metrics: RouterMetrics, rpc: str) -> None:
+        self.metrics = metrics
+        self.rpc = rpc
+        self.kind = "invalid"  # until the envelope is parsed
+        self.deferred = False
+        self._started = time.perf_counter()
+
+    def __enter__(self) -> Meter:
+        return self
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if self.rpc == "GetFlightInfo":
+            elapsed = time.perf_counter() - self._started
+            self.metrics.flight_info_seconds.labels(self.kind).observe(elapsed)
+        if exc is not None or not self.deferred:
+            self.metrics.request(self.rpc, self.kind, exc)
 
 
 class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
@@ -94,8 +132,9 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.FlightInfo:
         rid = request_id_from_context(context)
-        with edge(rid, "get_flight_info"):
+        with Meter(self.service.metrics, "GetFlightInfo") as meter, edge(rid, "get_flight_info"):
             envelope = parse_envelope(descriptor.command or b"")
+            meter.kind = envelope.request
             log.info("get_flight_info", request=envelope.request)
             endpoints = self.service.flight_info(envelope, rid)
             return flight.FlightInfo(pa.schema([]), descriptor, endpoints, -1, -1)
@@ -104,28 +143,45 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         self, context: flight.ServerCallContext, ticket: flight.Ticket
     ) -> flight.FlightDataStream:
         rid = request_id_from_context(context)
-        with edge(rid, "do_get"):
+        metrics = self.service.metrics
+        with Meter(metrics, "DoGet") as meter, edge(rid, "do_get"):
             envelope = parse_envelope(ticket.ticket)
+            meter.kind = envelope.request
             log.info("do_get", request=envelope.request)
 
+            checked = [0.0]
+
             def should_stop() -> bool:
-                return bool(context.is_cancelled()) or self.service.stopping.is_set()
+                # Polled per block: ask gRPC (a GIL-releasing call) at most every 20 ms.
+                if self.service.stopping.is_set():
+                    return True
+                now = time.monotonic()
+                if now - checked[0] < 0.02:
+                    return False
+                checked[0] = now
+                return bool(context.is_cancelled())
 
             schema, batches = self.service.do_get(envelope, rid, should_stop)
             self.open_streams += 1
+            metrics.open_streams.inc()
+            meter.deferred = True
 
-            def closed() -> None:
+            def closed(failure: BaseException | None) -> None:
                 self.open_streams -= 1
+                metrics.open_streams.dec()
+                metrics.request("DoGet", envelope.request, failure)
 
+            on_batch = metrics.stream_blocks.inc if envelope.request == "Stream" else None
             return flight.GeneratorStream(
-                schema, guarded(batches, rid, f"do_get {envelope.request}", closed)
+                schema, guarded(batches, rid, f"do_get {envelope.request}", closed, on_batch)
             )
 
     def do_action(
         self, context: flight.ServerCallContext, action: flight.Action
     ) -> Iterator[bytes]:
         rid = request_id_from_context(context)
-        with edge(rid, "do_action"):
+        with Meter(self.service.metrics, "DoAction") as meter, edge(rid, "do_action"):
+            meter.kind = action.type if action.type in ACTIONS else "unknown"
             log.info("do_action", action=action.type)
             body = self.service.action(action.type)
         return iter([body])
@@ -151,8 +207,9 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         writer: flight.MetadataRecordBatchWriter,
     ) -> None:
         rid = request_id_from_context(context)
-        with edge(rid, "do_exchange"):
+        with Meter(self.service.metrics, "DoExchange") as meter, edge(rid, "do_exchange"):
             envelope = parse_envelope(descriptor.command or b"")
+            meter.kind = envelope.request
             log.info("do_exchange", request=envelope.request)
             incoming = list(reader.read_all().to_batches())
             if context.is_cancelled():

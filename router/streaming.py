@@ -25,9 +25,10 @@ from router.stitch import (
     fill_gaps,
     merge_groups,
     rebucket,
-    to_batches,
     trim,
 )
+from router.stitch.output import block_to_batch
+from router.stitch.rebucket import cell_length
 from scopemap import StreamPlan, StreamSlice
 
 log = structlog.get_logger("router.streaming")
@@ -73,7 +74,7 @@ def batch_end(grid: Grid) -> Callable[[pa.RecordBatch], int | None]:
         for name in batch.schema.names[1:]:
             rate = rates.get(name)
             if rate:
-                n = len(batch.column(name).slice(last, 1).flatten())
+                n = cell_length(batch.column(name).slice(last, 1))
                 return t + n * NS // rate
         return None
 
@@ -115,6 +116,8 @@ class StreamExecution:
         self._should_stop = should_stop
         self._feeds: list[GroupFeed] = []
         self.blocks = 0
+        self.gap_blocks = 0
+        self.duplicates_dropped = 0
 
     def __repr__(self) -> str:
         return (
@@ -183,18 +186,29 @@ class StreamExecution:
             # a later slice is opened while its retention window still holds the data,
             # not after the earlier slices have been read.
             opened = [(sl, self._open_slice(sl)) for sl in self.plan.slices]
-            blocks = coalesce_duplicates(
-                chain.from_iterable(self._slice_blocks(sl, feeds) for sl, feeds in opened)
-            )
-            for batch in to_batches(
-                fill_gaps(blocks, head, request.end, self.grid.duration), self.grid
-            ):
+            merged = chain.from_iterable(self._slice_blocks(sl, feeds) for sl, feeds in opened)
+            blocks = coalesce_duplicates(self._count_repeats(merged))
+            channels = len(self.grid.channels)
+            for block in fill_gaps(blocks, head, request.end, self.grid.duration):
                 if self._should_stop():
                     raise CancelledError("the client cancelled the stream")
+                if block.source is None and len(block.cells) < channels:
+                    self.gap_blocks += 1  # some channel is null-filled in this block
                 self.blocks += 1
-                yield batch
+                yield block_to_batch(block, self.grid)
         finally:
             self.close()
+
+    def _count_repeats(self, blocks: Iterator[Block]) -> Iterator[Block]:
+        """Pass ``blocks`` through, counting those at or before the latest slot seen: the
+        ones :func:`coalesce_duplicates` merges into the first copy or drops."""
+        latest: int | None = None
+        for block in blocks:
+            if latest is not None and block.time <= latest:
+                self.duplicates_dropped += 1
+            else:
+                latest = block.time
+            yield block
 
     def close(self) -> None:
         for feed in self._feeds:

@@ -153,12 +153,17 @@ def test_uncovered_time_range_fails_at_flight_info(upstream_mocks: tuple[str, st
     assert "H1:GDS-RAMP" in text and "retains" in text and "[request: " in text
 
 
-def test_live_stream_is_refused_clearly(split_router: str) -> None:
+def test_live_stream_gets_one_endpoint_with_a_null_start(split_router: str) -> None:
+    """PROTOCOL §5.5 points 1-2: one reuse endpoint, every channel, ``start`` null."""
     cmd = {"request": "Stream", "args": {"channels": CHANNELS, "start": None, "end": None}}
-    with pytest.raises(flight.FlightServerError, match="not supported yet"):
-        flight.FlightClient(split_router).get_flight_info(
-            flight.FlightDescriptor.for_command(json.dumps(cmd).encode())
-        )
+    info = flight.FlightClient(split_router).get_flight_info(
+        flight.FlightDescriptor.for_command(json.dumps(cmd).encode())
+    )
+    (endpoint,) = info.endpoints
+    assert endpoint.locations[0].uri.decode().startswith("arrow-flight-reuse-connection")
+    args = json.loads(endpoint.ticket.ticket)["args"]
+    assert args["start"] is None and args["end"] is None
+    assert sorted(args["channels"]) == sorted(CHANNELS)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,154 @@
+"""Live latency added by the router (not a test).
+
+One mock (subprocess) serves 20 channels at 16384 Hz; a router (subprocess) sits in front of
+it. Two raw pyarrow readers in this process stream the same live request at the same time,
+one directly from the mock and one through the router, and record for every block the GPS
+arrival time minus the block's end. The mock releases a block once its end has passed, so the
+direct figure is the mock's own pacing and transfer; the router's added latency is the paired
+difference per block (router arrival - direct arrival, same block time).
+
+    python bench/live_latency.py [--seconds 60] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.flight as flight
+from _harness import BIN, median, p99, process, table
+
+from router.protocol.gps import gps_now_ns
+
+STRIDE = 62_500_000
+CHANNELS = [f"X1:BENCH-LIVE_{i:02d}" for i in range(20)]
+RATE = 16384
+
+
+def write_inputs(tmp: Path) -> tuple[Path, Path]:
+    lines = [
+        "[common]",
+        'data_type = "float32"',
+        f"stride = {STRIDE}",
+        "max_latency = 1000000000",
+        'publisher = "BENCH"',
+        f"sample_rate = {RATE}",
+        "",
+    ]
+    for name in CHANNELS:
+        lines += [f'["{name}"]', ""]
+    toml = tmp / "live-channels.toml"
+    toml.write_text("\n".join(lines))
+    return toml, tmp / "live-scope-map.yaml"
+
+
+def live_cmd() -> bytes:
+    args = {
+        "channels": CHANNELS,
+        "start": None,
+        "end": None,
+        "replay_start": None,
+        "replay_end": None,
+        "replay_id": None,
+    }
+    return json.dumps({"request": "Stream", "args": args, "version": "0.5.0"}).encode()
+
+
+class Reader(threading.Thread):
+    """Streams the live request from ``url`` until ``stop``; block time -> arrival (GPS ns)."""
+
+    def __init__(self, name: str, url: str, stop: threading.Event) -> None:
+        super().__init__(name=name, daemon=True)
+        self.url = url
+        self.stop = stop
+        self.arrivals: dict[int, int] = {}
+        self.null_blocks = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            client = flight.FlightClient(self.url)
+            info = client.get_flight_info(flight.FlightDescriptor.for_command(live_cmd()))
+            reader = client.do_get(info.endpoints[0].ticket)
+            try:
+                while not self.stop.is_set():
+                    chunk = reader.read_chunk()
+                    now = gps_now_ns()
+                    batch = chunk.data
+                    self.arrivals[int(batch.column(0)[0].as_py())] = now
+                    if batch.column(1).flatten().null_count:
+                        self.null_blocks += 1
+            finally:
+                reader.cancel()
+                client.close()
+        except BaseException as exc:  # reported by main
+            self.error = exc
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0, help="live streaming time")
+    parser.add_argument("--quick", action="store_true", help="15 s instead")
+    opts = parser.parse_args()
+    seconds = 15.0 if opts.quick else opts.seconds
+    with tempfile.TemporaryDirectory(prefix="arrakis-bench-") as tmpdir:
+        toml, smap = write_inputs(Path(tmpdir))
+        backend = [str(BIN / "router-backend"), "mock", "--url", "grpc://127.0.0.1:0", str(toml)]
+        with process("mock", backend) as mock:
+            smap.write_text(f"{mock}:\n  scopes: {{X1: [{{all: true}}]}}\n  retention: {{}}\n")
+            router_argv = [
+                str(BIN / "router"),
+                "serve",
+                "--scope-map",
+                str(smap),
+                "--url",
+                "grpc://127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--log-level",
+                "warning",
+            ]
+            with process("router", router_argv) as router:
+                stop = threading.Event()
+                readers = [Reader("direct", mock, stop), Reader("router", router, stop)]
+                for r in readers:
+                    r.start()
+                time.sleep(seconds)
+                stop.set()
+                for r in readers:
+                    r.join(10)
+    for r in readers:
+        if r.error is not None:
+            raise SystemExit(f"{r.name} reader failed: {r.error}")
+    direct, routed = readers
+    # skip the first second (connection set-up, start alignment)
+    first = min(direct.arrivals) + 10**9
+    both = sorted(t for t in direct.arrivals if t in routed.arrivals and t >= first)
+    if not both:
+        raise SystemExit("no block was received by both readers")
+
+    def ms(xs: list[int]) -> list[float]:
+        return [x / 1e6 for x in xs]
+
+    d = ms([direct.arrivals[t] - (t + STRIDE) for t in both])
+    via = ms([routed.arrivals[t] - (t + STRIDE) for t in both])
+    added = ms([routed.arrivals[t] - direct.arrivals[t] for t in both])
+    rows = [
+        ["direct from the mock", f"{median(d):.1f}", f"{p99(d):.1f}", f"{max(d):.1f}"],
+        ["through the router", f"{median(via):.1f}", f"{p99(via):.1f}", f"{max(via):.1f}"],
+        ["added by the router", f"{median(added):.1f}", f"{p99(added):.1f}", f"{max(added):.1f}"],
+    ]
+    print(
+        f"{len(CHANNELS)} channels x {RATE} Hz float32, block {STRIDE / 1e6:g} ms, "
+        f"{seconds:g} s live, {len(both)} blocks compared; null-filled blocks: "
+        f"direct {direct.null_blocks}, router {routed.null_blocks}\n"
+    )
+    print(table(["arrival - block end (ms)", "p50", "p99", "max"], rows))
+
+
+if __name__ == "__main__":
+    main()
