@@ -9,18 +9,27 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from router.errors import ArrakisError, InternalError, UnavailableError, from_flight_error
+from router.errors import (
+    ArrakisError,
+    CancelledError,
+    InternalError,
+    UnavailableError,
+    from_flight_error,
+)
 from router.protocol.reqid import REQUEST_ID_HEADER
 
 REUSE_MARKER = "arrow-flight-reuse-connection://?"
+
+# (endpoint URL, call kind, error or None) -> None: how a downstream call ended (metrics)
+Observer = Callable[[str, str, BaseException | None], None]
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,7 @@ class Call:
     request_id: str
     timeout: float | None = None
     what: str = ""
+    observe: Observer | None = field(default=None, compare=False, repr=False)
 
     def options(self, timeout: bool = True) -> flight.FlightCallOptions:
         return flight.FlightCallOptions(
@@ -84,15 +94,41 @@ def translated(url: str, what: str) -> Iterator[None]:
         raise InternalError(f"{context}: {first}") from exc
 
 
+@contextmanager
+def observed(call: Call, url: str, kind: str) -> Iterator[None]:
+    """Report how the call ended to ``call.observe`` (if any); errors pass through."""
+    if call.observe is None:
+        yield
+        return
+    try:
+        yield
+    except BaseException as exc:
+        call.observe(url, kind, exc)
+        raise
+    call.observe(url, kind, None)
+
+
 class FlightStream:
     """A downstream DoGet in progress (see :class:`BatchStream`)."""
 
-    def __init__(self, url: str, what: str, reader: flight.FlightStreamReader) -> None:
+    def __init__(
+        self,
+        url: str,
+        what: str,
+        reader: flight.FlightStreamReader,
+        observe: Observer | None = None,
+    ) -> None:
         self.url = url
         self.what = what
         self._reader = reader
         self._cancelled = threading.Event()
         self._closed = False
+        self._observe = observe
+
+    def _ended(self, exc: BaseException | None) -> None:
+        observe, self._observe = self._observe, None  # report once
+        if observe is not None:
+            observe(self.url, "stream", exc)
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         while not self._closed:
@@ -100,10 +136,13 @@ class FlightStream:
                 with translated(self.url, self.what):
                     chunk = self._reader.read_chunk()
             except StopIteration:
+                self._ended(None)
                 return
-            except ArrakisError:
+            except ArrakisError as exc:
                 if self._cancelled.is_set():
+                    self._ended(CancelledError(self.what))
                     return
+                self._ended(exc)
                 raise
             if chunk.data is not None:
                 yield chunk.data
@@ -117,6 +156,7 @@ class FlightStream:
         if not self._closed:
             self._closed = True
             self.cancel()
+            self._ended(CancelledError(self.what))  # no-op when it already ended
 
     def __repr__(self) -> str:
         return f"<FlightStream {self.url} {self.what} cancelled={self._cancelled.is_set()}>"
@@ -152,20 +192,26 @@ class FlightDownstream:
             )
 
     def stream(self, command: bytes, call: Call) -> BatchStream:
-        info = self._info(command, call)
-        if len(info.endpoints) != 1:
-            raise UnavailableError(
-                f"GetFlightInfo{_what(call)} on {self.url}: expected one stream endpoint, "
-                f"got {len(info.endpoints)} (a downstream must serve a router slice in one piece)"
-            )
-        endpoint = info.endpoints[0]
-        url, client = self._client_for(endpoint)
-        what = f"DoGet{_what(call)}"
-        with translated(url, what):
-            reader = client.do_get(endpoint.ticket, call.options(timeout=False))
-        return FlightStream(url, what, reader)
+        with observed(call, self.url, "stream_open"):
+            info = self._info(command, call)
+            if len(info.endpoints) != 1:
+                raise UnavailableError(
+                    f"GetFlightInfo{_what(call)} on {self.url}: expected one stream endpoint, "
+                    f"got {len(info.endpoints)} (a downstream must serve a router slice in one "
+                    "piece)"
+                )
+            endpoint = info.endpoints[0]
+            url, client = self._client_for(endpoint)
+            what = f"DoGet{_what(call)}"
+            with translated(url, what):
+                reader = client.do_get(endpoint.ticket, call.options(timeout=False))
+        return FlightStream(url, what, reader, call.observe)
 
     def fetch(self, command: bytes, call: Call) -> list[pa.RecordBatch]:
+        with observed(call, self.url, "fetch"):
+            return self._fetch(command, call)
+
+    def _fetch(self, command: bytes, call: Call) -> list[pa.RecordBatch]:
         info = self._info(command, call)
         out: list[pa.RecordBatch] = []
         for endpoint in info.endpoints:
@@ -176,14 +222,14 @@ class FlightDownstream:
         return out
 
     def action(self, kind: str, call: Call) -> list[bytes]:
-        with translated(self.url, f"DoAction {kind}"):
+        with observed(call, self.url, "action"), translated(self.url, f"DoAction {kind}"):
             results = self._client.do_action(flight.Action(kind, b""), call.options())
             return [r.body.to_pybytes() for r in results]
 
     def exchange(
         self, command: bytes, batches: Sequence[pa.RecordBatch], call: Call
     ) -> list[pa.RecordBatch]:
-        with translated(self.url, f"DoExchange{_what(call)}"):
+        with observed(call, self.url, "exchange"), translated(self.url, f"DoExchange{_what(call)}"):
             descriptor = flight.FlightDescriptor.for_command(command)
             writer, reader = self._client.do_exchange(descriptor, call.options())
             with writer:

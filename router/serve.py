@@ -56,6 +56,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="a downstream stream silent this long fails over / fails",
     )
     parser.add_argument(
+        "--live-grace",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="live streams: a channel group still missing S seconds after a block's end "
+        "plus its max_latency is null-filled for that block (default 0.5)",
+    )
+    parser.add_argument(
+        "--live-buffer",
+        type=int,
+        default=64,
+        metavar="BLOCKS",
+        help="live streams: blocks held per channel group ahead of the slowest one; a "
+        "downstream further ahead is slowed down (default 64)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        metavar="PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics, HOST being the host of "
+        "--url (default 0: no metrics endpoint)",
+    )
+    parser.add_argument(
         "--watch-interval",
         type=float,
         default=5.0,
@@ -89,11 +113,16 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    if args.live_grace < 0 or args.live_buffer < 1:
+        print("router serve: --live-grace must be >= 0 and --live-buffer >= 1", file=sys.stderr)
+        return 2
     settings = Settings(
         mode=args.mode,
         describe_ttl=args.describe_ttl,
         downstream_timeout=args.downstream_timeout,
         idle_timeout=args.idle_timeout,
+        live_grace=args.live_grace,
+        live_buffer=args.live_buffer,
     )
     service = RouterService(result.scope_map, settings)
     location, host = _bind_location(args.url)
@@ -103,6 +132,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"router serve: cannot bind {location}: {exc}", file=sys.stderr)
         service.close()
         return 1
+    metrics_server = None
+    if args.metrics_port:
+        try:
+            metrics_server = service.metrics.serve(args.metrics_port, host)
+        except OSError as exc:
+            print(
+                f"router serve: cannot serve metrics on port {args.metrics_port}: {exc}",
+                file=sys.stderr,
+            )
+            server.shutdown()
+            service.close()
+            return 1
+        log.info("metrics_serving", url=f"http://{host}:{metrics_server.port}/metrics")
     reloader = Reloader(service, args.scope_map)
     stop = threading.Event()
 
@@ -135,6 +177,8 @@ def run(args: argparse.Namespace) -> int:
     service.stopping.set()
     reloader.stop()
     server.shutdown()
+    if metrics_server is not None:
+        metrics_server.close()
     service.close()
     log.info("router_stopped")
     return 0

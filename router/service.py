@@ -7,6 +7,7 @@ and return values; the Flight adapter (:mod:`router.server`) only translates.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,7 @@ from router.errors import (
 from router.fanout import fetch_first
 from router.live import LiveExecution, max_latency_ns
 from router.metadata import DescribeCache, describe_groups, find_targets
+from router.metrics import RouterMetrics
 from router.protocol.arrow import (
     COUNT_SCHEMA,
     METADATA_SCHEMA,
@@ -116,6 +118,7 @@ class RouterService:
         *,
         pool: DownstreamPool | None = None,
         clock: Clock | None = None,
+        metrics: RouterMetrics | None = None,
     ) -> None:
         self.settings = settings or Settings()
         if self.settings.mode not in MODES:
@@ -125,6 +128,7 @@ class RouterService:
         self.stopping = threading.Event()
         self.pool = pool or DownstreamPool()
         self.clock: Clock = clock or SystemClock()
+        self.metrics = metrics if metrics is not None else RouterMetrics()
         self.cache = DescribeCache(self.settings.describe_ttl)
         self.executor = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="fanout")
         self.stream_options = StreamOptions(
@@ -159,7 +163,9 @@ class RouterService:
         self.pool.close()
 
     def call(self, request_id: str, what: str = "") -> Call:
-        return Call(request_id, self.settings.downstream_timeout, what)
+        return Call(
+            request_id, self.settings.downstream_timeout, what, self.metrics.downstream_call
+        )
 
     # ------------------------------------------------------------------ GetFlightInfo
     def flight_info(self, envelope: Envelope, request_id: str) -> list[flight.FlightEndpoint]:
@@ -170,9 +176,12 @@ class RouterService:
             plan, grid, _ = self._stream_plan(args, request_id)
             if redirect and len(plan.slices) == 1:
                 start = grid.floor(args.start) if args.start is not None else None
+                # a direct-read group: the Kafka brokers first (the client reads them
+                # itself), then the group's servers (PROTOCOL §8.5)
                 return [
                     flight.FlightEndpoint(
-                        envelope.replace(channels=g.channels, start=start).encode(), g.endpoints
+                        envelope.replace(channels=g.channels, start=start).encode(),
+                        [*g.direct_read, *g.endpoints],
                     )
                     for g in plan.slices[0].groups
                 ]
@@ -239,7 +248,7 @@ class RouterService:
                 live=args.start is None,
                 open_ended=args.end is None,
             )
-            return grid.schema, iter(execution)
+            return grid.schema, self._observed(execution)
         if isinstance(args, DescribeArgs):
             described = self.describe(args, request_id)
             return METADATA_SCHEMA, iter(metadata_batches([described[c] for c in args.channels]))
@@ -257,6 +266,15 @@ class RouterService:
                 raise ServerError(f"Publish on {url}: empty answer")
             return batches[0].schema, iter(batches)
         raise InvalidRequestError(f"unsupported request {envelope.request}")  # pragma: no cover
+
+    def _observed(self, execution: StreamExecution | LiveExecution) -> Iterator[pa.RecordBatch]:
+        """``execution``'s batches; its stitching counters go to the metrics at the end."""
+        try:
+            yield from execution
+        finally:
+            self.metrics.stream_finished(
+                getattr(execution, "gap_blocks", 0), getattr(execution, "duplicates_dropped", 0)
+            )
 
     # ------------------------------------------------------------------ DoExchange / actions
     def exchange(
@@ -340,7 +358,23 @@ class RouterService:
             raise PlanIncompleteError(uncovered_text(plan.uncovered))
         found = self.describe(DescribeArgs(args.channels, args.start, args.replay_id), request_id)
         metas = [found[c] for c in args.channels]
-        return plan, make_grid(metas), metas
+        grid = make_grid(metas)
+        return self._aligned(plan, args, grid), grid, metas
+
+    def _aligned(self, plan: StreamPlan, args: StreamArgs, grid: Grid) -> StreamPlan:
+        """A bounded stream's blocks cover ``[floor(start), ceil(end))`` on the grid (whole
+        blocks, as one downstream would send them): plan that span, so the part of the last
+        block past ``end`` comes from whoever holds it rather than ending as nulls where a
+        group's own stride is shorter than the grid. The exact plan stays when the aligned
+        span is not fully covered (then only ``[start, end)`` is promised)."""
+        if args.start is None or args.end is None:
+            return plan
+        lo, hi = grid.floor(args.start), grid.ceil(args.end)
+        if (lo, hi) == (args.start, args.end):
+            return plan
+        request = dataclasses.replace(plan.request, start=lo, end=hi)
+        aligned = plan_stream(self.routing.index, request, self.clock.now_ns())
+        return plan if aligned.uncovered else aligned
 
     def _replan(self, args: StreamArgs, start: int | None) -> StreamPlan:
         """The plan of ``args`` from ``start`` on, at the clock's now (a live stream's

@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from scopemap.model import (
     NS_PER_S,
@@ -36,11 +36,25 @@ Report = Callable[[str, str, Path, bool], None]
 
 def check_endpoint_url(url: str) -> str | None:
     """Why ``url`` cannot be an endpoint, or None when it is fine."""
+    return _endpoint_url(url)[0]
+
+
+def _endpoint_url(url: str) -> tuple[str | None, str]:
+    """``(why url cannot be an endpoint or None, its normalised form when fine)``, from one
+    ``urlsplit`` (the loader checks and normalises every endpoint URL of a map)."""
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        return f"endpoint URL {url!r} cannot be parsed: {exc}"
+        return f"endpoint URL {url!r} cannot be parsed: {exc}", ""
+    why = _url_problem(url, parts, port)
+    if why is not None:
+        return why, ""
+    scheme = "grpc" if parts.scheme == "grpc+tcp" else parts.scheme
+    return None, f"{scheme}://{(parts.hostname or '').lower()}:{port}"
+
+
+def _url_problem(url: str, parts: SplitResult, port: int | None) -> str | None:
     if parts.scheme == "kafka":
         return f"kafka URL {url!r} cannot be an endpoint; kafka is only valid as direct_read"
     if parts.scheme not in ENDPOINT_SCHEMES:
@@ -116,11 +130,10 @@ class Builder:
         for url, body in doc.items():
             if url == "replays":
                 continue
-            why = check_endpoint_url(url)
+            why, norm = _endpoint_url(url)
             if why:
                 self.error("SM103", why, (url,), True)
             else:
-                norm = normalise_url(url)
                 if norm in seen:
                     first = self.pos((seen[norm],), True)
                     msg = f"endpoint {url!r} is the same as {seen[norm]!r} (line {first.line})"

@@ -12,13 +12,17 @@ An endpoint's claim on a channel is its most specific matching entry (channel 3 
 
 from __future__ import annotations
 
+import gc
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from itertools import pairwise
 from types import MappingProxyType
 
 from scopemap.model import Endpoint, ScopeEntry, ScopeMap, parse_channel_name
 from scopemap.retention import RetentionTree
+
+INF = math.inf
 
 
 @dataclass(frozen=True)
@@ -33,16 +37,73 @@ class Claim:
 class Tier:
     """The claims on one key (a channel, a subsystem or a whole domain)."""
 
-    __slots__ = ("claims", "tree")
+    __slots__ = ("_tree", "claims", "windows")
 
     def __init__(self, claims: list[Claim], ages: list[tuple[float, float]]) -> None:
         self.claims = claims
-        self.tree: RetentionTree[Claim] = RetentionTree(
-            (claim, ages[claim.endpoint][0], ages[claim.endpoint][1]) for claim in claims
-        )
+        #: ``(claim, lower_age, upper_age)``: each claim with its endpoint's window
+        self.windows = [(c, ages[c.endpoint][0], ages[c.endpoint][1]) for c in claims]
+        self._tree: RetentionTree[Claim] | None = None
+
+    @property
+    def tree(self) -> RetentionTree[Claim]:
+        """Built on first use: a big map has thousands of tiers, most never queried by
+        instant (streams use :class:`Coverage`), and building them all would dominate the
+        index time. Two threads racing here build equal trees; either one is kept."""
+        tree = self._tree
+        if tree is None:
+            tree = self._tree = RetentionTree(self.windows)
+        return tree
 
     def __repr__(self) -> str:
         return f"Tier({[c.endpoint for c in self.claims]})"
+
+
+class Coverage:
+    """Who may serve a channel claimed by ``tiers``, for every age, computed once.
+
+    Each endpoint keeps its most specific claim (tiers come most specific first). The
+    finite bounds of their windows cut the age axis into elementary intervals
+    ``(-inf, b0], (b0, b1], ..., (b_last, inf)``; inside one of them the set of covering
+    windows cannot change, so ``states[i]`` holds, for interval i, the most specific
+    covering endpoints (sorted) or ``()`` when nobody covers it. A stream's timeline is then
+    a bisection and a walk over the intervals its range touches (``slicing.range_timeline``)
+    instead of a tree query and a covering test per piece and per request.
+    """
+
+    __slots__ = ("bounds", "direct_read", "states", "tiers")
+
+    def __init__(self, tiers: tuple[Tier, ...]) -> None:
+        self.tiers = tiers
+        best: dict[int, tuple[Claim, float, float]] = {}
+        for tier in tiers:
+            for item in tier.windows:
+                prev = best.get(item[0].endpoint)
+                if prev is None or item[0].specificity > prev[0].specificity:
+                    best[item[0].endpoint] = item
+        #: endpoint -> direct_read of its most specific claim, for tagged claims only (so an
+        #: empty map says "no direct reads" at a glance)
+        self.direct_read: dict[int, str | None] = {
+            ep: c.direct_read for ep, (c, _, _) in best.items() if c.direct_read is not None
+        }
+        finite = {b for _, lo, hi in best.values() for b in (lo, hi) if -INF < b < INF}
+        self.bounds: list[int] = sorted(int(b) for b in finite)
+        edges = [-INF, *self.bounds, INF]
+        self.states: list[tuple[int, ...]] = []
+        for left, right in pairwise(edges):
+            covering = [c for c, lo, hi in best.values() if lo <= left and hi >= right]
+            self.states.append(_top(covering))
+
+    def __repr__(self) -> str:
+        return f"Coverage({self.tiers!r}, bounds={len(self.bounds)})"
+
+
+def _top(claims: list[Claim]) -> tuple[int, ...]:
+    """The endpoints of the most specific claims, sorted; () for none."""
+    if not claims:
+        return ()
+    top = max(c.specificity for c in claims)
+    return tuple(sorted(c.endpoint for c in claims if c.specificity == top))
 
 
 def age_window(ep: Endpoint) -> tuple[float, float]:
@@ -51,6 +112,10 @@ def age_window(ep: Endpoint) -> tuple[float, float]:
     lo = -math.inf if r.is_live else float(r.newest_ns)
     oldest = r.oldest_ns
     return lo, (math.inf if oldest is None else float(oldest))
+
+
+_TierKey = tuple[Tier | None, Tier | None, Tier | None]
+_NO_TIERS: _TierKey = (None, None, None)
 
 
 class ScopeIndex:
@@ -77,6 +142,9 @@ class ScopeIndex:
         self.exact = {k: Tier(list(v.values()), ages) for k, v in exact.items()}
         self.subsystem = {k: Tier(list(v.values()), ages) for k, v in subs.items()}
         self.wildcard = {k: Tier(list(v.values()), ages) for k, v in wild.items()}
+        # (exact, subsystem, wildcard) tiers -> their Coverage, filled on first use: keys are
+        # tiers of this index, so it stays bounded by the map whatever names requests carry
+        self._coverage: dict[_TierKey, Coverage] = {_NO_TIERS: Coverage(())}
 
     def __repr__(self) -> str:
         return (
@@ -86,16 +154,26 @@ class ScopeIndex:
 
     def tiers(self, channel: str) -> tuple[Tier, ...]:
         """The tiers claiming ``channel``, most specific first; () for an invalid name."""
-        try:
-            parsed = parse_channel_name(channel)
-        except ValueError:
-            return ()
-        found = (
+        return self.coverage(channel).tiers
+
+    def coverage(self, channel: str) -> Coverage:
+        """The :class:`Coverage` of ``channel``'s tiers; channels claimed by the same tiers
+        share one object (the planner's "signature"). This runs per requested channel."""
+        # parse_channel_name's split, without building a ChannelName: the domain ends at the
+        # last colon, the subsystem at the first "-" or "_" after it.
+        domain, colon, tail = channel.rpartition(":")
+        if not colon:
+            return self._coverage[_NO_TIERS]
+        key = (
             self.exact.get(channel),
-            self.subsystem.get((parsed.domain, parsed.subsystem)),
-            self.wildcard.get(parsed.domain),
+            self.subsystem.get((domain, tail.split("-", 1)[0].split("_", 1)[0])),
+            self.wildcard.get(domain),
         )
-        return tuple(t for t in found if t is not None)
+        found = self._coverage.get(key)
+        if found is None:
+            found = Coverage(tuple(t for t in key if t is not None))
+            self._coverage[key] = found
+        return found
 
 
 def _borrow_direct_read(ep: Endpoint, entry: ScopeEntry) -> ScopeEntry:
@@ -132,6 +210,17 @@ class RoutingIndex:
     """Everything the planner needs about one ``ScopeMap``, built once, then read-only."""
 
     def __init__(self, scope_map: ScopeMap) -> None:
+        # Like loading, indexing allocates many small acyclic objects (claims, tiers, dicts):
+        # pause the cyclic GC, which would otherwise rescan the heap several times over.
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            self._build(scope_map)
+        finally:
+            if paused:
+                gc.enable()
+
+    def _build(self, scope_map: ScopeMap) -> None:
         self.scope_map = scope_map
         self.urls: tuple[str, ...] = tuple(ep.url for ep in scope_map.endpoints)
         self.ages = [age_window(ep) for ep in scope_map.endpoints]

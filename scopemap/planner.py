@@ -8,11 +8,11 @@ arguments follow PROTOCOL §8.8; the only exception raised is ``ReplayError``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from scopemap.find import find_targets
-from scopemap.index import RoutingIndex, ScopeIndex, Tier
+from scopemap.index import Coverage, RoutingIndex, ScopeIndex, Tier
 from scopemap.model import NS_PER_S
 from scopemap.plan import (
     ChannelGroup,
@@ -36,7 +36,6 @@ from scopemap.slicing import (
     Unit,
     collect_uncovered,
     cut_slices,
-    direct_reads,
     group_units,
     instant_state,
     live_state,
@@ -75,20 +74,18 @@ def _routes(index: RoutingIndex, window: ReplayWindow | None) -> tuple[_Route, _
 # --------------------------------------------------------------------------- stream
 
 
-def _stream_timeline(
-    route: _Route, tiers: Sequence[Tier], req: StreamRequest, n: int
-) -> list[Piece]:
+def _stream_timeline(route: _Route, cov: Coverage, req: StreamRequest, n: int) -> list[Piece]:
     if req.start is None:
         if route.fold is None:
-            state = live_state(tiers, route.missing)
+            state = live_state(cov.tiers, route.missing)
         else:
-            state = instant_state(tiers, n, route.fold.translate(n), route.missing)
+            state = instant_state(cov.tiers, n, route.fold.translate(n), route.missing)
         return [Piece(None, req.end, state)]
     if route.fold is None:
-        return range_timeline(tiers, n, req.start, req.end, route.missing)
+        return range_timeline(cov, n, req.start, req.end, route.missing)
     off = route.fold.offset(req.start)
     end = None if req.end is None else req.end - off
-    return shift(range_timeline(tiers, n, req.start - off, end, route.missing), off)
+    return shift(range_timeline(cov, n, req.start - off, end, route.missing), off)
 
 
 def _complete(pieces: list[Piece]) -> bool:
@@ -101,26 +98,28 @@ def plan_stream(index: RoutingIndex, request: StreamRequest, now_ns: int) -> Str
         return StreamPlan(request, ())
     n = truncate_now(now_ns)
     primary, fallback = _routes(index, window)
-    # Channels claimed by the same tiers share one timeline ("signature").
-    sig_ids: dict[tuple[int, ...], int] = {}
+    # Channels claimed by the same tiers share one timeline ("signature"): one Coverage.
+    sig_ids: tuple[dict[Coverage, int], dict[Coverage, int]] = ({}, {})  # one per pass
     timelines: dict[int, list[Piece]] = {}
     members: dict[int, list[str]] = {}
-    drs: dict[int, dict[int, str | None]] = {}
+    drs: dict[int, Mapping[int, str | None]] = {}
+
+    def signature(pass_no: int, route: _Route, channel: str) -> int:
+        cov = route.view.coverage(channel)
+        sig = sig_ids[pass_no].get(cov)
+        if sig is None:
+            sig = sig_ids[pass_no][cov] = len(timelines)
+            timelines[sig] = _stream_timeline(route, cov, request, n)
+            drs[sig] = cov.direct_read
+        return sig
+
     for channel in sorted(set(request.channels)):
-        for pass_no, route in enumerate((primary, fallback)):
-            if route is None:
-                continue
-            tiers = route.view.tiers(channel)
-            key = (pass_no, *(id(t) for t in tiers))
-            sig = sig_ids.get(key)
-            if sig is None:
-                sig = sig_ids[key] = len(sig_ids)
-                timelines[sig] = _stream_timeline(route, tiers, request, n)
-                drs[sig] = direct_reads(tiers)
-            if fallback is None or pass_no == 1 or _complete(timelines[sig]):
-                members.setdefault(sig, []).append(channel)
-                break
+        sig = signature(0, primary, channel)
+        if fallback is not None and not _complete(timelines[sig]):
+            sig = signature(1, fallback, channel)
+        members.setdefault(sig, []).append(channel)
     used = {sig: timelines[sig] for sig in members}
+    member_tuples = {sig: tuple(chans) for sig, chans in members.items()}
     if request.start is None:
         cut = [(None, request.end, {sig: pieces[0].state for sig, pieces in used.items()})]
     else:
@@ -130,7 +129,7 @@ def plan_stream(index: RoutingIndex, request: StreamRequest, now_ns: int) -> Str
     for start, end, states in cut:
         units = []
         for sig, state in states.items():
-            chans = tuple(members[sig])
+            chans = member_tuples[sig]
             if isinstance(state, Reason):
                 runs.extend((c, start, end, state) for c in chans)
             else:

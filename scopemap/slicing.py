@@ -19,11 +19,11 @@
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from itertools import pairwise
+from typing import NamedTuple
 
-from scopemap.index import Claim, Tier
+from scopemap.index import Claim, Coverage, Tier
 from scopemap.plan import ChannelGroup, Reason, Uncovered
 
 Cands = tuple[int, ...]
@@ -31,8 +31,9 @@ State = Cands | Reason
 INF = float("inf")
 
 
-@dataclass(frozen=True)
-class Piece:
+class Piece(NamedTuple):
+    """``[start, end)`` of one timeline and who can serve it (a tuple: made per request)."""
+
     start: int | None
     end: int | None
     state: State
@@ -58,55 +59,26 @@ def _top(claims: Sequence[Claim]) -> Cands:
     return tuple(sorted(c.endpoint for c in claims if c.specificity == top))
 
 
-def direct_reads(tiers: Sequence[Tier]) -> dict[int, str | None]:
-    """Endpoint -> direct_read of its most specific claim among ``tiers``."""
-    out: dict[int, str | None] = {}
-    best: dict[int, int] = {}
-    for tier in tiers:
-        for c in tier.claims:
-            if c.specificity > best.get(c.endpoint, 0):
-                best[c.endpoint] = c.specificity
-                out[c.endpoint] = c.direct_read
-    return out
-
-
 # --------------------------------------------------------------------------- timelines
 
 
-def _abs(n: int, lo_age: float, hi_age: float) -> tuple[int | None, int | None]:
-    """Age window ``(lo, hi]`` to absolute ``[start, end)`` at truncated now ``n``."""
-    start = None if hi_age == INF else n - int(hi_age)
-    end = None if lo_age == -INF else n - int(lo_age)
-    return start, end
+def range_timeline(cov: Coverage, n: int, r0: int, r1: int | None, missing: Reason) -> list[Piece]:
+    """Coverage of ``[r0, r1)`` (``r1`` None: open-ended) at truncated now ``n``.
 
-
-def range_timeline(
-    tiers: Sequence[Tier], n: int, r0: int, r1: int | None, missing: Reason
-) -> list[Piece]:
-    """Coverage of ``[r0, r1)`` (``r1`` None: open-ended) at truncated now ``n``."""
-    if not tiers:
+    The range is the age span ``(n - r1, n - r0]``; its pieces are the elementary intervals
+    of ``cov`` it touches, oldest first (latest ages first), clipped to the range, with
+    neighbours of equal state merged.
+    """
+    if not cov.tiers:
         return [Piece(r0, r1, missing)]
-    a0 = -INF if r1 is None else n - r1
-    a1 = n - r0
-    found: list[tuple[Claim, float, float]] = []
-    for tier in tiers:
-        found.extend(tier.tree.overlapping(a0, a1))
-    claims = [(c, *_abs(n, lo, hi)) for c, lo, hi in _best(found).values()]
-    points = set()
-    for _, s, e in claims:
-        for p in (s, e):
-            if p is not None and p > r0 and (r1 is None or p < r1):
-                points.add(p)
-    bounds: list[int | None] = [r0, *sorted(points), r1]
+    bounds, states = cov.bounds, cov.states
+    first = 0 if r1 is None else bisect_right(bounds, n - r1)  # youngest interval touched
+    last = bisect_left(bounds, n - r0)  # oldest interval touched
     pieces: list[Piece] = []
-    for a, b in pairwise(bounds):
-        assert a is not None
-        covering = [
-            c
-            for c, s, e in claims
-            if (s is None or s <= a) and (e is None or (b is not None and e >= b))
-        ]
-        state: State = _top(covering) or (Reason.NO_LIVE if b is None else Reason.NO_RETENTION)
+    for i in range(last, first - 1, -1):
+        a = r0 if i == last else n - bounds[i]
+        b = r1 if i == first else n - bounds[i - 1]
+        state: State = states[i] or (Reason.NO_LIVE if b is None else Reason.NO_RETENTION)
         if pieces and pieces[-1].state == state:
             pieces[-1] = Piece(pieces[-1].start, b, state)
         else:
@@ -155,48 +127,49 @@ def shift(pieces: list[Piece], offset: int) -> list[Piece]:
 # --------------------------------------------------------------------------- slicing
 
 
-def _before(end: int | None, x: int) -> bool:
-    return end is not None and end <= x
-
-
 def cut_slices(
     timelines: Mapping[str, list[Piece]], start: int, end: int | None
 ) -> list[tuple[int, int | None, dict[str, State]]]:
     """Greedy fewest slices over timelines that each tile ``[start, end)`` (see module doc)."""
     keys = list(timelines)
-    cursor = dict.fromkeys(keys, 0)
-    points = sorted(
-        {p.start for pieces in timelines.values() for p in pieces[1:] if p.start is not None}
-    )
+    # A one-piece timeline keeps its state all along: it never forces a cut and merging it
+    # with itself changes nothing, so only the others are looked at, point by point.
+    varying = [k for k in keys if len(timelines[k]) > 1]
+    cursor = dict.fromkeys(varying, 0)
+    points = sorted({p.start for k in varying for p in timelines[k][1:] if p.start is not None})
     running: dict[str, State] = {k: timelines[k][0].state for k in keys}
     slices: list[tuple[int, int | None, dict[str, State]]] = []
     slice_start = start
     for x in points:
         fresh: dict[str, State] = {}
-        for k in keys:
+        for k in varying:
             pieces = timelines[k]
-            while _before(pieces[cursor[k]].end, x):
-                cursor[k] += 1
-            fresh[k] = pieces[cursor[k]].state
+            i = cursor[k]
+            while (e := pieces[i].end) is not None and e <= x:  # pieces ending by x
+                i += 1
+            cursor[k] = i
+            fresh[k] = pieces[i].state
         merged = _merge_all(running, fresh)
         if merged is None:
             slices.append((slice_start, x, running))
-            slice_start, running = x, fresh
+            slice_start, running = x, {**running, **fresh}
         else:
-            running = merged
+            running = {**running, **merged}
     slices.append((slice_start, end, running))
     return slices
 
 
 def _merge_all(running: dict[str, State], fresh: dict[str, State]) -> dict[str, State] | None:
+    """``fresh`` narrowed by ``running`` (same keys as ``fresh``), or None if some channel
+    would have no common candidate (or changes reason)."""
     out: dict[str, State] = {}
-    for k, old in running.items():
-        new = fresh[k]
-        if isinstance(old, Reason) or isinstance(new, Reason):
-            if old != new:
-                return None
+    for k, new in fresh.items():
+        old = running[k]
+        if old == new:
             out[k] = old
             continue
+        if isinstance(old, Reason) or isinstance(new, Reason):
+            return None
         both = tuple(sorted(set(old) & set(new)))
         if not both:
             return None
@@ -207,9 +180,8 @@ def _merge_all(running: dict[str, State], fresh: dict[str, State]) -> dict[str, 
 # --------------------------------------------------------------------------- grouping
 
 
-@dataclass(frozen=True)
-class Unit:
-    """Channels routed identically within one slice."""
+class Unit(NamedTuple):
+    """Channels routed identically within one slice (a tuple: made per slice and request)."""
 
     channels: tuple[str, ...]
     candidates: Cands
@@ -224,36 +196,51 @@ def kafka_locations(url: str) -> tuple[str, ...]:
 def group_units(units: Sequence[Unit], urls: Sequence[str], *, direct: bool) -> list[ChannelGroup]:
     """Greedy set cover (see module doc), with a lazy max-heap of endpoint weights.
 
-    An endpoint's weight (channels it can still serve) only ever decreases, so a popped entry
-    whose weight is stale is pushed back with its current weight; the first fresh entry is the
-    true maximum (ties: lowest YAML index, by heap order on ``(-weight, endpoint)``).
+    Units with the same candidates are always chosen together (an endpoint serves all of
+    them or none), so the cover runs over *classes* of units, one per candidate tuple. An
+    endpoint's weight (channels it can still serve) only ever decreases, so a popped entry
+    whose weight is stale is pushed back with its current weight; the first fresh entry is
+    the true maximum (ties: lowest YAML index, by heap order on ``(-weight, endpoint)``).
+    This runs per slice of every plan: plain dicts, sets, tuples and ints only.
     """
-    serves: dict[int, set[int]] = {}
-    for i, u in enumerate(units):
-        if u.channels:
-            for ep in u.candidates:
-                serves.setdefault(ep, set()).add(i)
-    weight = {ep: sum(len(units[i].channels) for i in idx) for ep, idx in serves.items()}
-    heap = [(-w, ep) for ep, w in weight.items()]
+    cands, members, sizes = _classes(units)
+    serves, weight = _serving(cands, sizes)
+    # Heap entries encode (-weight, endpoint) as one int, -weight * span + endpoint: same
+    # order, but int comparisons are several times cheaper than tuple ones.
+    span = len(urls)
+    heap = [ep - w * span for ep, w in weight.items()]
     heapq.heapify(heap)
+    pop, push = heapq.heappop, heapq.heappush
     groups: list[ChannelGroup] = []
     while heap:
-        neg, best = heapq.heappop(heap)
-        if -neg != weight[best]:
-            if weight[best] > 0:
-                heapq.heappush(heap, (-weight[best], best))
+        entry = pop(heap)
+        best = entry % span
+        w = weight[best]
+        if not w:
             continue
-        if weight[best] == 0:
+        if entry != best - w * span:  # stale: the weight dropped since it was pushed
+            push(heap, best - w * span)
             continue
-        chosen = sorted(serves[best])
-        first = set(units[chosen[0]].candidates)
-        replicas = sorted(ep for ep in first if serves[ep] == serves[best])
-        groups.extend(_split_direct([units[i] for i in chosen], replicas, urls, direct))
-        for i in chosen:  # these channels are placed: nobody serves them any more
-            size = len(units[i].channels)
-            for ep in units[i].candidates:
-                if ep != best and ep in serves:
-                    serves[ep].discard(i)
+        mine = serves[best]
+        chosen = sorted(mine)
+        first = cands[chosen[0]]
+        if len(first) == 1:  # a sole candidate has no replica (the common case)
+            replicas: Sequence[int] = first
+            locations: tuple[str, ...] = (urls[best],)
+        else:
+            replicas = sorted(ep for ep in first if serves[ep] == mine)
+            locations = tuple([urls[ep] for ep in replicas])
+        placed = [u for k in chosen for u in members[k]]
+        if direct and any(u.direct_read for u in placed):
+            groups.extend(_split_direct(placed, replicas[0], locations))
+        else:  # the usual case: one group (direct_read maps hold tagged endpoints only)
+            chans = [c for u in placed for c in u.channels]
+            groups.append(ChannelGroup(tuple(sorted(chans)), locations))
+        for k in chosen:  # these channels are placed: nobody serves them any more
+            size = sizes[k]
+            for ep in cands[k]:
+                if ep != best:
+                    serves[ep].discard(k)
                     weight[ep] -= size
         weight[best] = 0
         for ep in replicas:
@@ -261,15 +248,40 @@ def group_units(units: Sequence[Unit], urls: Sequence[str], *, direct: bool) -> 
     return groups
 
 
-def _split_direct(
-    units: list[Unit], replicas: list[int], urls: Sequence[str], direct: bool
-) -> list[ChannelGroup]:
-    locations = tuple(urls[i] for i in replicas)
-    if not direct:
-        return [ChannelGroup(tuple(sorted(c for u in units for c in u.channels)), locations)]
+def _classes(units: Sequence[Unit]) -> tuple[list[Cands], list[list[Unit]], list[int]]:
+    """Units grouped by candidates: class k has candidates ``cands[k]``, units
+    ``members[k]`` (in unit order) and ``sizes[k]`` channels; classes in order of first unit."""
+    by_cands: dict[Cands, list[Unit]] = {}
+    for u in units:
+        if u.channels:
+            by_cands.setdefault(u.candidates, []).append(u)
+    members = list(by_cands.values())
+    sizes = [
+        len(ms[0].channels) if len(ms) == 1 else sum(len(u.channels) for u in ms) for ms in members
+    ]
+    return list(by_cands), members, sizes
+
+
+def _serving(cands: list[Cands], sizes: list[int]) -> tuple[dict[int, set[int]], dict[int, int]]:
+    """Endpoint -> the classes it can serve, and -> how many channels that is (its weight)."""
+    serves: dict[int, set[int]] = {}
+    weight: dict[int, int] = {}
+    for k, cs in enumerate(cands):
+        for ep in cs:
+            if ep in serves:
+                serves[ep].add(k)
+                weight[ep] += sizes[k]
+            else:
+                serves[ep] = {k}
+                weight[ep] = sizes[k]
+    return serves, weight
+
+
+def _split_direct(units: list[Unit], lead: int, locations: tuple[str, ...]) -> list[ChannelGroup]:
+    """One group per direct_read tag of the preferred replica ``lead`` (untagged first)."""
     by_dr: dict[str | None, list[str]] = {}
     for u in units:
-        by_dr.setdefault(u.direct_read.get(replicas[0]), []).extend(u.channels)
+        by_dr.setdefault(u.direct_read.get(lead), []).extend(u.channels)
     out = []
     for dr in sorted(by_dr, key=lambda d: (d is not None, d or "")):
         kafka = kafka_locations(dr) if dr else ()

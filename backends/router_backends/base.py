@@ -442,12 +442,13 @@ class BackendServer(flight.FlightServerBase):  # type: ignore[misc]
 
     def _serve_blocks(
         self, stream: BlockStream, ctx: CallContext
-    ) -> Iterator[pa.RecordBatch | pa.Table]:
+    ) -> Iterator[pa.RecordBatch | pa.RecordBatchReader]:
         """Pacing, faults and error translation around a backend's blocks.
 
         A chunk whose blocks have all been released already (historical data, no faults)
-        goes out as one Table of one-row batches, so pyarrow iterates it in C++; otherwise
-        each block is paced and checked for faults on its own.
+        goes out as a reader of one-row slices (``max_chunksize=1``): pyarrow slices and
+        writes the rows in C++, with no Python object per block; otherwise each block is
+        paced and checked for faults on its own.
         """
         sent = 0
         try:
@@ -460,7 +461,7 @@ class BackendServer(flight.FlightServerBase):  # type: ignore[misc]
                     and last + stream.block_ns + self.latency_ns <= self.clock.now_ns()
                     and not ctx.cancelled()
                 ):
-                    yield pa.Table.from_batches(split_blocks(chunk))
+                    yield pa.Table.from_batches([chunk]).to_reader(max_chunksize=1)
                     sent += chunk.num_rows
                     continue
                 for block in split_blocks(chunk):

@@ -118,7 +118,11 @@ class CancelledError(ArrakisError):
 
 
 def _tag(message: str, request_id: str | None) -> str:
-    return f"{message} [request: {request_id}]" if request_id else message
+    if not request_id:
+        return message
+    tag = f" [request: {request_id}]"
+    # a relayed downstream error already carries our id (we pass it on): tag once
+    return message if message.endswith(tag) else message + tag
 
 
 def to_flight_error(exc: BaseException, request_id: str | None) -> flight.FlightError:
