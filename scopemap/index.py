@@ -143,7 +143,8 @@ class ScopeIndex:
         self.subsystem = {k: Tier(list(v.values()), ages) for k, v in subs.items()}
         self.wildcard = {k: Tier(list(v.values()), ages) for k, v in wild.items()}
         # (exact, subsystem, wildcard) tiers -> their Coverage, filled on first use: keys are
-        # tiers of this index, so it stays bounded by the map whatever names requests carry
+        # tiers of this index, so it stays bounded by the map whatever names requests carry.
+        # Threads racing on a new key build equal values; either one is kept.
         self._coverage: dict[_TierKey, Coverage] = {_NO_TIERS: Coverage(())}
 
     def __repr__(self) -> str:

@@ -28,7 +28,7 @@ NS = 1_000_000_000
 #: samples generated per chunk of blocks (all channels together).  Each chunk costs a few
 #: Python and Arrow calls per channel whatever its length, so historical chunks are large
 #: (with 500 channels of 16 samples per block, 64-block chunks spent more time building
-#: columns than pyarrow spent writing them); memory stays bounded (16 MiB of float32) and
+#: columns than pyarrow spent writing them); memory stays bounded (8 MiB of float32) and
 #: live streams are not delayed: near the clock a chunk never runs ahead of it.
 SAMPLES_PER_CHUNK = 1 << 21
 MAX_BLOCKS_PER_CHUNK = 1024
