@@ -3,48 +3,28 @@
 from __future__ import annotations
 
 import contextlib
-import selectors
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+from router_backends.testing import ServerProcess
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _read_url(proc: subprocess.Popen[str], name: str, timeout: float = 60.0) -> str:
-    assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with status {proc.returncode} while starting")
-        if sel.select(timeout=0.2):
-            line = proc.stdout.readline()
-            if "serving" in line:
-                return line.split()[-1]
-    raise RuntimeError(f"{name} did not report its address within {timeout:.0f} s")
-
-
 @contextlib.contextmanager
-def process(name: str, argv: list[str]) -> Iterator[str]:
-    """Start a server that prints `serving grpc://HOST:PORT`; yield the URL; always stop it."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        yield _read_url(proc, name)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+def process(name: str, argv: list[str], **options: Any) -> Iterator[str]:
+    """Start a server that announces its URL; yield the URL; always stop it.
+
+    ``options`` go to :class:`router_backends.testing.ServerProcess` (e.g. ``announce`` and
+    ``stream`` for upstream ``arrakis-server``).
+    """
+    with ServerProcess(argv, name=name, **options) as proc:
+        yield proc.url
 
 
 def timed(fn: Callable[[], object]) -> tuple[float, object]:

@@ -14,20 +14,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import selectors
 import shutil
-import signal
-import subprocess
 import tempfile
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.flight as flight
 from _harness import BIN, median, process, table, timed
+
+from router_backends.testing import upstream_url_line
 
 TARGET = 5.0
 #: decode batches on the calling thread: with hundreds of columns per one-row batch the
@@ -80,42 +76,14 @@ def stream_cmd(channels: list[str], seconds: int) -> bytes:
     return json.dumps(doc).encode()
 
 
-def _read_upstream_url(proc: subprocess.Popen[str], timeout: float) -> str:
-    """Upstream logs `... : URL: grpc://HOST:PORT` on stderr once bound."""
-    assert proc.stderr is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stderr, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"arrakis-server exited with status {proc.returncode}")
-        if sel.select(timeout=0.2):
-            line = proc.stderr.readline()
-            if " URL: " in line:
-                return line.rsplit("URL: ", 1)[1].strip()
-    raise RuntimeError(f"arrakis-server did not report its URL within {timeout:.0f} s")
-
-
 @contextlib.contextmanager
 def upstream_mock(toml: Path, timeout: float = 60.0) -> Iterator[str]:
     """`arrakis-server -u grpc://127.0.0.1:0 mock TOML`; yield its URL; always stopped."""
     argv = [str(BIN / "arrakis-server"), "-u", "grpc://127.0.0.1:0", "mock", str(toml)]
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=dict(os.environ)
-    )
-    try:
-        url = _read_upstream_url(proc, timeout)
-        # keep draining its log so a chatty server never blocks on a full pipe
-        threading.Thread(target=lambda: proc.stderr and proc.stderr.read(), daemon=True).start()
+    with process(
+        "arrakis-server", argv, announce=upstream_url_line, stream="stderr", start_timeout=timeout
+    ) as url:
         yield url
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 FILES_MAIN = (

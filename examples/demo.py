@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import io
 import os
-import selectors
 import shutil
 import signal
 import socket
@@ -31,6 +30,8 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from router_backends.testing import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 SCOPE_MAP = ROOT / "examples" / "scope-maps" / "demo.yaml"
@@ -57,40 +58,14 @@ def port_is_free(url: str) -> bool:
     return True
 
 
-def wait_for_serving(proc: subprocess.Popen[str], name: str, timeout: float = 60.0) -> str:
-    """Read the process's stdout until its `serving grpc://...` line."""
-    assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"demo: {name} exited with status {proc.returncode} while starting")
-        if sel.select(timeout=0.2):
-            line = proc.stdout.readline()
-            if "serving" in line:
-                return line.split()[-1]
-    raise SystemExit(f"demo: {name} did not report its address within {timeout:.0f} s")
-
-
 @contextlib.contextmanager
 def started(name: str, argv: list[str], log_dir: Path) -> Iterator[str]:
+    """Start a server, print where it serves and where it logs; always stop it."""
     log = log_dir / f"{name}.log"
-    with log.open("w") as log_file:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log_file, text=True, cwd=ROOT)
-    try:
-        url = wait_for_serving(proc, name)
-        print(f"    {name:8s} {url}   {Path(argv[0]).name} {' '.join(argv[1:])}", flush=True)
+    with ServerProcess(argv, name=name, log_path=log, start_timeout=60, cwd=ROOT) as proc:
+        print(f"    {name:8s} {proc.url}   {Path(argv[0]).name} {' '.join(argv[1:])}", flush=True)
         print(f"    {'':8s} logs: {log}", flush=True)
-        yield url
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        yield proc.url
 
 
 def arrakis(*args: str) -> None:

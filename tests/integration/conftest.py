@@ -6,16 +6,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.servers import CHANNELS, UpstreamMock
+from tests.integration.servers import CHANNELS, upstream_mock
 
 
 @pytest.fixture(scope="session")
 def upstream_mocks() -> Iterator[tuple[str, str]]:
     """Two upstream arrakis-server mocks serving the same deterministic channels."""
-    mocks = [UpstreamMock(CHANNELS), UpstreamMock(CHANNELS)]
-    try:
-        urls = (mocks[0].wait(), mocks[1].wait())
-        yield urls
-    finally:
-        for m in mocks:
-            m.stop()
+    with upstream_mock(CHANNELS) as first, upstream_mock(CHANNELS) as second:
+        yield first.url, second.url

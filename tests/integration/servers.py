@@ -3,8 +3,6 @@ in-process on port 0, and tiny Flight downstreams named for their behaviour."""
 
 from __future__ import annotations
 
-import re
-import subprocess
 import sys
 import threading
 import time
@@ -18,58 +16,23 @@ from router.downstream import DownstreamPool
 from router.protocol.gps import Clock
 from router.server import RouterFlightServer
 from router.service import RouterService, Settings
+from router_backends.testing import ServerProcess, upstream_url_line
 from scopemap import load_text
 
 HERE = Path(__file__).parent
 CHANNELS = HERE / "channels.toml"
 ARRAKIS_SERVER = Path(sys.executable).parent / "arrakis-server"
-_URL = re.compile(r"URL: (grpc://\S+)")
 
 
-class UpstreamMock:
-    """``arrakis-server -u 0 mock CHANNELS`` in a subprocess; ``url`` once it is serving."""
-
-    def __init__(self, *toml: Path) -> None:
-        self.proc = subprocess.Popen(
-            [str(ARRAKIS_SERVER), "-u", "0", "mock", *map(str, toml)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.url: str | None = None
-        self.lines: list[str] = []
-        self._ready = threading.Event()
-        self._drainer = threading.Thread(target=self._drain, daemon=True)
-        self._drainer.start()
-
-    def _drain(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            m = _URL.search(line)
-            if m and self.url is None:
-                self.url = m.group(1)
-                self._ready.set()
-        self._ready.set()
-
-    def wait(self, timeout: float = 90) -> str:
-        self._ready.wait(timeout)
-        if self.url is None:
-            self.stop()
-            raise RuntimeError("arrakis-server mock did not start:\n" + "".join(self.lines[-20:]))
-        return self.url
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._drainer.join(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+def upstream_mock(*toml: Path) -> ServerProcess:
+    """``arrakis-server -u 0 mock CHANNELS`` as a subprocess (enter it to start; always stopped)."""
+    return ServerProcess(
+        [str(ARRAKIS_SERVER), "-u", "0", "mock", *map(str, toml)],
+        name="arrakis-server",
+        announce=upstream_url_line,
+        stream="stderr",
+        start_timeout=90,
+    )
 
 
 @contextmanager

@@ -12,6 +12,7 @@ import pytest
 
 from router.reload import Reloader
 from router.service import RouterService
+from router_backends.testing import ServerProcess
 from scopemap import load_text
 from tests.integration.behaviours import CHANNEL, ScriptedArrakis, one_endpoint_map
 from tests.integration.servers import running_router, serving
@@ -23,46 +24,25 @@ BAD = "grpc://127.0.0.1:1:\n  scopes: {H1: [{all: maybe}]}\n  retention: {newest
 
 
 @pytest.fixture
-def router_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def router_process(tmp_path: Path) -> Iterator[ServerProcess]:
     path = tmp_path / "map.yaml"
     path.write_text(GOOD)
-    proc = subprocess.Popen(
-        [
-            *ROUTER,
-            "serve",
-            "--scope-map",
-            str(path),
-            "--url",
-            "grpc://127.0.0.1:0",
-            "--log-format",
-            "json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        assert line.startswith("serving grpc://127.0.0.1:"), line
-        yield proc, line.removeprefix("serving ")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+    argv = [*ROUTER, "serve", "--scope-map", str(path), "--url", "grpc://127.0.0.1:0"]
+    with ServerProcess([*argv, "--log-format", "json"], name="router") as proc:
+        assert proc.url.startswith("grpc://127.0.0.1:"), proc.url
+        yield proc
 
 
 def test_serve_health_and_graceful_sigterm(
-    router_process: tuple[subprocess.Popen[str], str],
+    router_process: ServerProcess,
 ) -> None:
-    proc, url = router_process
+    url = router_process.url
     ok = subprocess.run([*ROUTER, "health", url], capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
     assert "ok:" in ok.stdout
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=20) == 0
+    assert router_process.process is not None
+    router_process.process.send_signal(signal.SIGTERM)
+    assert router_process.process.wait(timeout=20) == 0
 
 
 def test_health_fails_clearly_when_nothing_answers() -> None:
