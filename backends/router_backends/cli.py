@@ -9,6 +9,10 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from router_backends.base import BackendServer
 
 __all__ = ["build_parser", "main", "normalise_url"]
 
@@ -123,6 +127,18 @@ def _run_mock(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"router-backend: error: {exc}", file=sys.stderr)
         return 2
+    return serve_until_signalled(
+        server,
+        channels=len(backend.catalog),
+        faults=faults.describe(),
+        retention=retention.to_json(),
+    )
+
+
+def serve_until_signalled(server: BackendServer, **log_fields: object) -> int:
+    """Announce ``serving URL`` on stdout, serve until SIGTERM/SIGINT, shut down; 0."""
+    import structlog
+
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -131,19 +147,12 @@ def _run_mock(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     print(f"serving {server.url}", flush=True)
-    import structlog
-
-    structlog.get_logger("router_backends").info(
-        "serving",
-        url=server.url,
-        channels=len(backend.catalog),
-        faults=faults.describe(),
-        retention=retention.to_json(),
-    )
+    log = structlog.get_logger("router_backends")
+    log.info("serving", url=server.url, **log_fields)
     while not stop.wait(0.5):
         pass
     server.shutdown()
-    structlog.get_logger("router_backends").info("stopped", url=server.url)
+    log.info("stopped", url=server.url)
     return 0
 
 

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import argparse
 import re
-import signal
 import sys
-import threading
 from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
-from types import FrameType
 
 import pyarrow as pa
 
@@ -137,7 +134,7 @@ def configure_files(parser: argparse.ArgumentParser) -> None:
 
 def run_files(args: argparse.Namespace) -> int:
     """Serve ``args.dir`` until SIGTERM/SIGINT; 2 on a bad recording or option."""
-    from router_backends.cli import normalise_url
+    from router_backends.cli import normalise_url, serve_until_signalled
 
     try:
         retention = parse_retention(args.retention) if args.retention else Retention()
@@ -146,29 +143,12 @@ def run_files(args: argparse.Namespace) -> int:
     except (RecordingError, ValueError, OSError) as exc:
         print(f"router-backend files: error: {exc}", file=sys.stderr)
         return 2
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    print(f"serving {server.url}", flush=True)
-    import structlog
-
-    log = structlog.get_logger("router_backends")
     rec = backend.recording
-    log.info(
-        "serving",
-        url=server.url,
+    return serve_until_signalled(
+        server,
         recording=str(rec.path),
         channels=len(rec.channels),
         groups=len(rec.groups),
         span=[rec.start_ns, rec.end_ns],
         retention=retention.to_json(),
     )
-    while not stop.wait(0.5):
-        pass
-    server.shutdown()
-    log.info("stopped", url=server.url)
-    return 0

@@ -1,7 +1,8 @@
 """``router-backend record --from URL --start S --end E CHANNEL... DIR``.
 
-Records a bounded stream from any Arrakis server into the layout of ``backends/README.md, "Recorded data"``,
-speaking the protocol with plain pyarrow Flight and our envelopes:
+Records a bounded stream from any Arrakis server into the layout described in
+``backends/README.md`` ("Recorded data"), speaking the protocol with plain pyarrow Flight
+and our envelopes:
 
 1. GetFlightInfo(Describe at ``start``) and DoGet of every endpoint: the channel metadata.
 2. The span is widened to the grid of the lcm of all strides (start rounded down, end up),
