@@ -8,6 +8,9 @@
   timeout it fails over to the next replica, resuming after the last batch delivered.
   The consumer's iteration polls ``should_stop`` (the client cancelled) and the idle clock;
   ``close()`` cancels the downstream call and joins the thread, on every path.
+  ``inline=True``: the consumer's own thread reads the downstream (no per-batch hand-over
+  between threads); a watchdog thread, waking every ``poll`` seconds, only cancels a read
+  that stays idle too long or that the client no longer wants.
 """
 
 from __future__ import annotations
@@ -71,7 +74,8 @@ def gather(executor: Executor, calls: Sequence[Callable[[], T]]) -> list[T]:
 
 
 class GroupFeed:
-    """Batches of one channel group of one slice, read ahead by a producer thread.
+    """Batches of one channel group of one slice, read ahead by a producer thread (or, with
+    ``inline=True``, read by the consumer's thread itself: see the module docstring).
 
     ``command_for(resume)`` builds the downstream command; ``resume`` is ``None`` for the
     first attempt, else the time after the last batch delivered (``batch_end``).
@@ -92,10 +96,12 @@ class GroupFeed:
         monotonic: Callable[[], float] = time.monotonic,
         label: str = "",
         notify: threading.Event | None = None,
+        inline: bool = False,
     ) -> None:
         self.endpoints = tuple(endpoints)
         self._notify = notify
         self.label = label
+        self.inline = inline
         self._pool = pool
         self._command_for = command_for
         self._call = call
@@ -107,20 +113,35 @@ class GroupFeed:
         self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
         self._idle = threading.Event()
+        self._client_left = False  # inline: the watchdog saw the client cancel
         self._lock = threading.Lock()
         self._current: BatchStream | None = None
         self._current_url: str | None = None
         self._progress = monotonic()
-        self._thread = threading.Thread(target=self._produce, name=f"feed {label}", daemon=True)
+        self._reading = False  # a downstream read is in progress (the idle clock runs)
+        self._last: pa.RecordBatch | None = None  # last batch delivered (for ``resume``)
+        self._resume: int | None = None
+        target = self._watch if inline else self._produce
+        self._thread = threading.Thread(target=target, name=f"feed {label}", daemon=True)
         self._started = False
         self.delivered = 0
-        self.resume: int | None = None
 
     def __repr__(self) -> str:
         return (
             f"<GroupFeed {self.label} endpoint={self._current_url} delivered={self.delivered} "
-            f"queued={self._queue.qsize()} stopped={self._stop.is_set()}>"
+            f"queued={self._queue.qsize()} inline={self.inline} stopped={self._stop.is_set()}>"
         )
+
+    @property
+    def resume(self) -> int | None:
+        """Where a replica resumes: the time after the last batch delivered (computed when
+        asked, not per batch)."""
+        last, self._last = self._last, None
+        if last is not None:
+            end = self._batch_end(last)
+            if end is not None:
+                self._resume = end
+        return self._resume
 
     # ------------------------------------------------------------------ consumer side
     def start(self) -> GroupFeed:
@@ -132,6 +153,9 @@ class GroupFeed:
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         self.start()
+        if self.inline:
+            yield from self._inline()
+            return
         while True:
             if self._should_stop():
                 raise CancelledError(f"{self.label}: the client cancelled the stream")
@@ -147,6 +171,13 @@ class GroupFeed:
             assert isinstance(item, pa.RecordBatch)
             yield item
 
+    def _inline(self) -> Iterator[pa.RecordBatch]:
+        if self._should_stop():
+            raise CancelledError(f"{self.label}: the client cancelled the stream")
+        yield from self._attempts()
+        if self._client_left:
+            raise CancelledError(f"{self.label}: the client cancelled the stream")
+
     def poll(self) -> object | None:
         """Non-blocking consumer side (the live merge reads several feeds in one thread):
         the next batch, :data:`END`, an error to raise, or ``None`` when nothing is queued.
@@ -160,7 +191,7 @@ class GroupFeed:
         return END if item is _END else item
 
     def _check_idle(self) -> None:
-        if self._monotonic() - self._progress <= self._idle_timeout:
+        if not self._reading or self._monotonic() - self._progress <= self._idle_timeout:
             return
         with self._lock:
             current = self._current
@@ -175,13 +206,16 @@ class GroupFeed:
         )
         current.cancel()
 
-    def close(self) -> None:
-        """Stop the producer, cancel its downstream call and wait for it (idempotent)."""
-        self._stop.set()
+    def _cancel_current(self) -> None:
         with self._lock:
             current = self._current
         if current is not None:
             current.cancel()
+
+    def close(self) -> None:
+        """Stop the producer, cancel its downstream call and wait for it (idempotent)."""
+        self._stop.set()
+        self._cancel_current()
         if self._started and self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
 
@@ -192,6 +226,15 @@ class GroupFeed:
         self.close()
 
     # ------------------------------------------------------------------ producer side
+    def _watch(self) -> None:
+        """Inline mode: cancel a read the client no longer wants or that stays idle."""
+        while not self._stop.wait(self._poll):
+            if self._should_stop():
+                self._client_left = True
+                self._cancel_current()
+                return
+            self._check_idle()
+
     def _put(self, item: object) -> bool:
         while not self._stop.is_set():
             try:
@@ -205,17 +248,29 @@ class GroupFeed:
         return False
 
     def _produce(self) -> None:
+        batches = self._attempts()
+        try:
+            for batch in batches:
+                if not self._put(batch):
+                    return
+            self._put(_END)
+        except Exception as exc:
+            self._put(exc)
+        finally:
+            batches.close()
+
+    def _attempts(self) -> Iterator[pa.RecordBatch]:
+        """The group's batches, failing over between replicas; raises when all failed."""
         errors: list[ArrakisError] = []
         for url in self.endpoints:
             if self._stop.is_set():
                 return
             try:
-                finished = self._read_one(url)
+                finished = yield from self._read_one(url)
             except ArrakisError as exc:
                 error: ArrakisError = exc
             else:
                 if finished:
-                    self._put(_END)
                     return
                 error = TimedOutError(
                     f"DoGet {self.label} on {url}: no data for {self._idle_timeout:g} s"
@@ -226,33 +281,41 @@ class GroupFeed:
             log.warning("downstream_failed", endpoint=url, slice=self.label, error=str(error))
             if not is_retryable(error):
                 break
-        self._put(all_replicas_failed(f"DoGet {self.label}", errors))
+        raise all_replicas_failed(f"DoGet {self.label}", errors)
 
-    def _read_one(self, url: str) -> bool:
-        """Read the stream from ``url`` (resuming at ``self.resume``). True: finished (or
-        stopped); False: the idle timeout fired. Raises the translated downstream error."""
+    def _read_one(self, url: str) -> Iterator[pa.RecordBatch]:
+        """Yield the stream from ``url`` (resuming at ``self.resume``); return True: finished
+        (or stopped), False: the idle timeout fired. Raises the translated downstream error.
+        The idle clock runs only while waiting for the downstream, not while the consumer
+        holds a batch."""
         self._progress = self._monotonic()
-        if self.resume is not None:
-            log.info("downstream_resume", endpoint=url, slice=self.label, resume=self.resume)
-        stream = self._pool.get(url).stream(self._command_for(self.resume), self._call)
+        resume = self.resume
+        if resume is not None:
+            log.info("downstream_resume", endpoint=url, slice=self.label, resume=resume)
+        stream = self._pool.get(url).stream(self._command_for(resume), self._call)
         with self._lock:
             self._current, self._current_url = stream, url
         try:
             if self._stop.is_set():
                 return True
+            monotonic = self._monotonic
+            self._reading = True
             for batch in stream:
-                self._progress = self._monotonic()
-                if not self._put(batch):
-                    return True
+                self._reading = False
+                yield batch
+                self._last = batch
                 self.delivered += 1
-                end = self._batch_end(batch)
-                if end is not None:
-                    self.resume = end
+                if self._stop.is_set():
+                    return True
+                self._progress = monotonic()
+                self._reading = True
+            self._reading = False
             if self._idle.is_set() and not self._stop.is_set():
                 self._idle.clear()
                 return False
             return True
         finally:
+            self._reading = False
             with self._lock:
                 self._current, self._current_url = None, None
             stream.close()

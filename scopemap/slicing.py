@@ -212,7 +212,8 @@ def group_units(units: Sequence[Unit], urls: Sequence[str], *, direct: bool) -> 
     heapq.heapify(heap)
     pop, push = heapq.heappop, heapq.heappush
     groups: list[ChannelGroup] = []
-    while heap:
+    unplaced = len(cands)  # once every class is placed, all weights are 0: stop popping
+    while heap and unplaced:
         entry = pop(heap)
         best = entry % span
         w = weight[best]
@@ -236,6 +237,7 @@ def group_units(units: Sequence[Unit], urls: Sequence[str], *, direct: bool) -> 
         else:  # the usual case: one group (direct_read maps hold tagged endpoints only)
             chans = [c for u in placed for c in u.channels]
             groups.append(ChannelGroup(tuple(sorted(chans)), locations))
+        unplaced -= len(chosen)
         for k in chosen:  # these channels are placed: nobody serves them any more
             size = sizes[k]
             for ep in cands[k]:
