@@ -78,12 +78,25 @@ def range_timeline(cov: Coverage, n: int, r0: int, r1: int | None, missing: Reas
     for i in range(last, first - 1, -1):
         a = r0 if i == last else n - bounds[i]
         b = r1 if i == first else n - bounds[i - 1]
-        state: State = states[i] or (Reason.NO_LIVE if b is None else Reason.NO_RETENTION)
-        if pieces and pieces[-1].state == state:
-            pieces[-1] = Piece(pieces[-1].start, b, state)
-        else:
-            pieces.append(Piece(a, b, state))
+        state: State | None = states[i] or None
+        if state is None and b is None and a < n:
+            # Uncovered and open-ended: the past part is missing retention, the part from
+            # now on is missing a live endpoint. Two reasons, two pieces.
+            _append(pieces, Piece(a, n, Reason.NO_RETENTION))
+            _append(pieces, Piece(n, None, Reason.NO_LIVE))
+            continue
+        if state is None:
+            state = Reason.NO_LIVE if b is None else Reason.NO_RETENTION
+        _append(pieces, Piece(a, b, state))
     return pieces
+
+
+def _append(pieces: list[Piece], piece: Piece) -> None:
+    """Append ``piece``, merging it into its predecessor when their states are equal."""
+    if pieces and pieces[-1].state == piece.state:
+        pieces[-1] = Piece(pieces[-1].start, piece.end, piece.state)
+    else:
+        pieces.append(piece)
 
 
 def live_state(tiers: Sequence[Tier], missing: Reason) -> State:

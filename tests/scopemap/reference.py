@@ -58,6 +58,10 @@ def live_valid(sm: ScopeMap, channel: str) -> tuple[int, ...]:
 
 def pieces(sm: ScopeMap, now: int, start: int, end: int | None) -> list[tuple[int, int | None]]:
     points = set()
+    if end is None:
+        # an open-ended request: what is missing before now lacks retention, after it a
+        # live endpoint; the two are reported separately
+        points.add(now - now % 10**9)
     for i in range(len(sm.endpoints)):
         for p in window(sm, i, now):
             if p is not None and p > start and (end is None or p < end):

@@ -137,6 +137,20 @@ def test_retention_gap_is_reported_not_dropped() -> None:
     ]
 
 
+def test_open_ended_gap_reports_past_and_future_reasons_separately() -> None:
+    """An empty window (newest == oldest) leaves an open-ended request uncovered: the past part
+    lacks retention, the part from now on lacks a live endpoint (found by hypothesis)."""
+    idx = index_of(
+        "grpc://ep0.x:1:\n  scopes: {L1: [{all: true}]}\n  retention: {newest: 100, oldest: 100}\n"
+    )
+    p = plan_stream(idx, StreamRequest(("L1:A",), N - 100 * S, None), NOW)
+    assert [(s.start, s.end, s.groups) for s in p.slices] == [(N - 100 * S, N, ()), (N, None, ())]
+    assert [(u.start, u.end, u.reason) for u in p.uncovered] == [
+        (N - 100 * S, N, Reason.NO_RETENTION),
+        (N, None, Reason.NO_LIVE),
+    ]
+
+
 def test_replicas_are_listed_in_yaml_order_and_grouped() -> None:
     idx = example("replicated-archives.yaml")
     p = plan_stream(idx, StreamRequest(("L1:A", "H1:B"), NOW - 9000 * S, NOW - 8000 * S), NOW)
