@@ -4,7 +4,8 @@ All servers are subprocesses of this one process tree; runs are interleaved (dir
 direct, router, ...) so that machine noise hits both sides alike. Figures are medians; the
 ratio is router / baseline, measured in this run.
 
-1. the real `arrakis` client's fetch directly from a mock vs through the router (proxy mode);
+1. the real `arrakis` client's fetch directly from a mock vs through the router (proxy mode),
+   and through the bare relay for reference (what any extra hop costs the client);
 2. raw pyarrow DoGet through the router vs through a bare pyarrow relay (bench/relay.py);
 3. GetFlightInfo latency for a 100-channel Describe and Stream through the router.
 
@@ -156,7 +157,7 @@ def main() -> None:
                 # the router's Describe cache
                 for url in (mock, router, relay):
                     raw_doget(url, stream_cmd(FAST[:1], 1))
-                for url in (mock, router):
+                for url in (mock, router, relay):
                     client_fetch(url, FAST[:1], 1)
                 rows1, rows2 = [], []
                 for label, channels, _rate, seconds in cases:
@@ -165,11 +166,14 @@ def main() -> None:
                         reps,
                         {
                             "direct": lambda c=channels, s=seconds: client_fetch(mock, c, s),
+                            "relay": lambda c=channels, s=seconds: client_fetch(relay, c, s),
                             "router": lambda c=channels, s=seconds: client_fetch(router, c, s),
                         },
                     )
-                    d, x = median(r["direct"]), median(r["router"])
-                    rows1.append([label, f"{d:.1f}", f"{x:.1f}", f"{x / d:.2f}"])
+                    d, b, x = median(r["direct"]), median(r["relay"]), median(r["router"])
+                    rows1.append(
+                        [label, f"{d:.1f}", f"{b:.1f}", f"{x:.1f}", f"{b / d:.2f}", f"{x / d:.2f}"]
+                    )
                     print("client fetch", label, rows1[-1], flush=True)
                 for label, channels, _rate, seconds in cases:
                     cmd = stream_cmd(channels, seconds)
@@ -194,7 +198,7 @@ def main() -> None:
                 lat_s = info_latency(router, stream_cmd(hundred, 64), n)
     print()
     print("### Client fetch, direct from the mock vs through the router (MB/s of samples)\n")
-    print(table(["case", "direct", "router", "router/direct"], rows1))
+    print(table(["case", "direct", "bare relay", "router", "relay/direct", "router/direct"], rows1))
     print("\n### Raw pyarrow DoGet (MB/s of samples)\n")
     print(table(["case", "direct", "bare relay", "router", "router/relay"], rows2))
     print("\n### GetFlightInfo latency through the router, 100 channels (ms)\n")

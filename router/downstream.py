@@ -79,19 +79,30 @@ class Downstream(Protocol):
     def close(self) -> None: ...
 
 
+def translate(exc: BaseException, url: str, what: str) -> BaseException:
+    """Our error for a failure of a downstream call on ``url`` doing ``what`` (``exc``
+    itself when it is ours already or not a transport failure)."""
+    if isinstance(exc, ArrakisError):
+        return exc
+    context = f"{what} on {url}" if what else url
+    if isinstance(exc, flight.FlightError):
+        return from_flight_error(exc, context)
+    if isinstance(exc, pa.ArrowException | OSError):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return InternalError(f"{context}: {first}")
+    return exc
+
+
 @contextmanager
 def translated(url: str, what: str) -> Iterator[None]:
     """Map any failure of a downstream call to our error tree, naming ``url`` and ``what``."""
-    context = f"{what} on {url}" if what else url
     try:
         yield
-    except ArrakisError:
-        raise
-    except flight.FlightError as exc:
-        raise from_flight_error(exc, context) from exc
-    except (pa.ArrowException, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InternalError(f"{context}: {first}") from exc
+    except Exception as exc:
+        error = translate(exc, url, what)
+        if error is exc:
+            raise
+        raise error from exc
 
 
 @contextmanager
@@ -131,21 +142,25 @@ class FlightStream:
             observe(self.url, "stream", exc)
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
+        read = self._reader.read_chunk
         while not self._closed:
             try:
-                with translated(self.url, self.what):
-                    chunk = self._reader.read_chunk()
+                chunk = read()
             except StopIteration:
                 self._ended(None)
                 return
-            except ArrakisError as exc:
-                if self._cancelled.is_set():
+            except Exception as exc:  # translated here, not per chunk (hot loop)
+                error = translate(exc, self.url, self.what)
+                if self._cancelled.is_set() and isinstance(error, ArrakisError):
                     self._ended(CancelledError(self.what))
                     return
-                self._ended(exc)
-                raise
-            if chunk.data is not None:
-                yield chunk.data
+                self._ended(error)
+                if error is exc:
+                    raise
+                raise error from exc
+            data = chunk.data
+            if data is not None:
+                yield data
 
     def cancel(self) -> None:
         self._cancelled.set()

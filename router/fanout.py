@@ -18,7 +18,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Executor, Future, wait
 from typing import TypeVar
 
@@ -112,8 +112,9 @@ class GroupFeed:
         self._monotonic = monotonic
         self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
+        self._stopped = False  # == self._stop.is_set(), read without a call per batch
         self._idle = threading.Event()
-        self._client_left = False  # inline: the watchdog saw the client cancel
+        self.client_left = False  # inline: the watchdog saw the client cancel
         self._lock = threading.Lock()
         self._current: BatchStream | None = None
         self._current_url: str | None = None
@@ -151,11 +152,11 @@ class GroupFeed:
             self._thread.start()
         return self
 
-    def __iter__(self) -> Iterator[pa.RecordBatch]:
+    def __iter__(self) -> Generator[pa.RecordBatch, None, None]:
         self.start()
-        if self.inline:
-            yield from self._inline()
-            return
+        return self._inline() if self.inline else self._queued()
+
+    def _queued(self) -> Generator[pa.RecordBatch, None, None]:
         while True:
             if self._should_stop():
                 raise CancelledError(f"{self.label}: the client cancelled the stream")
@@ -171,11 +172,11 @@ class GroupFeed:
             assert isinstance(item, pa.RecordBatch)
             yield item
 
-    def _inline(self) -> Iterator[pa.RecordBatch]:
+    def _inline(self) -> Generator[pa.RecordBatch, None, None]:
         if self._should_stop():
             raise CancelledError(f"{self.label}: the client cancelled the stream")
         yield from self._attempts()
-        if self._client_left:
+        if self.client_left:
             raise CancelledError(f"{self.label}: the client cancelled the stream")
 
     def poll(self) -> object | None:
@@ -214,6 +215,7 @@ class GroupFeed:
 
     def close(self) -> None:
         """Stop the producer, cancel its downstream call and wait for it (idempotent)."""
+        self._stopped = True
         self._stop.set()
         self._cancel_current()
         if self._started and self._thread is not threading.current_thread():
@@ -230,7 +232,7 @@ class GroupFeed:
         """Inline mode: cancel a read the client no longer wants or that stays idle."""
         while not self._stop.wait(self._poll):
             if self._should_stop():
-                self._client_left = True
+                self.client_left = True
                 self._cancel_current()
                 return
             self._check_idle()
@@ -259,7 +261,7 @@ class GroupFeed:
         finally:
             batches.close()
 
-    def _attempts(self) -> Iterator[pa.RecordBatch]:
+    def _attempts(self) -> Generator[pa.RecordBatch, None, None]:
         """The group's batches, failing over between replicas; raises when all failed."""
         errors: list[ArrakisError] = []
         for url in self.endpoints:
@@ -283,7 +285,7 @@ class GroupFeed:
                 break
         raise all_replicas_failed(f"DoGet {self.label}", errors)
 
-    def _read_one(self, url: str) -> Iterator[pa.RecordBatch]:
+    def _read_one(self, url: str) -> Generator[pa.RecordBatch, None, bool]:
         """Yield the stream from ``url`` (resuming at ``self.resume``); return True: finished
         (or stopped), False: the idle timeout fired. Raises the translated downstream error.
         The idle clock runs only while waiting for the downstream, not while the consumer
@@ -300,12 +302,13 @@ class GroupFeed:
                 return True
             monotonic = self._monotonic
             self._reading = True
+            # No Python function call per batch on this path (see router.server.guarded)
             for batch in stream:
                 self._reading = False
                 yield batch
                 self._last = batch
                 self.delivered += 1
-                if self._stop.is_set():
+                if self._stopped:
                     return True
                 self._progress = monotonic()
                 self._reading = True

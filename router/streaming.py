@@ -1,9 +1,15 @@
 """Executing a stream plan: one GroupFeed per channel group, slices chained in time order,
-everything stitched into one on-grid block stream (see :mod:`router.stitch`)."""
+everything stitched into one on-grid block stream (see :mod:`router.stitch`).
+
+A plan of one slice with one channel group (the common case) takes a short path: the
+serving thread reads the downstream itself (an inline feed) and re-yields its rows while they
+are whole on-grid blocks (:class:`router.stitch.direct.OnGridRelay`), falling back to the
+general pipeline, in the same thread, at the first row that is not."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -27,6 +33,7 @@ from router.stitch import (
     rebucket,
     trim,
 )
+from router.stitch.direct import OnGridRelay
 from router.stitch.output import block_to_batch
 from router.stitch.rebucket import cell_length
 from scopemap import StreamPlan, StreamSlice
@@ -43,7 +50,16 @@ def make_grid(metas: Sequence[ChannelMeta]) -> Grid:
             f"channel(s) {{{', '.join(no_stride)}}} have no stride in their metadata; "
             "they cannot be streamed"
         )
-    duration = block_duration(int(m.stride or 0) for m in metas)
+    return _grid(tuple((m.name, m.data_type, m.sample_rate, int(m.stride or 0)) for m in metas))
+
+
+@functools.lru_cache(maxsize=32)
+def _grid(layout: tuple[tuple[str, str, int, int], ...]) -> Grid:
+    """The grid of ``(name, dtype, rate, stride)`` channels, built once per layout: a
+    request's GetFlightInfo and its DoGet (and every repeat of a request) share it. Grids
+    are immutable but for their cache of null cells, which any stream may fill."""
+    metas = [ChannelMeta(name, dtype, rate, stride) for name, dtype, rate, stride in layout]
+    duration = block_duration(stride for *_, stride in layout)
     try:
         return Grid.from_schema(stream_schema(metas), duration)
     except ValueError as exc:
@@ -125,8 +141,9 @@ class StreamExecution:
             f"feeds={self._feeds}>"
         )
 
-    def _open_slice(self, sl: StreamSlice) -> list[GroupFeed]:
-        """Create and start one feed per channel group of the slice."""
+    def _open_slice(self, sl: StreamSlice, *, inline: bool = False) -> list[GroupFeed]:
+        """Create and start one feed per channel group of the slice (``inline``: read by the
+        consumer's thread, see :class:`GroupFeed`)."""
         grid = self.grid
         lo = grid.floor(sl.start) if sl.start is not None else None
         feeds: list[GroupFeed] = []
@@ -151,11 +168,15 @@ class StreamExecution:
                     queue_size=self._options.queue_size,
                     poll=self._options.poll,
                     label=label,
+                    inline=inline,
                 )
             )
         self._feeds.extend(feeds)
         log.debug(
-            "slice_open", slice=f"[{seconds(sl.start)}, {seconds(sl.end)})", groups=len(feeds)
+            "slice_open",
+            slice=f"[{seconds(sl.start)}, {seconds(sl.end)})",
+            groups=len(feeds),
+            inline=inline,
         )
         for feed in feeds:
             feed.start()
@@ -181,6 +202,13 @@ class StreamExecution:
         request = self.plan.request
         assert request.start is not None
         head = self.grid.floor(request.start)
+        slices = self.plan.slices
+        if len(slices) == 1 and len(slices[0].groups) == 1:
+            return self._direct(slices[0], head)
+        return self._general(head)
+
+    def _general(self, head: int) -> Iterator[pa.RecordBatch]:
+        request = self.plan.request
         try:
             # Every slice's downstream calls start now (each bounded by its feed's queue):
             # a later slice is opened while its retention window still holds the data,
@@ -197,6 +225,26 @@ class StreamExecution:
                 self.blocks += 1
                 yield block_to_batch(block, self.grid)
         finally:
+            self.close()
+
+    def _direct(self, sl: StreamSlice, head: int) -> Iterator[pa.RecordBatch]:
+        """One slice, one group: read in this thread, rows passed through when whole. The
+        feed's watchdog polls ``should_stop`` (no call per block, see router.server.guarded)
+        and cancels the downstream read, which ends the feed with CancelledError."""
+        (feed,) = self._open_slice(sl, inline=True)
+        batches = iter(feed)
+        relay = OnGridRelay(batches, self.grid, head, self.plan.request.end)
+        try:
+            for batch in relay:
+                if feed.client_left:
+                    raise CancelledError("the client cancelled the stream")
+                self.blocks += 1
+                yield batch
+        finally:
+            self.gap_blocks += relay.gap_blocks
+            if relay.fallback is not None:
+                log.info("stream_fallback", slice=feed.label, reason=relay.fallback)
+            batches.close()
             self.close()
 
     def _count_repeats(self, blocks: Iterator[Block]) -> Iterator[Block]:

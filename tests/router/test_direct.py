@@ -1,0 +1,229 @@
+"""The one-slice one-group short path: OnGridRelay against the general pipeline on the same
+rows, its fall-backs, and StreamExecution reading the downstream in the consumer's thread
+(cancellation and early exit close the downstream; nothing is left running)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from router.downstream import Call, StaticPool
+from router.errors import CancelledError, UnavailableError
+from router.protocol.envelope import Envelope, StreamArgs
+from router.stitch import coalesce_duplicates, fill_gaps, rebucket, to_batches
+from router.stitch.direct import OnGridRelay
+from router.streaming import StreamExecution, StreamOptions
+from scopemap import RoutingIndex, StreamRequest, load_text, plan_stream
+from tests.router.blockgen import downstream_batch, downstream_blocks, grid_for, meta, rows
+from tests.router.scripted import HANG, ScriptedDownstream
+
+S = 62_500_000
+A = meta("H1:A-X", 256, S)
+B = meta("H1:B-Y", 512, S, "float32")
+GRID = grid_for([A, B], S)
+T0 = 100 * S
+
+
+def _general(batches: list[pa.RecordBatch], start: int, end: int | None) -> list[Any]:
+    blocks = coalesce_duplicates(rebucket(batches, GRID))
+    return rows(to_batches(fill_gaps(blocks, start, end, S), GRID))
+
+
+def _relay(batches: list[pa.RecordBatch], start: int, end: int | None) -> OnGridRelay:
+    return OnGridRelay(batches, GRID, start, end)
+
+
+def _null_list(t: int) -> pa.RecordBatch:
+    batch = downstream_batch([A, B], t, S)
+    cells = [batch.column(0), pa.nulls(1, batch.schema.field(1).type), batch.column(2)]
+    return pa.RecordBatch.from_arrays(cells, schema=batch.schema)
+
+
+def test_whole_blocks_pass_through_unchanged() -> None:
+    batches = downstream_blocks([A, B], [T0 + k * S for k in range(5)], S)
+    relay = _relay(batches, T0, T0 + 5 * S)
+    out = list(relay)
+    assert all(o is b for o, b in zip(out, batches, strict=True))
+    assert relay.fallback is None and relay.gap_blocks == 0 and relay.passed == 5
+
+
+def test_gaps_head_middle_and_tail_are_null_blocks() -> None:
+    batches = downstream_blocks([A, B], [T0 + S, T0 + 3 * S], S)
+    relay = _relay(batches, T0, T0 + 6 * S)
+    out = list(relay)
+    assert rows(out) == _general(batches, T0, T0 + 6 * S)
+    assert [t for t, _ in rows(out)] == [T0 + k * S for k in range(6)]
+    assert relay.gap_blocks == 4 and relay.passed == 2 and relay.fallback is None
+    assert all(b.schema.equals(GRID.schema, check_metadata=True) for b in out)
+
+
+def test_repeats_and_rows_going_back_are_dropped_without_falling_back() -> None:
+    times = [T0, T0 + S, T0 + S, T0, T0 + 2 * S]
+    batches = downstream_blocks([A, B], times, S)
+    relay = _relay(batches, T0, T0 + 3 * S)
+    out = list(relay)
+    assert [t for t, _ in rows(out)] == [T0, T0 + S, T0 + 2 * S]
+    assert out[1] is batches[1]  # the first copy won
+    assert relay.fallback is None
+    assert rows(out) == _general(batches, T0, T0 + 3 * S)
+
+
+def test_rows_before_start_and_from_end_on_are_trimmed() -> None:
+    batches = downstream_blocks([A, B], [T0 + k * S for k in range(-2, 6)], S)
+    relay = _relay(batches, T0, T0 + 3 * S)
+    assert [t for t, _ in rows(relay)] == [T0, T0 + S, T0 + 2 * S]
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        pytest.param(lambda: downstream_batch([A, B], T0 + 2 * S + S // 4, S), id="off-grid"),
+        pytest.param(lambda: downstream_batch([A, B], T0 + 2 * S, 2 * S), id="double-duration"),
+        pytest.param(lambda: downstream_batch([A, B], T0 + 2 * S, S // 2), id="half-duration"),
+        pytest.param(lambda: downstream_batch([A], T0 + 2 * S, S), id="other-schema"),
+        pytest.param(lambda: _null_list(T0 + 2 * S), id="null-list"),
+        pytest.param(
+            lambda: pa.concat_batches(downstream_blocks([A, B], [T0 + 2 * S, T0 + 3 * S], S)),
+            id="two-rows",
+        ),
+    ],
+)
+def test_a_row_that_is_not_a_whole_block_hands_over_to_the_general_path(odd: Any) -> None:
+    head = downstream_blocks([A, B], [T0, T0 + S], S)
+    tail = downstream_blocks([A, B], [T0 + 4 * S, T0 + 5 * S], S)
+    batches = [*head, odd(), *tail]
+    relay = _relay(batches, T0, T0 + 7 * S)
+    out = list(relay)
+    assert relay.fallback is not None and relay.passed == 2
+    assert out[0] is head[0] and out[1] is head[1]
+    assert rows(out) == _general(batches, T0, T0 + 7 * S)
+    assert all(b.num_rows == 1 for b in out)
+
+
+def test_a_sliced_row_is_checked_channel_by_channel() -> None:
+    """A row whose buffers are not laid out as IPC leaves them (a slice of a bigger batch)
+    is decided by the per-channel check, and still passes through."""
+    both = pa.concat_batches(downstream_blocks([A, B], [T0, T0 + S], S))
+    batches = [both.slice(0, 1), both.slice(1, 1)]
+    relay = _relay(batches, T0, T0 + 2 * S)
+    out = list(relay)
+    assert relay.fallback is None and out[1] is batches[1]
+
+
+# The rows a downstream may send for one group: whole blocks, repeats, going back, gaps,
+# and now and then something only the general path handles.
+ROW = st.one_of(
+    st.tuples(st.just("whole"), st.integers(-2, 12)),
+    st.tuples(st.sampled_from(["off-grid", "double", "half", "null-list"]), st.integers(-2, 12)),
+)
+
+
+def _row(kind: str, k: int) -> pa.RecordBatch:
+    t = T0 + k * S
+    if kind == "off-grid":
+        return downstream_batch([A, B], t + S // 2, S)
+    if kind == "double":
+        return downstream_batch([A, B], t, 2 * S)
+    if kind == "half":
+        return downstream_batch([A, B], t, S // 2)
+    if kind == "null-list":
+        return _null_list(t)
+    return downstream_batch([A, B], t, S)
+
+
+@given(
+    st.lists(ROW, max_size=14),
+    st.booleans(),
+    st.integers(1, 12),
+)
+def test_short_path_equals_general_path(spec: list[Any], sort: bool, n: int) -> None:
+    if sort:
+        spec = sorted(spec, key=lambda r: r[1])
+    batches = [_row(kind, k) for kind, k in spec]
+    end = T0 + n * S
+    assert rows(_relay(batches, T0, end)) == _general(batches, T0, end)
+
+
+# ---------------------------------------------------------------------- StreamExecution
+
+URL, REPLICA = "grpc://a:1", "grpc://b:1"
+MAP = "".join(
+    f"{url}:\n  scopes:\n    H1:\n      - all: true\n  retention: {{}}\n" for url in (URL, REPLICA)
+)
+
+
+def _execution(
+    downstreams: list[ScriptedDownstream], nblocks: int, should_stop: Any = lambda: False
+) -> StreamExecution:
+    result = load_text(MAP, "m.yaml")
+    assert result.scope_map is not None
+    channels = (A.name, B.name)
+    end = T0 + nblocks * S
+    plan = plan_stream(RoutingIndex(result.scope_map), StreamRequest(channels, T0, end), T0)
+    assert len(plan.slices) == 1 and len(plan.slices[0].groups) == 1
+    members = {d.url: d for d in downstreams}
+    members.setdefault(REPLICA, ScriptedDownstream(REPLICA))
+    return StreamExecution(
+        plan,
+        GRID,
+        Envelope("Stream", StreamArgs(channels, T0, end)),
+        StaticPool(dict(members)),
+        Call("req-1", 1.0, "Stream"),
+        StreamOptions(poll=0.01),
+        should_stop,
+    )
+
+
+def _threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("feed ") and t.is_alive()]
+
+
+def test_one_group_is_read_in_the_consumer_thread() -> None:
+    batches = downstream_blocks([A, B], [T0, T0 + 2 * S], S)
+    downstream = ScriptedDownstream(URL, [batches])
+    execution = _execution([downstream], 3)
+    out = list(execution)
+    assert out[0] is batches[0] and out[2] is batches[1]
+    assert execution.blocks == 3 and execution.gap_blocks == 1
+    assert downstream.commands[0]["args"]["start"] == T0
+    assert downstream.open == 0 and _threads() == []
+
+
+def test_short_path_fails_over_resuming_after_the_last_block() -> None:
+    blocks = downstream_blocks([A, B], [T0 + k * S for k in range(4)], S)
+    first = ScriptedDownstream(URL, [[*blocks[:2], UnavailableError(f"{URL}: gone")]])
+    replica = ScriptedDownstream(REPLICA, [blocks[2:]])
+    execution = _execution([first, replica], 4)
+    assert execution.plan.slices[0].groups[0].endpoints[0] == URL
+    out = list(execution)
+    assert [t for t, _ in rows(out)] == [T0 + k * S for k in range(4)]
+    assert replica.commands[0]["args"]["start"] == T0 + 2 * S
+    assert first.open == replica.open == 0 and _threads() == []
+
+
+def test_client_cancel_closes_the_downstream() -> None:
+    blocks = downstream_blocks([A, B], [T0], S)
+    downstream = ScriptedDownstream(URL, [[blocks[0], HANG]])
+    cancelled = threading.Event()
+    execution = _execution([downstream], 10, cancelled.is_set)
+    got = []
+    with pytest.raises(CancelledError):
+        for batch in execution:
+            got.append(batch)
+            cancelled.set()
+    assert len(got) == 1
+    assert downstream.open == 0 and _threads() == []
+
+
+def test_early_exit_closes_the_downstream() -> None:
+    blocks = downstream_blocks([A, B], [T0 + k * S for k in range(10)], S)
+    downstream = ScriptedDownstream(URL, [[*blocks, HANG]])
+    batches = iter(_execution([downstream], 20))
+    next(batches)
+    batches.close()  # type: ignore[attr-defined]
+    assert downstream.open == 0 and _threads() == []
