@@ -58,7 +58,7 @@ def live_valid(sm: ScopeMap, channel: str) -> tuple[int, ...]:
 
 def pieces(sm: ScopeMap, now: int, start: int, end: int | None) -> list[tuple[int, int | None]]:
     points = set()
-    if end is None:
+    if end is None and now - now % 10**9 > start:
         # an open-ended request: what is missing before now lacks retention, after it a
         # live endpoint; the two are reported separately
         points.add(now - now % 10**9)
