@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import statistics
 import sys
 import time
@@ -50,3 +51,59 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
         "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
     ]
     return "\n".join([line, sep, *body])
+
+
+# --------------------------------------------------------------------------- shared inputs
+# The throughput cases of issues 3 and 4, on synthetic X1 channels both mocks (ours and
+# upstream's) load from one TOML file in upstream's format.
+
+STRIDE = 62_500_000
+START_S = 1_400_000_000
+FAST = [f"X1:BENCH-FAST_{i:02d}" for i in range(20)]
+SLOW = [f"X1:BENCH-SLOW_{i:03d}" for i in range(500)]
+CASES = [  # (label, channels, seconds)
+    ("1 x 16384 Hz, 256 s", FAST[:1], 256),
+    ("20 x 16384 Hz, 64 s", FAST, 64),
+    ("500 x 256 Hz, 64 s", SLOW, 64),
+]
+
+
+def channels_toml(path: Path, rates: dict[str, int]) -> Path:
+    """Write a channel TOML (float32, 1/16 s stride, 1 s max latency) of ``{name: rate}``."""
+    lines = [
+        "[common]",
+        'data_type = "float32"',
+        f"stride = {STRIDE}",
+        "max_latency = 1000000000",
+        'publisher = "BENCH"',
+        "",
+    ]
+    for name, rate in rates.items():
+        lines += [f'["{name}"]', f"sample_rate = {rate}", ""]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def write_inputs(tmp: Path) -> Path:
+    """The channel TOML of the throughput cases."""
+    rates = {name: 16384 for name in FAST} | {name: 256 for name in SLOW}
+    return channels_toml(tmp / "bench-channels.toml", rates)
+
+
+def envelope(request: str, **args: object) -> bytes:
+    return json.dumps({"request": request, "args": args, "version": "0.5.0"}).encode()
+
+
+def stream_cmd(channels: list[str], seconds: int | None, start_s: int | None = START_S) -> bytes:
+    """A Stream envelope (``start_s`` None: live; ``seconds`` None: open-ended)."""
+    start = None if start_s is None else start_s * 10**9
+    end = None if start is None or seconds is None else start + seconds * 10**9
+    return envelope(
+        "Stream",
+        channels=channels,
+        start=start,
+        end=end,
+        replay_start=None,
+        replay_end=None,
+        replay_id=None,
+    )

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.flight as flight
-from _harness import BIN, median, process, table, timed
+from _harness import BIN, CASES, START_S, median, process, stream_cmd, table, timed, write_inputs
 
 from router_backends.testing import upstream_url_line
 
@@ -29,51 +28,6 @@ TARGET = 5.0
 #: decode batches on the calling thread: with hundreds of columns per one-row batch the
 #: thread-pool hand-off costs more than the decoding (applies to both servers alike)
 READ_OPTIONS = flight.FlightCallOptions(read_options=pa.ipc.IpcReadOptions(use_threads=False))
-STRIDE = 62_500_000
-START_S = 1_400_000_000
-FAST = [f"X1:BENCH-FAST_{i:02d}" for i in range(20)]
-SLOW = [f"X1:BENCH-SLOW_{i:03d}" for i in range(500)]
-CASES = [  # (label, channels, seconds)
-    ("1 x 16384 Hz, 256 s", FAST[:1], 256),
-    ("20 x 16384 Hz, 64 s", FAST, 64),
-    ("500 x 256 Hz, 64 s", SLOW, 64),
-]
-
-
-def write_inputs(tmp: Path) -> Path:
-    """The channel TOML both mocks load (upstream's format)."""
-    lines = [
-        "[common]",
-        'data_type = "float32"',
-        f"stride = {STRIDE}",
-        "max_latency = 1000000000",
-        'publisher = "BENCH"',
-        "",
-    ]
-    for name in FAST:
-        lines += [f'["{name}"]', "sample_rate = 16384", ""]
-    for name in SLOW:
-        lines += [f'["{name}"]', "sample_rate = 256", ""]
-    toml = tmp / "bench-channels.toml"
-    toml.write_text("\n".join(lines))
-    return toml
-
-
-def stream_cmd(channels: list[str], seconds: int) -> bytes:
-    start = START_S * 10**9
-    doc = {
-        "request": "Stream",
-        "args": {
-            "channels": channels,
-            "start": start,
-            "end": start + seconds * 10**9,
-            "replay_start": None,
-            "replay_end": None,
-            "replay_id": None,
-        },
-        "version": "0.5.0",
-    }
-    return json.dumps(doc).encode()
 
 
 @contextlib.contextmanager

@@ -13,49 +13,27 @@ difference per block (router arrival - direct arrival, same block time).
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pyarrow.flight as flight
-from _harness import BIN, median, p99, process, table
+from _harness import BIN, STRIDE, channels_toml, median, p99, process, stream_cmd, table
 
 from router.protocol.gps import gps_now_ns
 
-STRIDE = 62_500_000
 CHANNELS = [f"X1:BENCH-LIVE_{i:02d}" for i in range(20)]
 RATE = 16384
 
 
 def write_inputs(tmp: Path) -> tuple[Path, Path]:
-    lines = [
-        "[common]",
-        'data_type = "float32"',
-        f"stride = {STRIDE}",
-        "max_latency = 1000000000",
-        'publisher = "BENCH"',
-        f"sample_rate = {RATE}",
-        "",
-    ]
-    for name in CHANNELS:
-        lines += [f'["{name}"]', ""]
-    toml = tmp / "live-channels.toml"
-    toml.write_text("\n".join(lines))
+    toml = channels_toml(tmp / "live-channels.toml", dict.fromkeys(CHANNELS, RATE))
     return toml, tmp / "live-scope-map.yaml"
 
 
 def live_cmd() -> bytes:
-    args = {
-        "channels": CHANNELS,
-        "start": None,
-        "end": None,
-        "replay_start": None,
-        "replay_end": None,
-        "replay_id": None,
-    }
-    return json.dumps({"request": "Stream", "args": args, "version": "0.5.0"}).encode()
+    return stream_cmd(CHANNELS, None, start_s=None)
 
 
 class Reader(threading.Thread):

@@ -15,64 +15,33 @@ ratio is router / baseline, measured in this run.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import pyarrow.flight as flight
-from _harness import BIN, ROOT, median, p99, process, table, timed
-
-STRIDE = 62_500_000
-START_S = 1_400_000_000
-FAST = [f"X1:BENCH-FAST_{i:02d}" for i in range(20)]
-SLOW = [f"X1:BENCH-SLOW_{i:03d}" for i in range(500)]
-CASES = [  # (label, channels, rate, seconds)
-    ("1 x 16384 Hz, 256 s", FAST[:1], 16384, 256),
-    ("20 x 16384 Hz, 64 s", FAST, 16384, 64),
-    ("500 x 256 Hz, 64 s", SLOW, 256, 64),
-]
-
-
-def write_inputs(tmp: Path) -> Path:
-    lines = [
-        "[common]",
-        'data_type = "float32"',
-        f"stride = {STRIDE}",
-        "max_latency = 1000000000",
-        'publisher = "BENCH"',
-        "",
-    ]
-    for name in FAST:
-        lines += [f'["{name}"]', "sample_rate = 16384", ""]
-    for name in SLOW:
-        lines += [f'["{name}"]', "sample_rate = 256", ""]
-    toml = tmp / "bench-channels.toml"
-    toml.write_text("\n".join(lines))
-    return toml
+from _harness import (
+    BIN,
+    CASES,
+    FAST,
+    ROOT,
+    SLOW,
+    START_S,
+    envelope,
+    median,
+    p99,
+    process,
+    stream_cmd,
+    table,
+    timed,
+    write_inputs,
+)
 
 
 def scope_map(tmp: Path, downstream: str) -> Path:
     path = tmp / "bench-scope-map.yaml"
     path.write_text(f"{downstream}:\n  scopes:\n    X1:\n      - all: true\n  retention: {{}}\n")
     return path
-
-
-def envelope(request: str, **args: object) -> bytes:
-    return json.dumps({"request": request, "args": args, "version": "0.5.0"}).encode()
-
-
-def stream_cmd(channels: list[str], seconds: int) -> bytes:
-    start = START_S * 10**9
-    return envelope(
-        "Stream",
-        channels=channels,
-        start=start,
-        end=start + seconds * 10**9,
-        replay_start=None,
-        replay_end=None,
-        replay_id=None,
-    )
 
 
 def client_fetch(url: str, channels: list[str], seconds: int) -> int:
@@ -127,7 +96,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 rep, short ranges")
     args = parser.parse_args()
     reps = 1 if args.quick else args.reps
-    cases = [(lbl, ch, r, 8 if args.quick else s) for lbl, ch, r, s in CASES]
+    cases = [(lbl, ch, 8 if args.quick else s) for lbl, ch, s in CASES]
 
     with tempfile.TemporaryDirectory(prefix="arrakis-bench-") as tmpdir:
         tmp = Path(tmpdir)
@@ -160,7 +129,7 @@ def main() -> None:
                 for url in (mock, router, relay):
                     client_fetch(url, FAST[:1], 1)
                 rows1, rows2 = [], []
-                for label, channels, _rate, seconds in cases:
+                for label, channels, seconds in cases:
                     r = bench_pair(
                         label,
                         reps,
@@ -175,7 +144,7 @@ def main() -> None:
                         [label, f"{d:.1f}", f"{b:.1f}", f"{x:.1f}", f"{b / d:.2f}", f"{x / d:.2f}"]
                     )
                     print("client fetch", label, rows1[-1], flush=True)
-                for label, channels, _rate, seconds in cases:
+                for label, channels, seconds in cases:
                     cmd = stream_cmd(channels, seconds)
                     r = bench_pair(
                         label,
