@@ -24,6 +24,7 @@ from router.errors import (
     UnavailableError,
     from_flight_error,
 )
+from router.protocol.auth import AUTHORIZATION_HEADER
 from router.protocol.reqid import REQUEST_ID_HEADER
 
 REUSE_MARKER = "arrow-flight-reuse-connection://?"
@@ -34,18 +35,20 @@ Observer = Callable[[str, str, BaseException | None], None]
 
 @dataclass(frozen=True)
 class Call:
-    """Per-call context handed to a downstream: request id and the unary-call timeout (s)."""
+    """Per-call context handed to a downstream: request id, the unary-call timeout (s) and
+    the client's ``authorization`` header, forwarded unchanged (never shown in the repr)."""
 
     request_id: str
     timeout: float | None = None
     what: str = ""
     observe: Observer | None = field(default=None, compare=False, repr=False)
+    authorization: str | None = field(default=None, repr=False)
 
     def options(self, timeout: bool = True) -> flight.FlightCallOptions:
-        return flight.FlightCallOptions(
-            timeout=self.timeout if timeout else None,
-            headers=[(REQUEST_ID_HEADER.encode(), self.request_id.encode())],
-        )
+        headers = [(REQUEST_ID_HEADER.encode(), self.request_id.encode())]
+        if self.authorization is not None:
+            headers.append((AUTHORIZATION_HEADER.encode(), self.authorization.encode()))
+        return flight.FlightCallOptions(timeout=self.timeout if timeout else None, headers=headers)
 
 
 class BatchStream(Protocol):
@@ -183,8 +186,9 @@ class FlightDownstream:
     def __init__(self, url: str, pool: DownstreamPool) -> None:
         self.url = url
         self._pool = pool
+        tls = {"tls_root_certs": pool.tls_root_certs} if pool.tls_root_certs else {}
         self._client = flight.FlightClient(
-            url, generic_options=[("grpc.keepalive_time_ms", 300_000)]
+            url, generic_options=[("grpc.keepalive_time_ms", 300_000)], **tls
         )
 
     def __repr__(self) -> str:
@@ -266,9 +270,11 @@ def _what(call: Call) -> str:
 
 
 class DownstreamPool:
-    """One :class:`Downstream` per URL, created on first use, reused by every request."""
+    """One :class:`Downstream` per URL, created on first use, reused by every request.
+    ``tls_root_certs``: PEM roots for ``grpc+tls://`` downstreams (None: the system roots)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls_root_certs: bytes | None = None) -> None:
+        self.tls_root_certs = tls_root_certs
         self._lock = threading.Lock()
         self._members: dict[str, Downstream] = {}
 

@@ -22,14 +22,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="give up after S seconds (default 5)",
     )
+    parser.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="PEM root certificates for a grpc+tls:// URL (default: the system roots)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     import pyarrow.flight as flight
 
+    from router.tls import TlsError, read_pem
+
     url = args.url if "://" in args.url else f"grpc://{args.url}"
     try:
-        client = flight.FlightClient(url)
+        roots = read_pem("--tls-ca", args.tls_ca) if args.tls_ca else None
+    except TlsError as exc:
+        print(f"router health: {exc}", file=sys.stderr)
+        return 1
+    try:
+        client = flight.FlightClient(url, **({"tls_root_certs": roots} if roots else {}))
         try:
             options = flight.FlightCallOptions(timeout=args.timeout)
             results = list(client.do_action(flight.Action("server-info", b""), options))

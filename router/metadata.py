@@ -1,8 +1,10 @@
 """Channel metadata: a TTL cache of Describe answers and the Describe/Find fan-out.
 
-The cache is keyed by ``(channel, time, replay_id)``: the client's Describe (``time`` = the
-stream start) followed by its Stream (whose schema and null fill need the same metadata)
-costs one downstream Describe, not two.
+The cache is keyed by ``(channel, time, replay_id, scope)``: the client's Describe (``time`` =
+the stream start) followed by its Stream (whose schema and null fill need the same metadata)
+costs one downstream Describe, not two. ``scope`` separates callers with different credentials
+(a digest of the forwarded ``authorization`` header), so one client's token never serves
+another client's Describe from the cache.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from router.protocol.envelope import DescribeArgs, Envelope, FindArgs
 
 log = structlog.get_logger("router.metadata")
 
-Key = tuple[str, int | None, str | None]
+Key = tuple[str, int | None, str | None, str | None]
 
 
 class DescribeCache:
@@ -44,13 +46,18 @@ class DescribeCache:
         return f"<DescribeCache size={len(self._cache)} hits={self.hits} misses={self.misses}>"
 
     def lookup(
-        self, channels: Iterable[str], time_ns: int | None, replay_id: str | None
+        self,
+        channels: Iterable[str],
+        time_ns: int | None,
+        replay_id: str | None,
+        scope: str | None = None,
     ) -> tuple[dict[str, ChannelMeta], list[str]]:
         found: dict[str, ChannelMeta] = {}
         missing: list[str] = []
         with self._lock:
             for name in channels:
-                meta = self._cache.get((name, time_ns, replay_id)) if self.ttl > 0 else None
+                key = (name, time_ns, replay_id, scope)
+                meta = self._cache.get(key) if self.ttl > 0 else None
                 if meta is None:
                     missing.append(name)
                 else:
@@ -60,13 +67,17 @@ class DescribeCache:
         return found, missing
 
     def store(
-        self, metas: Iterable[ChannelMeta], time_ns: int | None, replay_id: str | None
+        self,
+        metas: Iterable[ChannelMeta],
+        time_ns: int | None,
+        replay_id: str | None,
+        scope: str | None = None,
     ) -> None:
         if self.ttl <= 0:
             return
         with self._lock:
             for meta in metas:
-                self._cache[(meta.name, time_ns, replay_id)] = meta
+                self._cache[(meta.name, time_ns, replay_id, scope)] = meta
 
     def clear(self) -> None:
         with self._lock:

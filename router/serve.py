@@ -15,6 +15,7 @@ import structlog
 from router import __version__
 from router import logging as router_logging
 from router.service import MODES, RouterService, Settings
+from router.tls import TlsError, read_pem, tls_certificates
 
 DEFAULT_URL = "grpc://0.0.0.0:31206"
 log = structlog.get_logger("router.serve")
@@ -80,6 +81,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--url (default 0: no metrics endpoint)",
     )
     parser.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="serve grpc+tls:// with this PEM certificate (needs --tls-key; --url grpc+tls://)",
+    )
+    parser.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    parser.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="PEM root certificates for grpc+tls:// downstreams (default: the system roots)",
+    )
+    parser.add_argument(
         "--watch-interval",
         type=float,
         default=5.0,
@@ -88,10 +100,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _bind_location(url: str) -> tuple[str, str]:
-    """``(location for pyarrow, host to print)``; a URL without scheme gets ``grpc://``."""
+def _bind_location(url: str, tls: bool = False) -> tuple[str, str]:
+    """``(location for pyarrow, host to print)``; a URL without scheme gets ``grpc://``
+    (``grpc+tls://`` when ``tls``)."""
     if "://" not in url:
-        url = f"grpc://{url}"
+        url = f"{'grpc+tls' if tls else 'grpc'}://{url}"
     parsed = urlparse(url)
     host = parsed.hostname or "0.0.0.0"
     port = parsed.port if parsed.port is not None else 31206
@@ -99,11 +112,20 @@ def _bind_location(url: str) -> tuple[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import pyarrow.flight as flight
+
+    from router.downstream import DownstreamPool
     from router.reload import Reloader
     from router.server import RouterFlightServer
     from scopemap import load_path
 
     router_logging.configure(args.log_format, args.log_level)
+    try:
+        tls = tls_certificates(args.tls_cert, args.tls_key, args.url)
+        roots = read_pem("--tls-ca", args.tls_ca) if args.tls_ca else None
+    except TlsError as exc:
+        print(f"router serve: {exc}", file=sys.stderr)
+        return 2
     result = load_path(args.scope_map)
     for diag in result.diagnostics:
         print(diag.format(), file=sys.stderr)
@@ -124,10 +146,11 @@ def run(args: argparse.Namespace) -> int:
         live_grace=args.live_grace,
         live_buffer=args.live_buffer,
     )
-    service = RouterService(result.scope_map, settings)
-    location, host = _bind_location(args.url)
+    service = RouterService(result.scope_map, settings, pool=DownstreamPool(roots))
+    location, host = _bind_location(args.url, tls is not None)
+    certificates = [flight.CertKeyPair(*tls)] if tls is not None else []
     try:
-        server = RouterFlightServer(service, location)
+        server = RouterFlightServer(service, location, tls_certificates=certificates)
     except Exception as exc:
         print(f"router serve: cannot bind {location}: {exc}", file=sys.stderr)
         service.close()
@@ -162,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
         reloader.watch(args.watch_interval)
     serving = threading.Thread(target=server.serve, name="flight-serve", daemon=True)
     serving.start()
-    url = f"grpc://{host}:{server.port}"
+    url = f"{'grpc+tls' if tls is not None else 'grpc'}://{host}:{server.port}"
     log.info(
         "router_started",
         version=__version__,

@@ -20,6 +20,11 @@ import structlog
 from router.actions import ACTIONS
 from router.errors import ArrakisError, CancelledError, UnsupportedError, to_flight_error
 from router.metrics import RouterMetrics
+from router.protocol.auth import (
+    AUTHORIZATION_MIDDLEWARE_KEY,
+    AuthorizationMiddlewareFactory,
+    authorization_from_context,
+)
 from router.protocol.envelope import parse_envelope
 from router.protocol.reqid import (
     REQUEST_ID_MIDDLEWARE_KEY,
@@ -132,7 +137,10 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     """Arrow Flight front of a :class:`RouterService`."""
 
     def __init__(self, service: RouterService, location: str, **kwargs: Any) -> None:
-        middleware = {REQUEST_ID_MIDDLEWARE_KEY: RequestIdMiddlewareFactory()}
+        middleware = {
+            REQUEST_ID_MIDDLEWARE_KEY: RequestIdMiddlewareFactory(),
+            AUTHORIZATION_MIDDLEWARE_KEY: AuthorizationMiddlewareFactory(),
+        }
         super().__init__(location, middleware=middleware, **kwargs)
         self.service = service
         self.open_streams = 0
@@ -147,8 +155,9 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         with Meter(self.service.metrics, "GetFlightInfo") as meter, edge(rid, "get_flight_info"):
             envelope = parse_envelope(descriptor.command or b"")
             meter.kind = envelope.request
-            log.info("get_flight_info", request=envelope.request)
-            endpoints = self.service.flight_info(envelope, rid)
+            auth = authorization_from_context(context)
+            log.info("get_flight_info", request=envelope.request, auth=auth is not None)
+            endpoints = self.service.flight_info(envelope, rid, auth)
             return flight.FlightInfo(pa.schema([]), descriptor, endpoints, -1, -1)
 
     def do_get(
@@ -159,7 +168,8 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         with Meter(metrics, "DoGet") as meter, edge(rid, "do_get"):
             envelope = parse_envelope(ticket.ticket)
             meter.kind = envelope.request
-            log.info("do_get", request=envelope.request)
+            auth = authorization_from_context(context)
+            log.info("do_get", request=envelope.request, auth=auth is not None)
 
             checked = [0.0]
 
@@ -173,7 +183,7 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                 checked[0] = now
                 return bool(context.is_cancelled())
 
-            schema, batches = self.service.do_get(envelope, rid, should_stop)
+            schema, batches = self.service.do_get(envelope, rid, should_stop, auth)
             self.open_streams += 1
             metrics.open_streams.inc()
             meter.deferred = True
@@ -222,11 +232,12 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         with Meter(self.service.metrics, "DoExchange") as meter, edge(rid, "do_exchange"):
             envelope = parse_envelope(descriptor.command or b"")
             meter.kind = envelope.request
-            log.info("do_exchange", request=envelope.request)
+            auth = authorization_from_context(context)
+            log.info("do_exchange", request=envelope.request, auth=auth is not None)
             incoming = list(reader.read_all().to_batches())
             if context.is_cancelled():
                 raise CancelledError("the client cancelled the exchange")
-            answer = self.service.exchange(envelope, incoming, rid)
+            answer = self.service.exchange(envelope, incoming, rid, auth)
             if answer:
                 writer.begin(answer[0].schema)
                 for batch in answer:

@@ -8,6 +8,7 @@ and return values; the Flight adapter (:mod:`router.server`) only translates.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -98,6 +99,14 @@ def _reuse(command: bytes) -> flight.FlightEndpoint:
     return flight.FlightEndpoint(command, [flight.Location(REUSE_MARKER)])
 
 
+def _credential_scope(authorization: str | None) -> str | None:
+    """What keeps cached metadata of callers with different credentials apart: a digest of
+    the forwarded ``authorization`` header (never the token itself), None without one."""
+    if authorization is None:
+        return None
+    return hashlib.sha256(authorization.encode()).hexdigest()
+
+
 def uncovered_text(uncovered: Sequence[Uncovered]) -> str:
     parts = []
     for u in uncovered:
@@ -162,18 +171,26 @@ class RouterService:
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.pool.close()
 
-    def call(self, request_id: str, what: str = "") -> Call:
+    def call(self, request_id: str, what: str = "", authorization: str | None = None) -> Call:
+        """The downstream call context; ``authorization`` (the client's header) is forwarded
+        unchanged on every downstream call of the request."""
         return Call(
-            request_id, self.settings.downstream_timeout, what, self.metrics.downstream_call
+            request_id,
+            self.settings.downstream_timeout,
+            what,
+            self.metrics.downstream_call,
+            authorization,
         )
 
     # ------------------------------------------------------------------ GetFlightInfo
-    def flight_info(self, envelope: Envelope, request_id: str) -> list[flight.FlightEndpoint]:
+    def flight_info(
+        self, envelope: Envelope, request_id: str, authorization: str | None = None
+    ) -> list[flight.FlightEndpoint]:
         args = envelope.args
         command = envelope.encode()
         redirect = self.settings.mode == "redirect"
         if isinstance(args, StreamArgs):
-            plan, grid, _ = self._stream_plan(args, request_id)
+            plan, grid, _ = self._stream_plan(args, request_id, authorization)
             if redirect and len(plan.slices) == 1:
                 start = grid.floor(args.start) if args.start is not None else None
                 # a direct-read group: the Kafka brokers first (the client reads them
@@ -215,12 +232,16 @@ class RouterService:
 
     # ------------------------------------------------------------------ DoGet
     def do_get(
-        self, envelope: Envelope, request_id: str, should_stop: Callable[[], bool]
+        self,
+        envelope: Envelope,
+        request_id: str,
+        should_stop: Callable[[], bool],
+        authorization: str | None = None,
     ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         args = envelope.args
         if isinstance(args, StreamArgs):
-            plan, grid, metas = self._stream_plan(args, request_id)
-            call = self.call(request_id, "Stream")
+            plan, grid, metas = self._stream_plan(args, request_id, authorization)
+            call = self.call(request_id, "Stream", authorization)
             execution: StreamExecution | LiveExecution
             if args.start is None or args.end is None:
                 execution = LiveExecution(
@@ -250,17 +271,20 @@ class RouterService:
             )
             return grid.schema, self._observed(execution)
         if isinstance(args, DescribeArgs):
-            described = self.describe(args, request_id)
+            described = self.describe(args, request_id, authorization)
             return METADATA_SCHEMA, iter(metadata_batches([described[c] for c in args.channels]))
         if isinstance(args, FindArgs):
-            found = self.find(args, envelope.version, request_id)
+            found = self.find(args, envelope.version, request_id, authorization)
             if envelope.request == "Count":
                 return COUNT_SCHEMA, iter([count_batch(len(found))])
             return METADATA_SCHEMA, iter(metadata_batches(found))
         if isinstance(args, PublishArgs):
             url = self._publish_endpoint(envelope)
             _, batches = fetch_first(
-                self.pool, [url], envelope.encode(), self.call(request_id, "Publish")
+                self.pool,
+                [url],
+                envelope.encode(),
+                self.call(request_id, "Publish", authorization),
             )
             if not batches:
                 raise ServerError(f"Publish on {url}: empty answer")
@@ -278,13 +302,17 @@ class RouterService:
 
     # ------------------------------------------------------------------ DoExchange / actions
     def exchange(
-        self, envelope: Envelope, batches: Sequence[pa.RecordBatch], request_id: str
+        self,
+        envelope: Envelope,
+        batches: Sequence[pa.RecordBatch],
+        request_id: str,
+        authorization: str | None = None,
     ) -> list[pa.RecordBatch]:
         if envelope.request != "Partition":
             raise UnsupportedError(f"DoExchange is only used for Partition, not {envelope.request}")
         url = self._publish_endpoint(envelope)
         return self.pool.get(url).exchange(
-            envelope.encode(), batches, self.call(request_id, "Partition")
+            envelope.encode(), batches, self.call(request_id, "Partition", authorization)
         )
 
     def action(self, kind: str) -> bytes:
@@ -298,8 +326,11 @@ class RouterService:
         return list(ACTIONS.items())
 
     # ------------------------------------------------------------------ execution helpers
-    def describe(self, args: DescribeArgs, request_id: str) -> dict[str, ChannelMeta]:
-        found, missing = self.cache.lookup(args.channels, args.time, args.replay_id)
+    def describe(
+        self, args: DescribeArgs, request_id: str, authorization: str | None = None
+    ) -> dict[str, ChannelMeta]:
+        scope = _credential_scope(authorization)
+        found, missing = self.cache.lookup(args.channels, args.time, args.replay_id, scope)
         if not missing:
             return found
         dplan = plan_describe(
@@ -315,20 +346,26 @@ class RouterService:
             self.executor,
             envelope,
             [(g.channels, g.endpoints, t) for g, t in zip(dplan.groups, times, strict=True)],
-            self.call(request_id, "Describe"),
+            self.call(request_id, "Describe", authorization),
         )
-        self.cache.store(fresh.values(), args.time, args.replay_id)
+        self.cache.store(fresh.values(), args.time, args.replay_id, scope)
         log.debug("describe_fetched", channels=len(fresh), groups=len(dplan.groups))
         return {**found, **fresh}
 
-    def find(self, args: FindArgs, version: str | None, request_id: str) -> list[ChannelMeta]:
+    def find(
+        self,
+        args: FindArgs,
+        version: str | None,
+        request_id: str,
+        authorization: str | None = None,
+    ) -> list[ChannelMeta]:
         fplan = self._find_plan(args)
         return find_targets(
             self.pool,
             self.executor,
             Envelope("Find", args, version),
             [(t.endpoints, t.time, t.replay_id) for t in fplan.targets],
-            self.call(request_id, "Find"),
+            self.call(request_id, "Find", authorization),
         )
 
     def _find_plan(self, args: FindArgs) -> FindPlan:
@@ -349,14 +386,16 @@ class RouterService:
             raise ChannelsNotAvailableError(channels, "; ".join(reasons))
 
     def _stream_plan(
-        self, args: StreamArgs, request_id: str
+        self, args: StreamArgs, request_id: str, authorization: str | None = None
     ) -> tuple[StreamPlan, Grid, list[ChannelMeta]]:
         if not args.channels:
             raise InvalidRequestError("invalid Stream request: args.channels: no channels")
         plan = self._replan(args, args.start)
         if plan.uncovered:
             raise PlanIncompleteError(uncovered_text(plan.uncovered))
-        found = self.describe(DescribeArgs(args.channels, args.start, args.replay_id), request_id)
+        found = self.describe(
+            DescribeArgs(args.channels, args.start, args.replay_id), request_id, authorization
+        )
         metas = [found[c] for c in args.channels]
         grid = make_grid(metas)
         return self._aligned(plan, args, grid), grid, metas

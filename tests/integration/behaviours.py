@@ -24,8 +24,19 @@ STRIDE = 62_500_000
 CHANNEL = ChannelMeta("H1:TST-A", "float64", 256, stride=STRIDE, max_latency=10**9)
 
 
+class HeaderRecorder(flight.ServerMiddlewareFactory):  # type: ignore[misc]
+    """Records ``(method name, authorization header values)`` of every incoming call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[str]]] = []
+
+    def start_call(self, info: Any, headers: dict[str, list[str]]) -> None:
+        self.calls.append((info.method.name, list(headers.get("authorization", []))))
+
+
 class ScriptedArrakis(flight.FlightServerBase):  # type: ignore[misc]
     """Serves CHANNEL: Describe answers, Stream blocks every ``delay`` s. Counts open DoGets.
+    ``recorder.calls``: the authorization headers each incoming call carried.
 
     ``fail_after``: raise FlightUnavailableError after that many blocks;
     ``silent_after``: stop sending (but keep the call open) after that many blocks;
@@ -40,10 +51,12 @@ class ScriptedArrakis(flight.FlightServerBase):  # type: ignore[misc]
         silent_after: int | None = None,
         info_delay: float = 0.0,
     ) -> None:
+        recorder = HeaderRecorder()
         super().__init__(
             "grpc://127.0.0.1:0",
-            middleware={REQUEST_ID_MIDDLEWARE_KEY: RequestIdMiddlewareFactory()},
+            middleware={REQUEST_ID_MIDDLEWARE_KEY: RequestIdMiddlewareFactory(), "rec": recorder},
         )
+        self.recorder = recorder
         self.delay = delay
         self.fail_after = fail_after
         self.silent_after = silent_after
