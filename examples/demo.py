@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from router.protocol.gps import gps_now_ns
 from router_backends.testing import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +41,6 @@ ROUTER_URL = "grpc://127.0.0.1:31206"
 LIVE_URL = "grpc://127.0.0.1:31207"
 ARCHIVE_URL = "grpc://127.0.0.1:31208"
 CHANNELS = ["H1:GDS-CALIB_STRAIN", "L1:GDS-CALIB_STRAIN"]
-GPS_MINUS_UNIX = -315964800 + 18
 
 
 def say(text: str) -> None:
@@ -95,7 +95,7 @@ def fetch_across_boundary() -> None:
     import numpy as np
 
     arrakis = quiet_import_arrakis()
-    now = int(time.time() + GPS_MINUS_UNIX)
+    now = gps_now_ns() // 1_000_000_000
     start, end = now - 610, now - 290
     print(
         f"\n$ python -c 'arrakis.Client(\"{ROUTER_URL}\").fetch({CHANNELS}, {start}, {end})'"

@@ -34,11 +34,6 @@ INFINITY_WORDS = {"inf", "+inf", "infinity", "+infinity"}
 Report = Callable[[str, str, Path, bool], None]
 
 
-def check_endpoint_url(url: str) -> str | None:
-    """Why ``url`` cannot be an endpoint, or None when it is fine."""
-    return _endpoint_url(url)[0]
-
-
 def _endpoint_url(url: str) -> tuple[str | None, str]:
     """``(why url cannot be an endpoint or None, its normalised form when fine)``, from one
     ``urlsplit`` (the loader checks and normalises every endpoint URL of a map)."""
@@ -69,12 +64,6 @@ def _url_problem(url: str, parts: SplitResult, port: int | None) -> str | None:
     if len(url.split()) != 1:
         return f"endpoint URL {url!r} contains whitespace"
     return None
-
-
-def normalise_url(url: str) -> str:
-    parts = urlsplit(url)
-    scheme = "grpc" if parts.scheme == "grpc+tcp" else parts.scheme
-    return f"{scheme}://{(parts.hostname or '').lower()}:{parts.port}"
 
 
 def check_kafka_url(url: str) -> str | None:

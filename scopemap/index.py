@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import gc
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from itertools import pairwise
 from types import MappingProxyType
@@ -75,12 +75,7 @@ class Coverage:
 
     def __init__(self, tiers: tuple[Tier, ...]) -> None:
         self.tiers = tiers
-        best: dict[int, tuple[Claim, float, float]] = {}
-        for tier in tiers:
-            for item in tier.windows:
-                prev = best.get(item[0].endpoint)
-                if prev is None or item[0].specificity > prev[0].specificity:
-                    best[item[0].endpoint] = item
+        best = best_claims([item for tier in tiers for item in tier.windows])
         #: endpoint -> direct_read of its most specific claim, for tagged claims only (so an
         #: empty map says "no direct reads" at a glance)
         self.direct_read: dict[int, str | None] = {
@@ -92,13 +87,26 @@ class Coverage:
         self.states: list[tuple[int, ...]] = []
         for left, right in pairwise(edges):
             covering = [c for c, lo, hi in best.values() if lo <= left and hi >= right]
-            self.states.append(_top(covering))
+            self.states.append(top_endpoints(covering))
 
     def __repr__(self) -> str:
         return f"Coverage({self.tiers!r}, bounds={len(self.bounds)})"
 
 
-def _top(claims: list[Claim]) -> tuple[int, ...]:
+def best_claims(
+    claims: Sequence[tuple[Claim, float, float]],
+) -> dict[int, tuple[Claim, float, float]]:
+    """One ``(claim, lower, upper)`` per endpoint: its most specific claim (the first one
+    met among equals, so pass tiers most specific first)."""
+    out: dict[int, tuple[Claim, float, float]] = {}
+    for item in claims:
+        prev = out.get(item[0].endpoint)
+        if prev is None or item[0].specificity > prev[0].specificity:
+            out[item[0].endpoint] = item
+    return out
+
+
+def top_endpoints(claims: Sequence[Claim]) -> tuple[int, ...]:
     """The endpoints of the most specific claims, sorted; () for none."""
     if not claims:
         return ()
@@ -250,10 +258,6 @@ class RoutingIndex:
             return self.base
         found = self.replay_views.get(replay_id)
         return found if found is not None else ScopeIndex({}, self.ages)
-
-    def endpoint_indices(self, urls: Iterable[str]) -> list[int]:
-        pos = {u: i for i, u in enumerate(self.urls)}
-        return [pos[u] for u in urls]
 
     def __repr__(self) -> str:
         return (

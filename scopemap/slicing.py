@@ -23,7 +23,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
-from scopemap.index import Claim, Coverage, Tier
+from scopemap.index import Coverage, Tier, best_claims, top_endpoints
 from scopemap.plan import ChannelGroup, Reason, Uncovered
 
 Cands = tuple[int, ...]
@@ -37,26 +37,6 @@ class Piece(NamedTuple):
     start: int | None
     end: int | None
     state: State
-
-
-# --------------------------------------------------------------------------- claims
-
-
-def _best(claims: Sequence[tuple[Claim, float, float]]) -> dict[int, tuple[Claim, float, float]]:
-    """One claim per endpoint: its most specific (tiers are queried most specific first)."""
-    out: dict[int, tuple[Claim, float, float]] = {}
-    for item in claims:
-        prev = out.get(item[0].endpoint)
-        if prev is None or item[0].specificity > prev[0].specificity:
-            out[item[0].endpoint] = item
-    return out
-
-
-def _top(claims: Sequence[Claim]) -> Cands:
-    if not claims:
-        return ()
-    top = max(c.specificity for c in claims)
-    return tuple(sorted(c.endpoint for c in claims if c.specificity == top))
 
 
 # --------------------------------------------------------------------------- timelines
@@ -103,25 +83,25 @@ def live_state(tiers: Sequence[Tier], missing: Reason) -> State:
     if not tiers:
         return missing
     found = [item for tier in tiers for item in tier.tree.covering(-INF)]
-    return _top([c for c, _, _ in _best(found).values()]) or Reason.NO_LIVE
+    return top_endpoints([c for c, _, _ in best_claims(found).values()]) or Reason.NO_LIVE
 
 
 def instant_state(tiers: Sequence[Tier], n: int, t: int, missing: Reason) -> State:
     if not tiers:
         return missing
     found = [item for tier in tiers for item in tier.tree.covering(n - t)]
-    return _top([c for c, _, _ in _best(found).values()]) or Reason.NO_RETENTION
+    return top_endpoints([c for c, _, _ in best_claims(found).values()]) or Reason.NO_RETENTION
 
 
 def preferred_state(
     tiers: Sequence[Tier], ages: Sequence[tuple[float, float]], missing: Reason
 ) -> State:
     """``time: null`` metadata: the claimers reaching nearest to now, then most specific."""
-    claims = list(_best([(c, 0.0, 0.0) for tier in tiers for c in tier.claims]).values())
+    claims = list(best_claims([(c, 0.0, 0.0) for tier in tiers for c in tier.claims]).values())
     if not claims:
         return missing
     nearest = min(ages[c.endpoint][0] for c, _, _ in claims)
-    return _top([c for c, _, _ in claims if ages[c.endpoint][0] == nearest])
+    return top_endpoints([c for c, _, _ in claims if ages[c.endpoint][0] == nearest])
 
 
 def shift(pieces: list[Piece], offset: int) -> list[Piece]:

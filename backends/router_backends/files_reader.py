@@ -47,10 +47,12 @@ MAX_OPEN_CHUNKS = 256
 
 
 def _ipc_batches(path: Path) -> tuple[pa.Schema, list[pa.RecordBatch]]:
+    # The batches keep the mapped region alive on their own: the file is closed on every
+    # path instead of waiting for the garbage collector to release its descriptor.
     try:
-        source = pa.memory_map(str(path), "r")
-        reader = pa.ipc.open_file(source)
-        return reader.schema, [reader.get_batch(i) for i in range(reader.num_record_batches)]
+        with pa.memory_map(str(path), "r") as source:
+            reader = pa.ipc.open_file(source)
+            return reader.schema, [reader.get_batch(i) for i in range(reader.num_record_batches)]
     except (OSError, pa.ArrowException) as exc:
         raise RecordingError(f"{path}: not a readable Arrow IPC file ({exc})") from None
 

@@ -200,6 +200,7 @@ def test_shutdown_is_prompt_with_a_stalled_live_stream() -> None:
     assert time.monotonic() - t0 < 5
     thread.join(5)
     raw.close()
+    assert not thread.is_alive(), "the stalled reader never saw the stream end"
 
 
 def _raw_error(url: str, call: str, payload: bytes) -> flight.FlightError:
