@@ -220,8 +220,9 @@ class FlightDownstream:
                     "piece)"
                 )
             endpoint = info.endpoints[0]
-            url, client = self._client_for(endpoint)
             what = f"DoGet{_what(call)}"
+            with translated(self.url, f"{what}: its stream location"):
+                url, client = self._client_for(endpoint)
             with translated(url, what):
                 reader = client.do_get(endpoint.ticket, call.options(timeout=False))
         return FlightStream(url, what, reader, call.observe)
@@ -234,7 +235,8 @@ class FlightDownstream:
         info = self._info(command, call)
         out: list[pa.RecordBatch] = []
         for endpoint in info.endpoints:
-            url, client = self._client_for(endpoint)
+            with translated(self.url, f"DoGet{_what(call)}: its stream location"):
+                url, client = self._client_for(endpoint)
             with translated(url, f"DoGet{_what(call)}"):
                 table = client.do_get(endpoint.ticket, call.options()).read_all()
             out.extend(table.to_batches())

@@ -40,6 +40,9 @@ class Reloader:
     def reload(self, reason: str = "signal") -> bool:
         """Load and validate the file; swap it in when valid. Returns True when swapped."""
         with self._lock:
+            # the digest of what is about to be loaded (taken first: a change written while
+            # loading is seen by the next check, not recorded as already loaded)
+            digest = _digest(self.path)
             result = load_path(self.path)
             errors = [d for d in result.diagnostics if d.severity.value == "error"]
             if not result.ok or result.scope_map is None:
@@ -53,7 +56,7 @@ class Reloader:
                 )
                 return False
             self.service.replace_map(result.scope_map)
-            self._digest = _digest(self.path)
+            self._digest = digest
             self.reloads += 1
             log.info(
                 "scope_map_reloaded",

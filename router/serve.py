@@ -138,6 +138,13 @@ def run(args: argparse.Namespace) -> int:
     if args.live_grace < 0 or args.live_buffer < 1:
         print("router serve: --live-grace must be >= 0 and --live-buffer >= 1", file=sys.stderr)
         return 2
+    if args.downstream_timeout <= 0 or args.idle_timeout <= 0 or args.describe_ttl < 0:
+        print(
+            "router serve: --downstream-timeout and --idle-timeout must be > 0, "
+            "--describe-ttl >= 0",
+            file=sys.stderr,
+        )
+        return 2
     settings = Settings(
         mode=args.mode,
         describe_ttl=args.describe_ttl,

@@ -143,10 +143,14 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         }
         super().__init__(location, middleware=middleware, **kwargs)
         self.service = service
-        self.open_streams = 0
 
     def __repr__(self) -> str:
         return f"<RouterFlightServer port={self.port} open_streams={self.open_streams}>"
+
+    @property
+    def open_streams(self) -> int:
+        """DoGet streams handed out and not yet ended (the metrics gauge: thread-safe)."""
+        return int(self.service.metrics.open_streams._value.get())
 
     def get_flight_info(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
@@ -184,12 +188,10 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                 return bool(context.is_cancelled())
 
             schema, batches = self.service.do_get(envelope, rid, should_stop, auth)
-            self.open_streams += 1
             metrics.open_streams.inc()
             meter.deferred = True
 
             def closed(failure: BaseException | None) -> None:
-                self.open_streams -= 1
                 metrics.open_streams.dec()
                 metrics.request("DoGet", envelope.request, failure)
 

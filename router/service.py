@@ -390,7 +390,10 @@ class RouterService:
     ) -> tuple[StreamPlan, Grid, list[ChannelMeta]]:
         if not args.channels:
             raise InvalidRequestError("invalid Stream request: args.channels: no channels")
-        plan = self._replan(args, args.start)
+        # one map and one GPS now for the request's plan and its aligned re-plan (a reload
+        # swapping the map in between must not mix two maps)
+        routing, now = self.routing, self.clock.now_ns()
+        plan = self._replan(args, args.start, routing, now)
         if plan.uncovered:
             raise PlanIncompleteError(uncovered_text(plan.uncovered))
         found = self.describe(
@@ -398,9 +401,11 @@ class RouterService:
         )
         metas = [found[c] for c in args.channels]
         grid = make_grid(metas)
-        return self._aligned(plan, args, grid), grid, metas
+        return self._aligned(plan, args, grid, routing, now), grid, metas
 
-    def _aligned(self, plan: StreamPlan, args: StreamArgs, grid: Grid) -> StreamPlan:
+    def _aligned(
+        self, plan: StreamPlan, args: StreamArgs, grid: Grid, routing: Routing, now: int
+    ) -> StreamPlan:
         """A bounded stream's blocks cover ``[floor(start), ceil(end))`` on the grid (whole
         blocks, as one downstream would send them): plan that span, so the part of the last
         block past ``end`` comes from whoever holds it rather than ending as nulls where a
@@ -412,14 +417,22 @@ class RouterService:
         if (lo, hi) == (args.start, args.end):
             return plan
         request = dataclasses.replace(plan.request, start=lo, end=hi)
-        aligned = plan_stream(self.routing.index, request, self.clock.now_ns())
+        aligned = plan_stream(routing.index, request, now)
         return plan if aligned.uncovered else aligned
 
-    def _replan(self, args: StreamArgs, start: int | None) -> StreamPlan:
-        """The plan of ``args`` from ``start`` on, at the clock's now (a live stream's
-        catch-up re-plans where each slice ends: retention boundaries move with the clock)."""
+    def _replan(
+        self,
+        args: StreamArgs,
+        start: int | None,
+        routing: Routing | None = None,
+        now: int | None = None,
+    ) -> StreamPlan:
+        """The plan of ``args`` from ``start`` on, on ``routing`` at ``now`` (default: the
+        active map at the clock's now, as a live stream's catch-up re-plans where each slice
+        ends: retention boundaries move with the clock)."""
+        routing = routing or self.routing
         return plan_stream(
-            self.routing.index,
+            routing.index,
             StreamRequest(
                 args.channels,
                 start,
@@ -428,7 +441,7 @@ class RouterService:
                 replay_start=args.replay_start,
                 replay_end=args.replay_end,
             ),
-            self.clock.now_ns(),
+            self.clock.now_ns() if now is None else now,
         )
 
     def _publish_endpoint(self, envelope: Envelope) -> str:

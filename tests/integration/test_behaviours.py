@@ -7,6 +7,7 @@ import socket
 import time
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
@@ -115,3 +116,27 @@ def test_slow_downstream_call_hits_the_deadline() -> None:
             arrakis.Client(url).describe([CHANNEL.name])
         assert time.monotonic() - started < 2.5
     assert durl in str(info.value) and "Describe" in str(info.value)
+
+
+class BadLocationArrakis(ScriptedArrakis):
+    """Answers Stream GetFlightInfo with a location no Flight client can connect to."""
+
+    def get_flight_info(
+        self, context: object, descriptor: flight.FlightDescriptor
+    ) -> flight.FlightInfo:
+        if json.loads(descriptor.command)["request"] != "Stream":
+            return super().get_flight_info(context, descriptor)
+        endpoint = flight.FlightEndpoint(descriptor.command, ["bogus://127.0.0.1:1"])
+        return flight.FlightInfo(pa.schema([]), descriptor, [endpoint], -1, -1)
+
+
+def test_unusable_stream_location_is_a_named_error() -> None:
+    down = BadLocationArrakis()
+    with serving(down) as durl, running_router(one_endpoint_map(durl)) as (url, _, router):
+        reader = flight.FlightClient(url).do_get(flight.Ticket(_stream_cmd(3)))
+        with pytest.raises(flight.FlightInternalError) as info:
+            reader.read_all()
+        assert wait_until(lambda: router.open_streams == 0, timeout=5)
+    text = str(info.value)
+    assert durl in text and "stream location" in text and "bogus" in text
+    assert "Traceback" not in text

@@ -69,6 +69,18 @@ def test_serve_refuses_an_invalid_map(tmp_path: Path) -> None:
     assert "refusing to start" in res.stderr and "bad.yaml" in res.stderr
 
 
+@pytest.mark.parametrize(
+    "option", [["--idle-timeout", "0"], ["--downstream-timeout", "-1"], ["--describe-ttl", "-5"]]
+)
+def test_serve_refuses_a_bad_timeout(tmp_path: Path, option: list[str]) -> None:
+    path = tmp_path / "map.yaml"
+    path.write_text(GOOD)
+    argv = [*ROUTER, "serve", "--scope-map", str(path), "--url", "grpc://127.0.0.1:0", *option]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert option[0] in res.stderr
+
+
 def test_reload_keeps_last_valid_map(tmp_path: Path) -> None:
     path = tmp_path / "map.yaml"
     path.write_text(GOOD)
