@@ -220,6 +220,11 @@ class GroupFeed:
         self._cancel_current()
         if self._started and self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
+            if self._thread.is_alive():
+                # the downstream call ignored its cancellation: say so rather than hide it
+                log.error(
+                    "feed_thread_stuck", slice=self.label, endpoint=self._current_url, waited_s=10
+                )
 
     def __enter__(self) -> GroupFeed:
         return self

@@ -14,9 +14,10 @@ import os
 import sys
 import threading
 import time
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import pyarrow as pa
@@ -90,6 +91,22 @@ class CallContext:
     #: the server's clock, read afresh (GPS ns)
     now: Callable[[], int] = lambda: 0
     log: Any = field(default=None, repr=False)
+
+
+def _once(fn: Callable[[], None]) -> Callable[[], None]:
+    """``fn`` made idempotent: the first call runs it, later calls do nothing."""
+    lock = threading.Lock()
+    done = False
+
+    def call() -> None:
+        nonlocal done
+        with lock:
+            if done:
+                return
+            done = True
+        fn()
+
+    return call
 
 
 @dataclass
@@ -381,7 +398,15 @@ class BackendServer(flight.FlightServerBase):  # type: ignore[misc]
             if env.request == "Stream":
                 assert isinstance(args, StreamArgs) and metas is not None
                 stream = self.backend.stream(args, ctx)
-                return flight.GeneratorStream(stream.schema, self._serve_blocks(stream, ctx))
+                if stream.close is not None:
+                    stream = replace(stream, close=_once(stream.close))
+                blocks = self._serve_blocks(stream, ctx)
+                if stream.close is not None:
+                    # `_serve_blocks` closes the stream on every exit once it has started; a
+                    # client that goes away before the first read never starts it, so the
+                    # stream is also closed when the unstarted generator is collected.
+                    weakref.finalize(blocks, stream.close)
+                return flight.GeneratorStream(stream.schema, blocks)
             raise UnsupportedError("Partition is served by DoExchange")
         except Exception as exc:
             raise self._fail(exc, ctx, "DoGet") from None
