@@ -8,7 +8,9 @@ process.
 
 from __future__ import annotations
 
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -191,14 +193,20 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             metrics.open_streams.inc()
             meter.deferred = True
 
+            ended = threading.Lock()
+
             def closed(failure: BaseException | None) -> None:
+                if not ended.acquire(blocking=False):
+                    return  # already accounted for
                 metrics.open_streams.dec()
                 metrics.request("DoGet", envelope.request, failure)
 
             on_batches = metrics.stream_blocks.inc if envelope.request == "Stream" else None
-            return flight.GeneratorStream(
-                schema, guarded(batches, rid, f"do_get {envelope.request}", closed, on_batches)
-            )
+            stream = guarded(batches, rid, f"do_get {envelope.request}", closed, on_batches)
+            # `guarded` accounts for the stream on every exit once gRPC starts reading it; a
+            # client gone before the first read never starts it: account when it is collected.
+            weakref.finalize(stream, closed, GeneratorExit())
+            return flight.GeneratorStream(schema, stream)
 
     def do_action(
         self, context: flight.ServerCallContext, action: flight.Action

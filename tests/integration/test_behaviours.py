@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import socket
 import time
@@ -35,6 +36,27 @@ def test_client_cancel_closes_every_downstream_call() -> None:
         assert down.open == 1
         reader.cancel()
         assert wait_until(lambda: down.open == 0 and router.open_streams == 0, timeout=5)
+
+
+class _UnreadContext:
+    """The part of a Flight ServerCallContext the router reads, for a call never read."""
+
+    def get_middleware(self, key: str) -> None:
+        return None
+
+    def is_cancelled(self) -> bool:
+        return False
+
+
+def test_a_stream_nobody_reads_is_not_left_counted_open() -> None:
+    down = ScriptedArrakis()
+    with serving(down) as durl, running_router(one_endpoint_map(durl)) as (_, _, router):
+        stream = router.do_get(_UnreadContext(), flight.Ticket(_stream_cmd(10)))
+        assert router.open_streams == 1
+        del stream
+        gc.collect()
+        assert router.open_streams == 0
+        assert down.open == 0  # nothing was opened downstream for a stream never read
 
 
 def test_arrakis_client_abandoning_a_stream_leaves_nothing_open() -> None:
