@@ -23,7 +23,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import pyarrow as pa
 import structlog
@@ -34,9 +34,16 @@ from router.fanout import END, GroupFeed
 from router.protocol.channel import ChannelMeta
 from router.protocol.envelope import Envelope
 from router.protocol.gps import Clock
-from router.stitch import Block, Grid, LiveMerge, Rebucketer, join_at_boundary, to_batches
+from router.stitch import Block, Grid, LiveMerge, Rebucketer, join_at_boundary
 from router.stitch.merge import coalesce_duplicates, fill_gaps
-from router.streaming import StreamExecution, StreamOptions, batch_end, seconds, slice_label
+from router.stitch.output import block_to_batch
+from router.streaming import (
+    RepeatCounter,
+    StreamExecution,
+    StreamOptions,
+    is_gap_block,
+    seconds,
+)
 from scopemap import StreamPlan, StreamSlice
 
 log = structlog.get_logger("router.live")
@@ -128,6 +135,8 @@ class LiveExecution:
         self.merge: LiveMerge | None = None
         self.handover: int | None = None
         self.blocks = 0
+        self._gap_blocks = 0
+        self._repeats = RepeatCounter()
         self._head = 0
 
     def __repr__(self) -> str:
@@ -138,15 +147,16 @@ class LiveExecution:
 
     @property
     def gap_blocks(self) -> int:
-        """Blocks with some channel null-filled (catch-up gaps + live slots a group missed)."""
-        live = self.merge.stats.emitted - self.merge.stats.complete if self.merge else 0
-        return int(getattr(self._archive, "gap_blocks", 0)) + live
+        """Blocks sent with some channel null-filled (catch-up gaps + live slots a group
+        missed)."""
+        return self._gap_blocks
 
     @property
     def duplicates_dropped(self) -> int:
-        """Boundary copies merged in the catch-up + late live blocks dropped."""
+        """Boundary copies merged in the catch-up and at the hand-over + late live blocks
+        dropped by the merge."""
         live = self.merge.stats.late_blocks if self.merge else 0
-        return int(getattr(self._archive, "duplicates_dropped", 0)) + live
+        return self._repeats.count + live
 
     # ------------------------------------------------------------------ output
     def __iter__(self) -> Iterator[pa.RecordBatch]:
@@ -167,14 +177,19 @@ class LiveExecution:
                 yield from self._live(live_slice[0])
 
         try:
-            blocks = join_at_boundary(coalesce_duplicates(archive()), live())
+            repeats = self._repeats
+            blocks = join_at_boundary(
+                coalesce_duplicates(repeats.watch(archive())), repeats.watch(live())
+            )
             if request.start is not None:  # (the live merge itself emits every slot)
                 blocks = fill_gaps(blocks, head, request.end, self.grid.duration)
-            for batch in to_batches(blocks, self.grid):
+            for block in blocks:
                 if self._should_stop():
                     raise CancelledError("the client cancelled the stream")
+                if is_gap_block(block, self.grid):
+                    self._gap_blocks += 1
                 self.blocks += 1
-                yield batch
+                yield block_to_batch(block, self.grid)
         finally:
             self.close()
 
@@ -251,24 +266,12 @@ class LiveExecution:
         return wait
 
     def _open(self, g: _LiveGroup, start: int | None) -> None:
-        envelope, end = self._envelope, self.plan.request.end
-        label = f"[{seconds(start)}, {seconds(end)}) {{{', '.join(g.channels[:3])}}}"
-
-        def command_for(resume: int | None) -> bytes:
-            at = resume if resume is not None else start
-            return envelope.replace(channels=g.channels, start=at, end=end).encode()
-
-        g.feed = GroupFeed(
-            self._pool,
+        g.feed = self._archive.group_feed(
+            g.channels,
             g.endpoints,
-            command_for,
-            replace(self._call, what=f"Stream live {label}"),
-            batch_end=batch_end(self.grid),
-            should_stop=self._should_stop,
-            idle_timeout=self._options.idle_timeout,
-            queue_size=self._options.queue_size,
-            poll=self._options.poll,
-            label=label,
+            start,
+            self.plan.request.end,
+            what="Stream live",
             notify=self._wake,
         ).start()
         g.retry_at = None
@@ -354,4 +357,4 @@ def _stats(merge: LiveMerge) -> dict[str, int]:
     }
 
 
-__all__ = ["LiveExecution", "catch_up", "max_latency_ns", "slice_label"]
+__all__ = ["LiveExecution", "catch_up", "max_latency_ns"]

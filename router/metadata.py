@@ -31,7 +31,12 @@ Key = tuple[str, int | None, str | None, str | None]
 
 
 class DescribeCache:
-    """Thread-safe TTL cache of channel metadata."""
+    """Thread-safe TTL cache of channel metadata.
+
+    ``clear()`` starts a new generation. A fetch reads :attr:`generation` before it plans
+    and passes it to :meth:`store`; answers fetched under an older generation (a Describe
+    still running against the map a reload replaced) are dropped, not cached.
+    """
 
     def __init__(
         self, ttl: float, maxsize: int = 200_000, timer: Callable[[], float] = time.monotonic
@@ -41,9 +46,20 @@ class DescribeCache:
         self._cache: TTLCache[Key, ChannelMeta] = TTLCache(maxsize=maxsize, ttl=ttl, timer=timer)
         self.hits = 0
         self.misses = 0
+        self.stale_stores = 0
+        self._generation = 0
 
     def __repr__(self) -> str:
-        return f"<DescribeCache size={len(self._cache)} hits={self.hits} misses={self.misses}>"
+        return (
+            f"<DescribeCache size={len(self._cache)} generation={self._generation} "
+            f"hits={self.hits} misses={self.misses} stale_stores={self.stale_stores}>"
+        )
+
+    @property
+    def generation(self) -> int:
+        """Bumped by every :meth:`clear`; read it before fetching what is to be stored."""
+        with self._lock:
+            return self._generation
 
     def lookup(
         self,
@@ -72,16 +88,25 @@ class DescribeCache:
         time_ns: int | None,
         replay_id: str | None,
         scope: str | None = None,
+        *,
+        generation: int,
     ) -> None:
+        """Cache ``metas``, fetched by a call that read ``generation`` before it started;
+        dropped if the cache was cleared since."""
         if self.ttl <= 0:
             return
         with self._lock:
+            if generation != self._generation:
+                self.stale_stores += 1
+                return
             for meta in metas:
                 self._cache[(meta.name, time_ns, replay_id, scope)] = meta
 
     def clear(self) -> None:
+        """Drop every entry and start a new generation (stores from older ones are dropped)."""
         with self._lock:
             self._cache.clear()
+            self._generation += 1
 
 
 def describe_groups(

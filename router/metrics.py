@@ -21,7 +21,8 @@ exposes it over HTTP at ``http://HOST:N/metrics``; port 0 (the default) means of
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterable, Iterator
+from typing import Protocol, TypeVar
 from wsgiref.simple_server import WSGIServer
 
 import pyarrow.flight as flight
@@ -29,7 +30,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from router.errors import CancelledError, to_flight_error
 
-__all__ = ["MetricsServer", "RouterMetrics", "outcome_of"]
+__all__ = ["MetricsServer", "RouterMetrics", "StitchCounts", "StreamReporter", "outcome_of"]
+
+T = TypeVar("T")
 
 # GetFlightInfo is planned in-process: sub-millisecond buckets matter (target median < 2 ms).
 LATENCY_BUCKETS = (
@@ -148,15 +151,68 @@ class RouterMetrics:
     def downstream_call(self, endpoint: str, call: str, exc: BaseException | None) -> None:
         self.downstream_calls.labels(endpoint, call, outcome_of(exc)).inc()
 
-    def stream_finished(self, gap_blocks: int, duplicates_dropped: int) -> None:
+    def stitched(self, gap_blocks: int, duplicates_dropped: int) -> None:
+        """Count gap blocks and dropped duplicates (increments, never negative)."""
+        if gap_blocks < 0 or duplicates_dropped < 0:
+            raise ValueError(f"negative increment: {gap_blocks=}, {duplicates_dropped=}")
         if gap_blocks:
             self.gap_blocks.inc(gap_blocks)
         if duplicates_dropped:
             self.duplicates_dropped.inc(duplicates_dropped)
 
+    def stream_reporter(self, stream: StitchCounts) -> StreamReporter:
+        return StreamReporter(self, stream)
+
     def serve(self, port: int, addr: str = "0.0.0.0") -> MetricsServer:
         """Expose this registry over HTTP (port 0 picks a free port)."""
         return MetricsServer(self.registry, port, addr)
+
+
+class StitchCounts(Protocol):
+    """What a stream execution (bounded or live) counts while stitching; both only grow."""
+
+    @property
+    def gap_blocks(self) -> int: ...
+
+    @property
+    def duplicates_dropped(self) -> int: ...
+
+
+class StreamReporter:
+    """Feeds one stream's stitching counters to the metrics while it runs: ``report()`` (call
+    it as often as wanted, and once more at the end) adds what grew since the last call. A
+    live stream may run for days; its counters move as it goes, not only when it ends."""
+
+    def __init__(self, metrics: RouterMetrics, stream: StitchCounts) -> None:
+        self._metrics = metrics
+        self._stream = stream
+        self.gap_blocks = 0
+        self.duplicates_dropped = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<StreamReporter gap_blocks={self.gap_blocks} "
+            f"duplicates_dropped={self.duplicates_dropped}>"
+        )
+
+    def relay(self, batches: Iterable[T]) -> Iterator[T]:
+        """``batches`` passed through, reporting before each is sent and once at the end,
+        however the stream ends: after closing the stream's generator, so that what it
+        counts while closing is reported too."""
+        it = iter(batches)
+        try:
+            for batch in it:
+                self.report()
+                yield batch
+        finally:
+            if isinstance(it, Generator):
+                it.close()
+            self.report()
+
+    def report(self) -> None:
+        gaps, dups = self._stream.gap_blocks, self._stream.duplicates_dropped
+        self._metrics.stitched(gaps - self.gap_blocks, dups - self.duplicates_dropped)
+        self.gap_blocks, self.duplicates_dropped = gaps, dups
 
 
 DownstreamObserver = Callable[[str, str, BaseException | None], None]

@@ -160,7 +160,8 @@ class RouterService:
         return self._routing
 
     def replace_map(self, scope_map: ScopeMap) -> None:
-        """Make a validated map active (atomic swap); cached metadata is dropped."""
+        """Make a validated map active (atomic swap); cached metadata is dropped, and so are
+        the answers of Describes still running against the old map (cache generation)."""
         routing = Routing.of(scope_map)
         with self._swap_lock:
             self._routing = routing
@@ -292,13 +293,9 @@ class RouterService:
         raise InvalidRequestError(f"unsupported request {envelope.request}")  # pragma: no cover
 
     def _observed(self, execution: StreamExecution | LiveExecution) -> Iterator[pa.RecordBatch]:
-        """``execution``'s batches; its stitching counters go to the metrics at the end."""
-        try:
-            yield from execution
-        finally:
-            self.metrics.stream_finished(
-                getattr(execution, "gap_blocks", 0), getattr(execution, "duplicates_dropped", 0)
-            )
+        """``execution``'s batches; its stitching counters go to the metrics as they grow
+        (a live stream may never end) and once more at the end."""
+        return self.metrics.stream_reporter(execution).relay(execution)
 
     # ------------------------------------------------------------------ DoExchange / actions
     def exchange(
@@ -330,6 +327,8 @@ class RouterService:
         self, args: DescribeArgs, request_id: str, authorization: str | None = None
     ) -> dict[str, ChannelMeta]:
         scope = _credential_scope(authorization)
+        # read before the routing: a reload swaps the map, then clears (bumps) the cache
+        generation = self.cache.generation
         found, missing = self.cache.lookup(args.channels, args.time, args.replay_id, scope)
         if not missing:
             return found
@@ -348,7 +347,7 @@ class RouterService:
             [(g.channels, g.endpoints, t) for g, t in zip(dplan.groups, times, strict=True)],
             self.call(request_id, "Describe", authorization),
         )
-        self.cache.store(fresh.values(), args.time, args.replay_id, scope)
+        self.cache.store(fresh.values(), args.time, args.replay_id, scope, generation=generation)
         log.debug("describe_fetched", channels=len(fresh), groups=len(dplan.groups))
         return {**found, **fresh}
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
 
@@ -73,9 +74,19 @@ def seconds(t: int | None) -> str:
     return f"{whole}.{frac:09d}".rstrip("0").rstrip(".")
 
 
-def slice_label(sl: StreamSlice, channels: Sequence[str]) -> str:
+def span_label(start: int | None, end: int | None, channels: Sequence[str]) -> str:
+    """``[start, end) {A, B, C +N}``: a feed's span and (the first three of) its channels."""
     shown = ", ".join(channels[:3]) + (f" +{len(channels) - 3}" if len(channels) > 3 else "")
-    return f"[{seconds(sl.start)}, {seconds(sl.end)}) {{{shown}}}"
+    return f"[{seconds(start)}, {seconds(end)}) {{{shown}}}"
+
+
+def slice_label(sl: StreamSlice, channels: Sequence[str]) -> str:
+    return span_label(sl.start, sl.end, channels)
+
+
+def is_gap_block(block: Block, grid: Grid) -> bool:
+    """Whether some channel of an output block is null-filled (no downstream delivered it)."""
+    return block.source is None and len(block.cells) < len(grid.channels)
 
 
 def batch_end(grid: Grid) -> Callable[[pa.RecordBatch], int | None]:
@@ -95,6 +106,28 @@ def batch_end(grid: Grid) -> Callable[[pa.RecordBatch], int | None]:
         return None
 
     return end
+
+
+class RepeatCounter:
+    """Counts the blocks at or before the latest slot already seen: those that
+    :func:`coalesce_duplicates` and :func:`join_at_boundary` merge into the first copy or
+    drop. Streams read one after another (archive, then live) share one counter."""
+
+    def __init__(self) -> None:
+        self.latest: int | None = None
+        self.count = 0
+
+    def __repr__(self) -> str:
+        return f"<RepeatCounter latest={self.latest} count={self.count}>"
+
+    def watch(self, blocks: Iterable[Block]) -> Iterator[Block]:
+        """``blocks`` passed through, counted."""
+        for block in blocks:
+            if self.latest is not None and block.time <= self.latest:
+                self.count += 1
+            else:
+                self.latest = block.time
+            yield block
 
 
 @dataclass
@@ -133,7 +166,12 @@ class StreamExecution:
         self._feeds: list[GroupFeed] = []
         self.blocks = 0
         self.gap_blocks = 0
-        self.duplicates_dropped = 0
+        self._repeats = RepeatCounter()
+
+    @property
+    def duplicates_dropped(self) -> int:
+        """Downstream blocks merged into an earlier copy of their slot, or dropped."""
+        return self._repeats.count
 
     def __repr__(self) -> str:
         return (
@@ -141,36 +179,50 @@ class StreamExecution:
             f"feeds={self._feeds}>"
         )
 
+    def group_feed(
+        self,
+        channels: tuple[str, ...],
+        endpoints: Sequence[str],
+        start: int | None,
+        end: int | None,
+        *,
+        what: str = "Stream",
+        inline: bool = False,
+        notify: threading.Event | None = None,
+    ) -> GroupFeed:
+        """The (not yet started) feed of one channel group over ``[start, end)``: a replica
+        taking over resumes where the last one stopped. Bounded and live streams open their
+        feeds here, so they label, command and configure them the same way."""
+        envelope = self._envelope
+
+        def command_for(resume: int | None) -> bytes:
+            at = resume if resume is not None else start
+            return envelope.replace(channels=channels, start=at, end=end).encode()
+
+        label = span_label(start, end, channels)
+        return GroupFeed(
+            self._pool,
+            endpoints,
+            command_for,
+            dataclasses.replace(self._call, what=f"{what} {label}"),
+            batch_end=batch_end(self.grid),
+            should_stop=self._should_stop,
+            idle_timeout=self._options.idle_timeout,
+            queue_size=self._options.queue_size,
+            poll=self._options.poll,
+            label=label,
+            notify=notify,
+            inline=inline,
+        )
+
     def _open_slice(self, sl: StreamSlice, *, inline: bool = False) -> list[GroupFeed]:
         """Create and start one feed per channel group of the slice (``inline``: read by the
         consumer's thread, see :class:`GroupFeed`)."""
-        grid = self.grid
-        lo = grid.floor(sl.start) if sl.start is not None else None
-        feeds: list[GroupFeed] = []
-        for group in sl.groups:
-
-            def command_for(
-                resume: int | None, channels: tuple[str, ...] = group.channels
-            ) -> bytes:
-                start = resume if resume is not None else lo
-                return self._envelope.replace(channels=channels, start=start, end=sl.end).encode()
-
-            label = slice_label(sl, group.channels)
-            feeds.append(
-                GroupFeed(
-                    self._pool,
-                    group.endpoints,
-                    command_for,
-                    dataclasses.replace(self._call, what=f"Stream {label}"),
-                    batch_end=batch_end(grid),
-                    should_stop=self._should_stop,
-                    idle_timeout=self._options.idle_timeout,
-                    queue_size=self._options.queue_size,
-                    poll=self._options.poll,
-                    label=label,
-                    inline=inline,
-                )
-            )
+        lo = self.grid.floor(sl.start) if sl.start is not None else None
+        feeds = [
+            self.group_feed(group.channels, group.endpoints, lo, sl.end, inline=inline)
+            for group in sl.groups
+        ]
         self._feeds.extend(feeds)
         log.debug(
             "slice_open",
@@ -215,13 +267,12 @@ class StreamExecution:
             # not after the earlier slices have been read.
             opened = [(sl, self._open_slice(sl)) for sl in self.plan.slices]
             merged = chain.from_iterable(self._slice_blocks(sl, feeds) for sl, feeds in opened)
-            blocks = coalesce_duplicates(self._count_repeats(merged))
-            channels = len(self.grid.channels)
+            blocks = coalesce_duplicates(self._repeats.watch(merged))
             for block in fill_gaps(blocks, head, request.end, self.grid.duration):
                 if self._should_stop():
                     raise CancelledError("the client cancelled the stream")
-                if block.source is None and len(block.cells) < channels:
-                    self.gap_blocks += 1  # some channel is null-filled in this block
+                if is_gap_block(block, self.grid):
+                    self.gap_blocks += 1
                 self.blocks += 1
                 yield block_to_batch(block, self.grid)
         finally:
@@ -246,17 +297,6 @@ class StreamExecution:
                 log.info("stream_fallback", slice=feed.label, reason=relay.fallback)
             batches.close()
             self.close()
-
-    def _count_repeats(self, blocks: Iterator[Block]) -> Iterator[Block]:
-        """Pass ``blocks`` through, counting those at or before the latest slot seen: the
-        ones :func:`coalesce_duplicates` merges into the first copy or drops."""
-        latest: int | None = None
-        for block in blocks:
-            if latest is not None and block.time <= latest:
-                self.duplicates_dropped += 1
-            else:
-                latest = block.time
-            yield block
 
     def close(self) -> None:
         for feed in self._feeds:

@@ -192,3 +192,50 @@ def test_router_serve_metrics_port(tmp_path: Path) -> None:
         proc.wait(10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+class Counts:
+    """A stream's stitching counters, set by hand (StitchCounts)."""
+
+    def __init__(self) -> None:
+        self.gap_blocks = 0
+        self.duplicates_dropped = 0
+
+
+def test_stream_reporter_adds_what_grew_since_the_last_report() -> None:
+    metrics = RouterMetrics()
+    stream = Counts()
+    reporter = metrics.stream_reporter(stream)
+    reporter.report()  # nothing yet
+    assert metrics.gap_blocks._value.get() == 0
+    stream.gap_blocks, stream.duplicates_dropped = 2, 1
+    reporter.report()
+    reporter.report()  # nothing new: not counted twice
+    assert (metrics.gap_blocks._value.get(), metrics.duplicates_dropped._value.get()) == (2, 1)
+    stream.gap_blocks = 5
+    reporter.report()
+    assert (metrics.gap_blocks._value.get(), metrics.duplicates_dropped._value.get()) == (5, 1)
+    with pytest.raises(ValueError, match="negative"):
+        metrics.stitched(-1, 0)
+
+
+def test_a_live_stream_reports_its_counters_while_it_runs() -> None:
+    """A live stream may never end: its counters reach the metrics batch by batch (the hook
+    the service wraps every stream execution in), and once more when it ends."""
+    metrics = RouterMetrics()
+    stream = Counts()
+
+    def batches() -> Iterator[int]:
+        try:
+            for i in range(3):
+                stream.gap_blocks, stream.duplicates_dropped = i, 2 * i  # grown by batch i
+                yield i
+        finally:
+            stream.gap_blocks = 3  # counted while closing (as the direct path does)
+
+    out = metrics.stream_reporter(stream).relay(batches())
+    assert [next(out), next(out), next(out)] == [0, 1, 2]
+    # still running: the counters have already moved (batch 2's growth was reported with it)
+    assert (metrics.gap_blocks._value.get(), metrics.duplicates_dropped._value.get()) == (2, 4)
+    out.close()  # the client leaves: the stream is closed first, then reported
+    assert (metrics.gap_blocks._value.get(), metrics.duplicates_dropped._value.get()) == (3, 4)
