@@ -28,6 +28,20 @@ def process(name: str, argv: list[str], **options: Any) -> Iterator[str]:
         yield proc.url
 
 
+@contextlib.contextmanager
+def mock_behind_router(tmp: Path, toml: Path, *router_args: str) -> Iterator[tuple[str, str]]:
+    """`router-backend mock TOML` and `router serve` (proxy mode) on a one-endpoint map in
+    front of it (X1, everything retained); yields ``(mock_url, router_url)``."""
+    mock_argv = [str(BIN / "router-backend"), "mock", "--url", "grpc://127.0.0.1:0", str(toml)]
+    with process("mock", mock_argv) as mock:
+        smap = tmp / "bench-scope-map.yaml"
+        smap.write_text(f"{mock}:\n  scopes:\n    X1:\n      - all: true\n  retention: {{}}\n")
+        router_argv = [str(BIN / "router"), "serve", "--scope-map", str(smap)]
+        router_argv += ["--url", "grpc://127.0.0.1:0", "--log-format", "json", *router_args]
+        with process("router", router_argv) as router:
+            yield mock, router
+
+
 def timed(fn: Callable[[], object]) -> tuple[float, object]:
     t0 = time.perf_counter()
     out = fn()

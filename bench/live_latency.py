@@ -19,7 +19,15 @@ import time
 from pathlib import Path
 
 import pyarrow.flight as flight
-from _harness import BIN, STRIDE, channels_toml, median, p99, process, stream_cmd, table
+from _harness import (
+    STRIDE,
+    channels_toml,
+    median,
+    mock_behind_router,
+    p99,
+    stream_cmd,
+    table,
+)
 
 from router.protocol.gps import gps_now_ns
 
@@ -27,9 +35,8 @@ CHANNELS = [f"X1:BENCH-LIVE_{i:02d}" for i in range(20)]
 RATE = 16384
 
 
-def write_inputs(tmp: Path) -> tuple[Path, Path]:
-    toml = channels_toml(tmp / "live-channels.toml", dict.fromkeys(CHANNELS, RATE))
-    return toml, tmp / "live-scope-map.yaml"
+def write_inputs(tmp: Path) -> Path:
+    return channels_toml(tmp / "live-channels.toml", dict.fromkeys(CHANNELS, RATE))
 
 
 def live_cmd() -> bytes:
@@ -74,31 +81,16 @@ def main() -> None:
     opts = parser.parse_args()
     seconds = 15.0 if opts.quick else opts.seconds
     with tempfile.TemporaryDirectory(prefix="arrakis-bench-") as tmpdir:
-        toml, smap = write_inputs(Path(tmpdir))
-        backend = [str(BIN / "router-backend"), "mock", "--url", "grpc://127.0.0.1:0", str(toml)]
-        with process("mock", backend) as mock:
-            smap.write_text(f"{mock}:\n  scopes: {{X1: [{{all: true}}]}}\n  retention: {{}}\n")
-            router_argv = [
-                str(BIN / "router"),
-                "serve",
-                "--scope-map",
-                str(smap),
-                "--url",
-                "grpc://127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--log-level",
-                "warning",
-            ]
-            with process("router", router_argv) as router:
-                stop = threading.Event()
-                readers = [Reader("direct", mock, stop), Reader("router", router, stop)]
-                for r in readers:
-                    r.start()
-                time.sleep(seconds)
-                stop.set()
-                for r in readers:
-                    r.join(10)
+        toml = write_inputs(Path(tmpdir))
+        with mock_behind_router(Path(tmpdir), toml, "--log-level", "warning") as (mock, router):
+            stop = threading.Event()
+            readers = [Reader("direct", mock, stop), Reader("router", router, stop)]
+            for r in readers:
+                r.start()
+            time.sleep(seconds)
+            stop.set()
+            for r in readers:
+                r.join(10)
     for r in readers:
         if r.error is not None:
             raise SystemExit(f"{r.name} reader failed: {r.error}")

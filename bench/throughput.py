@@ -29,6 +29,7 @@ from _harness import (
     START_S,
     envelope,
     median,
+    mock_behind_router,
     p99,
     process,
     stream_cmd,
@@ -36,12 +37,6 @@ from _harness import (
     timed,
     write_inputs,
 )
-
-
-def scope_map(tmp: Path, downstream: str) -> Path:
-    path = tmp / "bench-scope-map.yaml"
-    path.write_text(f"{downstream}:\n  scopes:\n    X1:\n      - all: true\n  retention: {{}}\n")
-    return path
 
 
 def client_fetch(url: str, channels: list[str], seconds: int) -> int:
@@ -101,26 +96,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="arrakis-bench-") as tmpdir:
         tmp = Path(tmpdir)
         toml = write_inputs(tmp)
-        backend = str(BIN / "router-backend")
-        with process("mock", [backend, "mock", "--url", "grpc://127.0.0.1:0", str(toml)]) as mock:
-            smap = scope_map(tmp, mock)
-            router_argv = [
-                str(BIN / "router"),
-                "serve",
-                "--scope-map",
-                str(smap),
-                "--url",
-                "grpc://127.0.0.1:0",
-                "--log-format",
-                "json",
-            ]
+        with mock_behind_router(tmp, toml) as (mock, router):
             relay_argv = [
                 str(BIN / "python"),
                 str(ROOT / "bench" / "relay.py"),
                 "--downstream",
                 mock,
             ]
-            with process("router", router_argv) as router, process("relay", relay_argv) as relay:
+            with process("relay", relay_argv) as relay:
                 # warm-up, not measured: the first fetch in this process imports the client
                 # (and gpstime's leap-second download attempts), opens connections and fills
                 # the router's Describe cache
