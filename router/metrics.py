@@ -195,14 +195,19 @@ class StreamReporter:
             f"duplicates_dropped={self.duplicates_dropped}>"
         )
 
-    def relay(self, batches: Iterable[T]) -> Iterator[T]:
-        """``batches`` passed through, reporting before each is sent and once at the end,
-        however the stream ends: after closing the stream's generator, so that what it
-        counts while closing is reported too."""
+    def relay(self, batches: Iterable[T], every: int = 64) -> Iterator[T]:
+        """``batches`` passed through, reporting before every ``every``-th batch and once at
+        the end, however the stream ends: after closing the stream's generator, so that what
+        it counts while closing is reported too.
+
+        Not before every batch: this runs on the per-block hot path, where each Python call
+        costs a frame allocation in the fresh thread state pyarrow gives every ``next()``.
+        """
         it = iter(batches)
         try:
-            for batch in it:
-                self.report()
+            for n, batch in enumerate(it):
+                if not n % every:
+                    self.report()
                 yield batch
         finally:
             if isinstance(it, Generator):

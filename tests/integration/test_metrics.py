@@ -233,7 +233,7 @@ def test_a_live_stream_reports_its_counters_while_it_runs() -> None:
         finally:
             stream.gap_blocks = 3  # counted while closing (as the direct path does)
 
-    out = metrics.stream_reporter(stream).relay(batches())
+    out = metrics.stream_reporter(stream).relay(batches(), every=1)
     assert [next(out), next(out), next(out)] == [0, 1, 2]
     # still running: the counters have already moved (batch 2's growth was reported with it)
     assert (metrics.gap_blocks._value.get(), metrics.duplicates_dropped._value.get()) == (2, 4)
