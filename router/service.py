@@ -324,8 +324,16 @@ class RouterService:
 
     # ------------------------------------------------------------------ execution helpers
     def describe(
-        self, args: DescribeArgs, request_id: str, authorization: str | None = None
+        self,
+        args: DescribeArgs,
+        request_id: str,
+        authorization: str | None = None,
+        *,
+        now: int | None = None,
     ) -> dict[str, ChannelMeta]:
+        """Channel metadata, from the cache or the downstreams. ``now``: the GPS now of the
+        request this Describe serves (a stream plans and describes at one now); by default the
+        clock's. The map is read here, after the cache generation (see below)."""
         scope = _credential_scope(authorization)
         # read before the routing: a reload swaps the map, then clears (bumps) the cache
         generation = self.cache.generation
@@ -335,7 +343,7 @@ class RouterService:
         dplan = plan_describe(
             self.routing.index,
             DescribeRequest(tuple(missing), args.time, args.replay_id),
-            self.clock.now_ns(),
+            self.clock.now_ns() if now is None else now,
         )
         self._check_describe(dplan.uncovered)
         times = dplan.group_times or tuple(args.time for _ in dplan.groups)
@@ -396,7 +404,10 @@ class RouterService:
         if plan.uncovered:
             raise PlanIncompleteError(uncovered_text(plan.uncovered))
         found = self.describe(
-            DescribeArgs(args.channels, args.start, args.replay_id), request_id, authorization
+            DescribeArgs(args.channels, args.start, args.replay_id),
+            request_id,
+            authorization,
+            now=now,
         )
         metas = [found[c] for c in args.channels]
         grid = make_grid(metas)
