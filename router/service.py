@@ -75,12 +75,13 @@ class Settings:
     mode: str = "proxy"
     describe_ttl: float = 60.0
     downstream_timeout: float = 10.0
-    idle_timeout: float = 30.0
-    queue_size: int = 16
     workers: int = 32
-    live_grace: float = 0.5
-    live_buffer: int = 64
-    live_reconnect: float = 1.0
+    # stream execution: same names as StreamOptions fields, whose defaults are the only ones
+    idle_timeout: float = StreamOptions.idle_timeout
+    queue_size: int = StreamOptions.queue_size
+    live_grace: float = StreamOptions.live_grace
+    live_buffer: int = StreamOptions.live_buffer
+    live_reconnect: float = StreamOptions.live_reconnect
 
 
 @dataclass(frozen=True)
@@ -141,11 +142,11 @@ class RouterService:
         self.cache = DescribeCache(self.settings.describe_ttl)
         self.executor = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="fanout")
         self.stream_options = StreamOptions(
-            idle_timeout=self.settings.idle_timeout,
-            queue_size=self.settings.queue_size,
-            live_grace=self.settings.live_grace,
-            live_buffer=self.settings.live_buffer,
-            live_reconnect=self.settings.live_reconnect,
+            **{
+                f.name: getattr(self.settings, f.name)
+                for f in dataclasses.fields(StreamOptions)
+                if hasattr(self.settings, f.name)
+            }
         )
 
     def __repr__(self) -> str:
