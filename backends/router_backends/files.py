@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
 
@@ -23,17 +22,15 @@ from router.protocol.errors import (
     InternalError,
     UnavailableError,
 )
-from router_backends.base import Backend, BackendServer, BlockStream, CallContext
 from router_backends.files_layout import RecordingError
 from router_backends.files_reader import Recording
-from router_backends.retention import Retention, parse_retention
+from router_backends.interface import BackendBase, BlockStream, CallContext
+from router_backends.retention import Retention
 
 __all__ = ["FilesBackend", "configure_files", "run_files"]
 
-DEFAULT_URL = "grpc://127.0.0.1:31206"
 
-
-class FilesBackend(Backend):
+class FilesBackend(BackendBase):
     """Answers from a recording directory; metadata is the recording's, whatever the time."""
 
     kind = "files"
@@ -111,44 +108,31 @@ class FilesBackend(Backend):
     def close(self) -> None:
         self.recording.close()
 
+    # ---------------------------------------------------------------------- command line
 
-# ---------------------------------------------------------------------- command line
+    description = "Serve a recording made by `router-backend record` (Arrow IPC files)."
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        """Options of ``router-backend files`` (the server core adds ``--url`` & co)."""
+        parser.add_argument("dir", metavar="DIR", help="recording directory")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> FilesBackend:
+        return cls(args.dir)  # a bad DIR: RecordingError, a ValueError
 
 
 def configure_files(parser: argparse.ArgumentParser) -> None:
-    """Options of ``router-backend files``."""
-    parser.description = "Serve a recording made by `router-backend record` (Arrow IPC files)."
-    parser.add_argument("dir", metavar="DIR", help="recording directory")
-    parser.add_argument(
-        "--url",
-        default=DEFAULT_URL,
-        help="bind URL; port 0 picks a free port (the bound URL is printed on stdout)",
-    )
-    parser.add_argument(
-        "--retention",
-        default=None,
-        metavar="NEWEST,OLDEST",
-        help="serve only data aged NEWEST..OLDEST seconds (inf allowed); default 0,inf",
-    )
+    """Options of ``router-backend files``: the server core's and the backend's."""
+    from router_backends.cli import add_server_arguments
+
+    parser.description = FilesBackend.description
+    add_server_arguments(parser)
+    FilesBackend.add_arguments(parser)
 
 
 def run_files(args: argparse.Namespace) -> int:
     """Serve ``args.dir`` until SIGTERM/SIGINT; 2 on a bad recording or option."""
-    from router_backends.cli import normalise_url, serve_until_signalled
+    from router_backends.cli import serve_backend_args
 
-    try:
-        retention = parse_retention(args.retention) if args.retention else Retention()
-        backend = FilesBackend(args.dir, retention=retention)
-        server = BackendServer(backend, normalise_url(args.url))
-    except (RecordingError, ValueError, OSError) as exc:
-        print(f"router-backend files: error: {exc}", file=sys.stderr)
-        return 2
-    rec = backend.recording
-    return serve_until_signalled(
-        server,
-        recording=str(rec.path),
-        channels=len(rec.channels),
-        groups=len(rec.groups),
-        span=[rec.start_ns, rec.end_ns],
-        retention=retention.to_json(),
-    )
+    return serve_backend_args("files", None, FilesBackend, args)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -15,10 +16,10 @@ from router.protocol.blocks import block_duration, blocks_batch, samples_per_blo
 from router.protocol.channel import ChannelMeta
 from router.protocol.envelope import DescribeArgs, FindArgs, PublishArgs, StreamArgs
 from router.protocol.errors import ChannelsNotAvailableError, UnauthorizedError
-from router_backends.base import Backend, BlockStream, CallContext
-from router_backends.catalog import Catalog, ChannelSpec
+from router_backends.catalog import Catalog, ChannelSpec, load_toml
 from router_backends.defaults import default_channels
-from router_backends.publishers import Partitioner, PublisherConfig
+from router_backends.interface import BackendBase, BlockStream, CallContext
+from router_backends.publishers import Partitioner, PublisherConfig, load_publishers
 from router_backends.retention import Retention
 from router_backends.signals import generate
 
@@ -39,7 +40,7 @@ def default_catalog() -> Catalog:
     return Catalog(ChannelSpec.simple(m) for ifo in ("H1", "L1") for m in default_channels(ifo))
 
 
-class MockBackend(Backend):
+class MockBackend(BackendBase):
     """Deterministic synthetic channels (see :mod:`router_backends.signals`)."""
 
     kind = "mock"
@@ -80,6 +81,31 @@ class MockBackend(Backend):
 
     def __repr__(self) -> str:
         return f"<MockBackend {self.catalog!r} retention={self.retention}>"
+
+    # ------------------------------------------------------------------ plugin
+
+    description = "Serve deterministic synthetic channels (default: H1 and L1 sets)."
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        """Options of ``router-backend mock`` (the server core adds ``--url`` & co)."""
+        parser.add_argument(
+            "--publishers",
+            default=None,
+            metavar="FILE",
+            help="TOML publisher file: enables Publish and Partition",
+        )
+        parser.add_argument("channels", nargs="*", metavar="CHANNELS.toml", help="channel files")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> MockBackend:
+        catalog = (
+            Catalog(spec for path in args.channels for spec in load_toml(path))
+            if args.channels
+            else None
+        )
+        publishers = load_publishers(args.publishers) if args.publishers else None
+        return cls(catalog, publishers=publishers)
 
     # ------------------------------------------------------------------ metadata
 

@@ -37,7 +37,7 @@ from router.protocol.errors import ArrakisError, from_flight_error
 from router.protocol.flightinfo import REUSE_CONNECTION_URI
 from router_backends.files_layout import Manifest, RecordingError, RecordingWriter
 
-__all__ = ["Recorder", "configure_record", "gps_ns", "record", "run_record"]
+__all__ = ["RecordCommand", "Recorder", "configure_record", "gps_ns", "record", "run_record"]
 
 NS = 1_000_000_000
 METADATA_TIMEOUT_S = 60.0
@@ -314,3 +314,16 @@ def run_record(args: argparse.Namespace, *, err: TextIO | None = None) -> int:
         print(f"router-backend record: error: {exc}", file=out)
         return 1
     return 0
+
+
+class RecordCommand:
+    """Record a stream from an Arrakis server into Arrow IPC files that
+    `router-backend files` serves."""
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        configure_record(parser)
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        return run_record(args)

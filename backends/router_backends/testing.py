@@ -22,12 +22,13 @@ from typing import IO, Any, Self
 
 from router.protocol.channel import ChannelMeta
 from router.protocol.gps import Clock
-from router_backends.base import Backend, BackendServer
 from router_backends.catalog import Catalog, ChannelSpec, load_toml
 from router_backends.faults import FaultPlan, parse_faults
+from router_backends.interface import Backend
 from router_backends.mock import MockBackend
 from router_backends.publishers import PublisherConfig, load_publishers
 from router_backends.retention import Retention, parse_retention
+from router_backends.server import BackendServer
 
 __all__ = [
     "MockProcess",
