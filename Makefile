@@ -8,10 +8,10 @@ STAMP  := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml backends/pyproject.toml
+$(STAMP): pyproject.toml backends/pyproject.toml examples/backend-plugin/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test,bench]" -e ./backends
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test,bench]" -e ./backends -e ./examples/backend-plugin
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -23,6 +23,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy examples/backend-plugin/npy_backend
 
 bench: $(STAMP)
 	$(PY) bench/plan.py

@@ -9,7 +9,6 @@ the recording are served as null-filled blocks.  ``--retention`` works as for th
 from __future__ import annotations
 
 import argparse
-import re
 from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
 
@@ -18,13 +17,12 @@ import pyarrow as pa
 from router.protocol.channel import ChannelMeta
 from router.protocol.envelope import DescribeArgs, FindArgs, StreamArgs
 from router.protocol.errors import (
-    ChannelsNotAvailableError,
     InternalError,
     UnavailableError,
 )
 from router_backends.files_layout import RecordingError
 from router_backends.files_reader import Recording
-from router_backends.interface import BackendBase, BlockStream, CallContext
+from router_backends.interface import BackendBase, BlockStream, CallContext, lookup, matches
 from router_backends.retention import Retention
 
 __all__ = ["FilesBackend", "configure_files", "run_files"]
@@ -50,25 +48,10 @@ class FilesBackend(BackendBase):
         return self._scopes
 
     def find(self, args: FindArgs, ctx: CallContext) -> list[ChannelMeta]:
-        pattern = re.compile(args.pattern)
-        dtypes = set(args.data_type)
-        pubs = set(args.publisher)
-        return [
-            m
-            for m in self.recording.order
-            if pattern.match(m.name)
-            and m.replay_id == args.replay_id
-            and args.min_rate <= m.sample_rate <= args.max_rate
-            and (not dtypes or m.data_type in dtypes)
-            and (not pubs or m.publisher in pubs)
-        ]
+        return [m for m in self.recording.order if matches(args, m)]
 
     def describe(self, args: DescribeArgs, ctx: CallContext) -> list[ChannelMeta]:
-        channels = self.recording.channels
-        unknown = [name for name in args.channels if name not in channels]
-        if unknown:
-            raise ChannelsNotAvailableError(unknown)
-        return [channels[name] for name in args.channels]
+        return lookup(self.recording.channels, args.channels)
 
     def stream_metadata(self, args: StreamArgs, ctx: CallContext) -> Sequence[ChannelMeta]:
         """Describe, plus the span check (so GetFlightInfo refuses what DoGet would)."""

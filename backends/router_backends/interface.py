@@ -21,6 +21,7 @@ has defaults.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ import structlog
 
 from router.protocol.channel import ChannelMeta, split_channel_name
 from router.protocol.envelope import DescribeArgs, FindArgs, PublishArgs, StreamArgs
-from router.protocol.errors import UnsupportedError
+from router.protocol.errors import ChannelsNotAvailableError, UnsupportedError
 from router.protocol.gps import Clock, SystemClock
 from router_backends import __version__
 from router_backends.retention import Retention
@@ -42,6 +43,8 @@ __all__ = [
     "BlockStream",
     "CallContext",
     "Cancellation",
+    "lookup",
+    "matches",
     "scopes_of",
 ]
 
@@ -208,6 +211,27 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release resources when the server stops."""
         ...
+
+
+def matches(args: FindArgs, meta: ChannelMeta) -> bool:
+    """Whether ``meta`` answers Find ``args``: ``pattern`` matched at the start of the name
+    (``re.match``), data types, rate range, publishers, ``replay_id``."""
+    return (
+        re.match(args.pattern, meta.name) is not None
+        and meta.replay_id == args.replay_id
+        and args.min_rate <= meta.sample_rate <= args.max_rate
+        and (not args.data_type or meta.data_type in args.data_type)
+        and (not args.publisher or meta.publisher in args.publisher)
+    )
+
+
+def lookup(channels: Mapping[str, ChannelMeta], names: Sequence[str]) -> list[ChannelMeta]:
+    """Describe over a name -> metadata mapping: request order, unknown names refused with
+    ``ChannelsNotAvailableError`` naming them."""
+    unknown = [name for name in names if name not in channels]
+    if unknown:
+        raise ChannelsNotAvailableError(unknown)
+    return [channels[name] for name in names]
 
 
 def scopes_of(metas: Sequence[ChannelMeta]) -> dict[str, list[str]]:

@@ -406,5 +406,9 @@ class BackendServer(flight.FlightServerBase):  # type: ignore[misc]
             raise self._fail(exc, ctx, "DoGet stream") from None
         finally:
             self.stats.stream_closed(released.blocks)
+            checked.close()
+            closer = getattr(stream.blocks, "close", None)
+            if callable(closer):
+                closer()  # the backend's generator runs its own cleanup now, not at GC
             if close is not None:
                 close()

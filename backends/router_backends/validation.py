@@ -9,7 +9,7 @@ is a bug on the server side, answered as ``INTERNAL`` with a message naming the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -100,7 +100,7 @@ def _short(schema: pa.Schema) -> str:
 
 def aligned(
     chunks: Iterator[pa.RecordBatch], block_ns: int, lo: int | None, end: int | None, kind: str
-) -> Iterator[pa.RecordBatch]:
+) -> Generator[pa.RecordBatch, None, None]:
     """``chunks`` as they are, checking every block time: on the ``block_ns`` grid,
     strictly increasing, not before ``lo`` (the first block) and before ``end``.  One
     vectorised check per chunk, not per block."""
