@@ -141,6 +141,7 @@ class _Kit:
     channels: list[ChannelMeta]
     live: bool | None
     options: flight.FlightCallOptions
+    cancel_timeout_s: float
 
     def get(self, env: Envelope) -> pa.Table:
         info = self.client.get_flight_info(
@@ -295,10 +296,13 @@ def _cancellation(kit: _Kit) -> str:
     reader = kit.client.do_get(flight.Ticket(Envelope("Stream", args).encode()), kit.options)
     reader.read_chunk()
     reader.cancel()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + kit.cancel_timeout_s
     while kit.backend.closed - closed < kit.backend.opened - opened:
         if time.monotonic() > deadline:
-            raise Failed("the backend's blocks were not closed within 10 s of a cancel")
+            raise Failed(
+                f"the backend's blocks were not closed within {kit.cancel_timeout_s:g} s of a "
+                "cancel (a backend waiting for data should return when ctx.cancelled())"
+            )
         time.sleep(0.02)
     return f"{'live' if live else 'bounded'} stream closed after cancel"
 
@@ -327,9 +331,11 @@ def _live_pacing(kit: _Kit) -> str:
         return "live streams are refused with FlightUnavailableError (no live data)"
     args = StreamArgs(tuple(m.name for m in kit.channels), None, None)
     d = block_duration(m.stride or 0 for m in kit.channels)
+    slack = d + max([m.max_latency or 0 for m in kit.channels] + [NS])
+    asked = kit.clock.now_ns()
     reader = kit.client.do_get(flight.Ticket(Envelope("Stream", args).encode()), kit.options)
     try:
-        seen = []
+        seen: list[int] = []
         for _ in range(3):
             batch = reader.read_chunk().data
             arrived = kit.clock.now_ns()
@@ -337,6 +343,11 @@ def _live_pacing(kit: _Kit) -> str:
                 if arrived < t + d:
                     raise Failed(f"block {t} arrived at {arrived}, before its end {t + d}")
                 seen.append(t)
+        if seen[0] < asked - slack:
+            raise Failed(
+                f"the live stream began at {seen[0]}, {(asked - seen[0]) / NS:.1f} s before now; "
+                "a live stream starts with the block containing now"
+            )
         if seen != [seen[0] + i * d for i in range(len(seen))]:
             raise Failed(f"live blocks {seen} are not consecutive blocks of {d} ns")
     finally:
@@ -374,11 +385,13 @@ def check_backend(
     live: bool | None = None,
     clock: Clock | None = None,
     timeout_s: float = 30.0,
+    cancel_timeout_s: float = 10.0,
 ) -> Report:
     """Run :data:`CHECKS` against ``backend``; ``[start_ns, end_ns)`` must be a span where
     it has data for ``channels`` (default: the hour before now, 4 s; the first three
     channels of Find).  ``live``: True if it must serve live streams, False if it must
-    refuse them, None either.  The backend is not closed."""
+    refuse them, None either.  ``timeout_s`` bounds every Flight call, ``cancel_timeout_s``
+    the wait for a cancelled stream to be closed.  The backend is not closed."""
     clock = clock or SystemClock()
     if start_ns is None:
         start_ns = (clock.now_ns() - 3600 * NS) // NS * NS
@@ -397,7 +410,18 @@ def check_backend(
     with _served(watched, clock) as url:
         client = flight.connect(url)
         try:
-            kit = _Kit(watched, client, ctx, clock, start_ns, end_ns, metas, live, options)
+            kit = _Kit(
+                watched,
+                client,
+                ctx,
+                clock,
+                start_ns,
+                end_ns,
+                metas,
+                live,
+                options,
+                cancel_timeout_s,
+            )
             for name, check in CHECKS.items():
                 try:
                     report.outcomes.append(Outcome(name, True, check(kit)))

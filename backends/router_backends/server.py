@@ -392,7 +392,9 @@ class BackendServer(flight.FlightServerBase):  # type: ignore[misc]
     ) -> Iterator[pa.RecordBatch | pa.RecordBatchReader]:
         """The block contract, pacing and error translation around a backend's blocks."""
         lo = None if args.start is None else first_block(args.start, stream.block_ns)
-        checked = aligned(stream.blocks, stream.block_ns, lo, args.end, self.backend.kind)
+        checked = aligned(
+            stream.blocks, stream.schema, stream.block_ns, lo, args.end, self.backend.kind
+        )
         released = Released()
         self.stats.stream_opened()
         try:

@@ -99,23 +99,38 @@ def _short(schema: pa.Schema) -> str:
 
 
 def aligned(
-    chunks: Iterator[pa.RecordBatch], block_ns: int, lo: int | None, end: int | None, kind: str
+    chunks: Iterator[pa.RecordBatch],
+    schema: pa.Schema,
+    block_ns: int,
+    lo: int | None,
+    end: int | None,
+    kind: str,
 ) -> Generator[pa.RecordBatch, None, None]:
-    """``chunks`` as they are, checking every block time: on the ``block_ns`` grid,
-    strictly increasing, not before ``lo`` (the first block) and before ``end``.  One
-    vectorised check per chunk, not per block."""
+    """``chunks`` as they are, checking every batch's schema and every block time: on the
+    ``block_ns`` grid, strictly increasing, not before ``lo`` (the first block) and before
+    ``end``.  One vectorised check per chunk, not per block."""
     last: int | None = None
     for chunk in chunks:
-        if chunk.num_rows == 0:
+        rows = chunk.num_rows
+        if rows == 0:
             continue
-        times = np.asarray(chunk.column(0).to_numpy(zero_copy_only=False), dtype=np.int64)
-        first_t, last_t = int(times[0]), int(times[-1])
         problem = None
-        if np.any(times % block_ns):
-            bad = int(times[np.flatnonzero(times % block_ns)[0]])
-            problem = f"block at {bad} is off the {block_ns} ns grid"
-        elif times.size > 1 and np.any(np.diff(times) <= 0):
-            problem = f"block times go backwards or repeat within a chunk from {first_t}"
+        if not chunk.schema.equals(schema):
+            problem = f"a batch has schema {_short(chunk.schema)}, the stream {_short(schema)}"
+        elif rows == 1:  # the common live / per-block case: no numpy round trip
+            first_t = last_t = chunk.column(0)[0].as_py()
+            if first_t % block_ns:
+                problem = f"block at {first_t} is off the {block_ns} ns grid"
+        else:
+            times = np.asarray(chunk.column(0).to_numpy(zero_copy_only=False), dtype=np.int64)
+            first_t, last_t = int(times[0]), int(times[-1])
+            off = np.flatnonzero(times % block_ns)
+            if off.size:
+                problem = f"block at {int(times[off[0]])} is off the {block_ns} ns grid"
+            elif np.any(np.diff(times) <= 0):
+                problem = f"block times go backwards or repeat within a chunk from {first_t}"
+        if problem is not None:
+            pass
         elif last is not None and first_t <= last:
             problem = f"block at {first_t} does not follow the previous block at {last}"
         elif lo is not None and first_t < lo:
