@@ -182,6 +182,7 @@ def serve_backend_args(
         server,
         backend=name,
         package=info.origin if info is not None else None,
+        serves=repr(backend)[:500],
         faults=faults.describe(),
         retention=server.retention.to_json(),
     )

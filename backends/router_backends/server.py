@@ -129,6 +129,13 @@ def _once(fn: Callable[[], None]) -> Callable[[], None]:
     return call
 
 
+def _close_iterator(it: object) -> None:
+    """Close a generator (or any iterator with ``close``); others need nothing."""
+    closer = getattr(it, "close", None)
+    if callable(closer):
+        closer()
+
+
 def _json_result(doc: Any) -> Iterator[flight.Result]:
     yield flight.Result(json.dumps(doc).encode())
 
@@ -339,6 +346,7 @@ class BackendServer(flight.FlightServerBase):  # type: ignore[misc]
         try:
             check_stream(stream, metas, self.backend.kind)
         except BaseException:
+            _close_iterator(stream.blocks)
             if close is not None:
                 close()
             raise
@@ -409,8 +417,6 @@ class BackendServer(flight.FlightServerBase):  # type: ignore[misc]
         finally:
             self.stats.stream_closed(released.blocks)
             checked.close()
-            closer = getattr(stream.blocks, "close", None)
-            if callable(closer):
-                closer()  # the backend's generator runs its own cleanup now, not at GC
+            _close_iterator(stream.blocks)  # the backend's generator cleans up now, not at GC
             if close is not None:
                 close()

@@ -10,6 +10,7 @@ is a bug on the server side, answered as ``INTERNAL`` with a message naming the 
 from __future__ import annotations
 
 from collections.abc import Generator, Iterator, Sequence
+from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
@@ -85,12 +86,18 @@ def check_stream(stream: BlockStream, metas: Sequence[ChannelMeta], kind: str) -
             f"backend {kind!r} streams blocks of {stream.block_ns} ns; the channels' strides "
             f"need {expected} ns (their lcm)"
         )
-    schema = stream_schema(metas)
+    schema = _schema_of(tuple(metas))
     if not stream.schema.equals(schema):
         raise InternalError(
             f"backend {kind!r} streams schema {_short(stream.schema)}; the metadata needs "
             f"{_short(schema)}"
         )
+
+
+@lru_cache(maxsize=64)
+def _schema_of(metas: tuple[ChannelMeta, ...]) -> pa.Schema:
+    """``stream_schema`` of recently streamed channel sets (hundreds of fields cost ms)."""
+    return stream_schema(metas)
 
 
 def _short(schema: pa.Schema) -> str:
