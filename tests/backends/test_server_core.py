@@ -183,16 +183,30 @@ def test_the_exit_fault_asks_the_process_to_stop_and_ends_the_stream(npy_dir: Pa
 
 
 class LyingMock(MockBackend):
-    """Claims a block duration its blocks do not have."""
+    """Claims a block duration its blocks do not have; notes when its blocks are closed."""
 
     kind = "liar"
 
+    def __init__(self) -> None:
+        super().__init__(Catalog(load_toml(CHANNELS_TOML)))
+        self.closed = threading.Event()
+
     def stream(self, args: StreamArgs, ctx: CallContext) -> BlockStream:
-        return replace(super().stream(args, ctx), block_ns=3 * STRIDE)
+        inner = super().stream(args, ctx)
+
+        def blocks() -> Iterator[pa.RecordBatch]:
+            try:
+                yield from inner.blocks
+            finally:
+                self.closed.set()
+
+        gen = blocks()
+        next(gen, None)  # started, so that closing it runs the finally clause
+        return replace(inner, block_ns=3 * STRIDE, blocks=gen)
 
 
 def test_a_backend_breaking_the_contract_is_internal_on_the_wire_and_counted() -> None:
-    backend = LyingMock(Catalog(load_toml(CHANNELS_TOML)))
+    backend = LyingMock()
     env = Envelope("Stream", StreamArgs(("X1:TST-RAMP",), GPS0 * NS, (GPS0 + 1) * NS))
     with serve_backend(backend) as server:
         client = flight.connect(server.url)
@@ -203,6 +217,7 @@ def test_a_backend_breaking_the_contract_is_internal_on_the_wire_and_counted() -
             client.close()
         assert server.stats.errors == {"InternalError": 1}
         assert server.stats.streams_open == 0
+        assert backend.closed.is_set()  # refused, and its blocks closed at once
 
 
 def test_counters_and_the_retention_override() -> None:
