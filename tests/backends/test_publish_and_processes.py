@@ -104,11 +104,16 @@ def test_process_exit_fault_and_clean_sigterm() -> None:
     with MockProcess(["--faults", "exit=5", str(CHANNELS_TOML)]) as proc:
         client = arrakis.Client(proc.url)
         assert client.count() == 6
-        with pytest.raises(Exception):  # noqa: B017 - the connection just drops
-            client.fetch(["X1:TST-RAMP"], GPS0, GPS0 + 2)
+        raw = flight.connect(proc.url)
+        env = Envelope("Stream", StreamArgs(("X1:TST-RAMP",), GPS0 * NS, (GPS0 + 2) * NS))
+        try:
+            with pytest.raises(flight.FlightUnavailableError, match="server exiting after 5"):
+                raw.do_get(flight.Ticket(env.encode())).read_all()
+        finally:
+            raw.close()
         proc.process.wait(10)  # type: ignore[union-attr]
         assert proc.returncode == 3
-        assert "fault_exit" in proc.log_text()
+        assert "fault_exit" in proc.log_text() and "status=3" in proc.log_text()
     with MockProcess([str(CHANNELS_TOML)]) as proc:
         assert arrakis.Client(proc.url).count("X1:TST") == 4
         assert proc.process is not None
