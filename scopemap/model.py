@@ -58,7 +58,13 @@ class ChannelName:
 
 
 def parse_channel_name(name: str) -> ChannelName:
-    """Split a channel name; the domain ends at the *last* colon. Raises ValueError."""
+    """Split a channel name; the domain ends at the *last* colon. Raises ValueError.
+
+    >>> parse_channel_name("H1:GDS-CALIB_STRAIN")
+    ChannelName(domain='H1', subsystem='GDS', sep='-', rest='CALIB_STRAIN')
+    >>> parse_channel_name("L1:PEM")
+    ChannelName(domain='L1', subsystem='PEM', sep=None, rest=None)
+    """
     domain, colon, tail = name.rpartition(":")
     if not colon:
         raise ValueError(f"invalid channel name {name!r}: expected '<domain>:<subsystem>...'")

@@ -93,6 +93,24 @@ def _complete(pieces: list[Piece]) -> bool:
 
 
 def plan_stream(index: RoutingIndex, request: StreamRequest, now_ns: int) -> StreamPlan:
+    """Plan a stream at GPS time ``now_ns``: slices tiling ``[start, end)``, channel groups
+    with their replicas, and what cannot be served (``uncovered``) with the reason.
+
+    >>> from scopemap import RoutingIndex, StreamRequest, load_text
+    >>> index = RoutingIndex(load_text('''
+    ... grpc://live.example.org:31206:
+    ...   scopes: {H1: [{all: true}]}
+    ...   retention: {newest: 0, oldest: 600}
+    ... ''').scope_map)
+    >>> S, now = 1_000_000_000, 1_400_000_000_000_000_000
+    >>> p = plan_stream(index, StreamRequest(("H1:A-B", "L1:C-D"), now - 60 * S, now), now)
+    >>> for s in p.slices:
+    ...     print(s.groups[0].channels, s.groups[0].endpoints)
+    ('H1:A-B',) ('grpc://live.example.org:31206',)
+    >>> for u in p.uncovered:
+    ...     print(u.channels, u.reason.value)
+    ('L1:C-D',) no endpoint claims this channel
+    """
     window = resolve(index.scope_map, request.replay_id, request.replay_start, request.replay_end)
     if request.start is not None and request.end is not None and request.start >= request.end:
         return StreamPlan(request, ())
@@ -226,6 +244,24 @@ def plan(
     request: StreamRequest | DescribeRequest | FindRequest | PublishRequest,
     now_ns: int,
 ) -> Plan:
+    """Plan any request: dispatches to ``plan_stream``, ``plan_describe``, ``plan_find`` or
+    ``plan_publish`` by the request's type.
+
+    >>> from scopemap import DescribeRequest, FindRequest, RoutingIndex, load_text
+    >>> index = RoutingIndex(load_text('''
+    ... grpc://a.example.org:31206:
+    ...   scopes: {H1: [{all: true}]}
+    ...   retention: {}
+    ... grpc://b.example.org:31206:
+    ...   scopes: {H1: [{all: true}]}
+    ...   retention: {}
+    ... ''').scope_map)
+    >>> now = 1_400_000_000_000_000_000
+    >>> plan(index, DescribeRequest(("H1:A-B",), None), now).groups[0].endpoints
+    ('grpc://a.example.org:31206', 'grpc://b.example.org:31206')
+    >>> len(plan(index, FindRequest(None), now).targets)  # replicas are asked once
+    1
+    """
     if isinstance(request, StreamRequest):
         return plan_stream(index, request, now_ns)
     if isinstance(request, DescribeRequest):
