@@ -23,6 +23,18 @@ from scopemap.yamlsrc import SourceTree, parse_yaml
 
 @dataclass(frozen=True)
 class LoadResult:
+    """What loading returns: the map (None when any diagnostic is an error) and every finding.
+
+    >>> from scopemap import load_text
+    >>> result = load_text('''
+    ... grpc://live.example.org:31206:
+    ...   scopes: {H1: [{all: true}]}
+    ...   retention: {newest: 0, oldest: inf}
+    ... ''', "map.yaml")
+    >>> result.ok, [d.code for d in result.warnings], result.errors
+    (True, ['SM201'], ())
+    """
+
     scope_map: ScopeMap | None
     diagnostics: tuple[Diagnostic, ...]
 
