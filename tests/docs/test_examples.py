@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,28 @@ def test_every_scope_map_example_is_checked(block: Block) -> None:
             assert any(code in d for d in found), f"{block.where}: {code} not reported: {found}"
     else:
         assert result.scope_map is not None and not found, f"{block.where}: {found}"
+
+
+def _shown_diagnostics() -> list[tuple[Block, Block]]:
+    """(mistake map, the text block right after it): the diagnostics a page shows for it."""
+    pairs = []
+    for page in pages():
+        found = fenced_blocks(page)
+        for block, nxt in pairwise(found):
+            if block.lang == "yaml" and "mistake" in block.title and nxt.lang == "text":
+                pairs.append((block, nxt))
+    return pairs
+
+
+def test_some_page_shows_the_diagnostics_of_a_mistake() -> None:
+    assert _shown_diagnostics()
+
+
+@pytest.mark.parametrize("pair", _shown_diagnostics(), ids=lambda p: p[0].where)
+def test_shown_diagnostics_are_what_router_check_prints(pair: tuple[Block, Block]) -> None:
+    block, shown = pair
+    printed = [d.format() for d in load_text(block.text, "map.yaml").diagnostics]
+    assert shown.text.splitlines() == printed, shown.where
 
 
 @pytest.mark.parametrize("block", blocks("python"), ids=lambda b: b.where)
