@@ -1,16 +1,20 @@
-"""Griffe extension: show docstring examples (``>>>`` sessions) as Python console code blocks.
+"""Griffe extension: docstrings written for Python readers, shown well in the API reference.
 
 Docstrings carry their examples as doctests, which ``make test`` runs. Rendered as Markdown they
 would be plain paragraphs; this extension wraps each session (the ``>>>`` and ``...`` lines and
 the expected output after them, up to a blank line) in a ``pycon`` fence before mkdocstrings
-renders the docstring. The docstring in the source is not changed.
+renders the docstring. Sphinx cross-reference roles (``:func:`name```) become code spans.
+The docstring in the source is not changed.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import griffe
+
+_ROLE = re.compile(r":(?:func|data|class|meth|attr|mod|exc|obj):`~?([^`]+)`")
 
 
 def fence_sessions(text: str) -> str:
@@ -34,9 +38,14 @@ def fence_sessions(text: str) -> str:
     return "\n".join(out)
 
 
+def plain_roles(text: str) -> str:
+    """``text`` with Sphinx roles such as ``:func:`name``` turned into code spans."""
+    return _ROLE.sub(lambda m: f"`{m[1]}`", text)
+
+
 class DoctestBlocks(griffe.Extension):
-    """Fence the doctest sessions of every docstring griffe loads."""
+    """Fence the doctest sessions and plain the roles of every docstring griffe loads."""
 
     def on_object(self, *, obj: griffe.Object, loader: griffe.GriffeLoader, **kwargs: Any) -> None:
-        if obj.docstring is not None and ">>>" in obj.docstring.value:
-            obj.docstring.value = fence_sessions(obj.docstring.value)
+        if obj.docstring is not None:
+            obj.docstring.value = plain_roles(fence_sessions(obj.docstring.value))
