@@ -1,8 +1,27 @@
 """scopemap: load, validate, index and plan Arrakis scope maps. Pure: no sockets, no clock.
 
->>> result = load_text(open("map.yaml").read(), "map.yaml")      # never raises
->>> index = RoutingIndex(result.scope_map)                        # once per map
->>> plan(index, StreamRequest(("H1:GDS-CALIB_STRAIN",), start, end), now_ns)
+Load a map (never raises on user input), index it once, plan requests against it at a given
+GPS time (integer ns):
+
+>>> from scopemap import RoutingIndex, StreamRequest, load_text, plan_stream
+>>> result = load_text('''
+... grpc://live.example.org:31206:
+...   scopes: {H1: [{all: true}]}
+...   retention: {newest: 0, oldest: 600}
+... grpc://archive.example.org:31206:
+...   scopes: {H1: [{all: true}]}
+...   retention: {newest: 300, oldest: .inf}
+... ''', "map.yaml")
+>>> result.diagnostics
+()
+>>> index = RoutingIndex(result.scope_map)
+>>> S = 1_000_000_000
+>>> now = 1_400_000_000 * S
+>>> request = StreamRequest(("H1:GDS-CALIB_STRAIN",), now - 700 * S, now - 100 * S)
+>>> for s in plan_stream(index, request, now).slices:
+...     print(s.start // S, s.end // S, s.groups[0].endpoints)
+1399999300 1399999700 ('grpc://archive.example.org:31206',)
+1399999700 1399999900 ('grpc://live.example.org:31206',)
 """
 
 from scopemap.export import replays_json, to_upstream_json

@@ -15,7 +15,20 @@ def _scopes(entries: tuple[ScopeEntry, ...]) -> dict[str, list[dict[str, object]
 
 
 def to_upstream_json(scope_map: ScopeMap) -> dict[str, Any]:
-    """What upstream's ``scope-map`` action returns, ``direct_read`` URLs redacted to true."""
+    """What upstream's ``scope-map`` action returns, ``direct_read`` URLs redacted to true.
+
+    >>> from scopemap import load_text
+    >>> doc = to_upstream_json(load_text('''
+    ... grpc://live.example.org:31206:
+    ...   scopes: {H1: [{publisher: H1-lldd, subsystems: [GDS], direct_read: "kafka://k:9092"}]}
+    ...   retention: {newest: 0, oldest: .inf}
+    ... ''').scope_map)
+    >>> endpoint = doc["endpoints"]["grpc://live.example.org:31206"]
+    >>> endpoint["scopes"]
+    {'H1': [{'subsystem': 'GDS', 'publisher': 'H1-lldd', 'direct_read': True}]}
+    >>> endpoint["retention"]
+    {'newest': 0, 'oldest': 'inf'}
+    """
     endpoints: dict[str, Any] = {}
     for ep in scope_map.endpoints:
         body: dict[str, Any] = {
@@ -33,7 +46,18 @@ def to_upstream_json(scope_map: ScopeMap) -> dict[str, Any]:
 
 
 def replays_json(scope_map: ScopeMap) -> dict[str, dict[str, float]]:
-    """What upstream's ``replays`` action returns: id -> start/end in float GPS seconds."""
+    """What upstream's ``replays`` action returns: id -> start/end in float GPS seconds.
+
+    >>> from scopemap import load_text
+    >>> replays_json(load_text('''
+    ... grpc://a.example.org:31206:
+    ...   scopes: {H1: [{all: true}]}
+    ...   retention: {}
+    ...   replay_ids: [ER15]
+    ... replays: {ER15: {start: 1400000000, end: 1400000100}}
+    ... ''').scope_map)
+    {'ER15': {'start': 1400000000.0, 'end': 1400000100.0}}
+    """
     return {
         name: {"start": r.start_ns / 1e9, "end": r.end_ns / 1e9}
         for name, r in scope_map.replays.items()

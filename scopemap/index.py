@@ -127,7 +127,19 @@ _NO_TIERS: _TierKey = (None, None, None)
 
 
 class ScopeIndex:
-    """Exact / subsystem / wildcard dictionaries over one view of the map."""
+    """Exact / subsystem / wildcard dictionaries over one view of the map.
+
+    A ``RoutingIndex`` holds one for the map (``base``) and one per replay (``view(id)``):
+
+    >>> from scopemap import RoutingIndex, load_text
+    >>> index = RoutingIndex(load_text('''
+    ... grpc://archive.example.org:31206:
+    ...   scopes: {H1: [{subsystem: GDS}, {subsystem: PEM}], L1: [{all: true}]}
+    ...   retention: {}
+    ... ''').scope_map)
+    >>> sorted(index.base.subsystem), sorted(index.base.wildcard)
+    ([('H1', 'GDS'), ('H1', 'PEM')], ['L1'])
+    """
 
     def __init__(
         self, entries: Mapping[int, tuple[ScopeEntry, ...]], ages: list[tuple[float, float]]
@@ -216,7 +228,19 @@ def view_entries(ep: Endpoint, replay_id: str | None) -> tuple[ScopeEntry, ...]:
 
 
 class RoutingIndex:
-    """Everything the planner needs about one ``ScopeMap``, built once, then read-only."""
+    """Everything the planner needs about one ``ScopeMap``, built once, then read-only.
+
+    >>> from scopemap import load_text
+    >>> index = RoutingIndex(load_text('''
+    ... grpc://live.example.org:31206:
+    ...   scopes: {H1: [{all: true}, {channel: "H1:PEM-EY_MAG_X"}]}
+    ...   retention: {newest: 0, oldest: 600}
+    ... ''').scope_map)
+    >>> index.base
+    ScopeIndex(1 endpoints, 1 channels, 0 subsystems, 1 wildcard domains)
+    >>> index.urls
+    ('grpc://live.example.org:31206',)
+    """
 
     def __init__(self, scope_map: ScopeMap) -> None:
         # Like loading, indexing allocates many small acyclic objects (claims, tiers, dicts):

@@ -23,6 +23,18 @@ from scopemap.yamlsrc import SourceTree, parse_yaml
 
 @dataclass(frozen=True)
 class LoadResult:
+    """What loading returns: the map (None when any diagnostic is an error) and every finding.
+
+    >>> from scopemap import load_text
+    >>> result = load_text('''
+    ... grpc://live.example.org:31206:
+    ...   scopes: {H1: [{all: true}]}
+    ...   retention: {newest: 0, oldest: inf}
+    ... ''', "map.yaml")
+    >>> result.ok, [d.code for d in result.warnings], result.errors
+    (True, ['SM201'], ())
+    """
+
     scope_map: ScopeMap | None
     diagnostics: tuple[Diagnostic, ...]
 
@@ -40,6 +52,14 @@ class LoadResult:
 
 
 def load_path(path: str | Path) -> LoadResult:
+    """Load and validate the scope map in the file ``path``; never raises on user input.
+
+    A file that cannot be read or is not UTF-8 is a diagnostic (SM003, SM001) like any other:
+
+    >>> result = load_path("no-such-map.yaml")
+    >>> result.scope_map is None, [d.code for d in result.diagnostics]
+    (True, ['SM003'])
+    """
     name = str(path)
     try:
         raw = Path(path).read_bytes()
@@ -55,6 +75,21 @@ def load_path(path: str | Path) -> LoadResult:
 
 
 def load_text(text: str, filename: str = "<string>") -> LoadResult:
+    """Load and validate scope-map YAML ``text``; ``filename`` is used in the diagnostics.
+
+    Never raises on user input: ``scope_map`` is None when any diagnostic is an error.
+
+    >>> result = load_text('''
+    ... grpc://live.example.org:31206:
+    ...   scopes: {H1: [{all: true}]}
+    ...   retention: {newest: 600, oldest: 0}
+    ... ''', "map.yaml")
+    >>> print(result.scope_map)
+    None
+    >>> for d in result.diagnostics:
+    ...     print(d.format())
+    map.yaml:4:14: error SM101: retention newest (600) is greater than oldest (0): empty window
+    """
     # Loading allocates hundreds of thousands of small acyclic objects (nodes, dicts,
     # entries); the cyclic GC would rescan the growing heap many times over and more than
     # double the load time of a large map. Pause it for the duration, restore it after.

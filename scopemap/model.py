@@ -18,13 +18,24 @@ NS_PER_S = 1_000_000_000
 
 
 class Severity(StrEnum):
+    """How bad a ``Diagnostic`` is: an error refuses the map, a warning does not.
+
+    >>> [s.value for s in Severity]
+    ['error', 'warning']
+    """
+
     ERROR = "error"
     WARNING = "warning"
 
 
 @dataclass(frozen=True)
 class Diagnostic:
-    """One finding about a scope map. ``code`` is stable (documented in ``scopemap.codes``)."""
+    """One finding about a scope map. ``code`` is stable (documented in ``scopemap.codes``).
+
+    >>> d = Diagnostic(Severity.WARNING, "SM201", "write .inf", "map.yaml", 8, 36)
+    >>> d.format()
+    'map.yaml:8:36: warning SM201: write .inf'
+    """
 
     severity: Severity
     code: str
@@ -49,7 +60,11 @@ class SourcePos:
 
 @dataclass(frozen=True)
 class ChannelName:
-    """``<domain>:<subsystem>[<sep><rest>]`` (PROTOCOL §7.7)."""
+    """``<domain>:<subsystem>[<sep><rest>]``, as ``parse_channel_name`` splits it.
+
+    >>> parse_channel_name("L1:ISI-ETMX_ST1").subsystem
+    'ISI'
+    """
 
     domain: str
     subsystem: str
@@ -58,7 +73,13 @@ class ChannelName:
 
 
 def parse_channel_name(name: str) -> ChannelName:
-    """Split a channel name; the domain ends at the *last* colon. Raises ValueError."""
+    """Split a channel name; the domain ends at the *last* colon. Raises ValueError.
+
+    >>> parse_channel_name("H1:GDS-CALIB_STRAIN")
+    ChannelName(domain='H1', subsystem='GDS', sep='-', rest='CALIB_STRAIN')
+    >>> parse_channel_name("L1:PEM")
+    ChannelName(domain='L1', subsystem='PEM', sep=None, rest=None)
+    """
     domain, colon, tail = name.rpartition(":")
     if not colon:
         raise ValueError(f"invalid channel name {name!r}: expected '<domain>:<subsystem>...'")
@@ -86,6 +107,13 @@ class ScopeEntry:
 
     ``value`` is the channel name for ``kind == "channel"``, the subsystem for ``"subsystem"``
     and ``None`` for ``"all"``. ``replay`` tags the entry to one replay context only.
+
+    >>> entry = ScopeEntry("H1", "subsystem", "GDS")
+    >>> entry.specificity
+    2
+    >>> name = "H1:GDS-CALIB_STRAIN"
+    >>> entry.matches(parse_channel_name(name), name)
+    True
     """
 
     domain: str
@@ -136,6 +164,12 @@ class Retention:
 
     ``newest_s == 0`` means the endpoint reaches the present and serves live data; ``oldest_s``
     may be ``math.inf``. Values are kept as written (int or float) for the upstream JSON.
+
+    >>> archive = Retention(newest_s=300)
+    >>> archive.is_live, archive.oldest_ns
+    (False, None)
+    >>> archive.window_ns(1_400_000_000_500_000_000)  # [lo, hi): now truncated, minus 300 s
+    (None, 1399999700000000000)
     """
 
     newest_s: float = 0
@@ -177,7 +211,21 @@ class Retention:
 
 @dataclass(frozen=True)
 class Replay:
-    """A named replay window, ``[start_ns, end_ns)`` in absolute GPS ns (YAML: seconds)."""
+    """A named replay window, ``[start_ns, end_ns)`` in absolute GPS ns (YAML: seconds).
+
+    >>> from scopemap import load_text
+    >>> result = load_text('''
+    ... grpc://live.example.org:31206:
+    ...   scopes: {H1: [{all: true}]}
+    ...   retention: {}
+    ...   replay_ids: [ER15]
+    ... replays:
+    ...   ER15: {start: 1400000000, end: 1400000100}
+    ... ''')
+    >>> replay = result.scope_map.replays["ER15"]
+    >>> replay.start_ns, replay.end_ns
+    (1400000000000000000, 1400000100000000000)
+    """
 
     name: str
     start_ns: int
@@ -193,6 +241,15 @@ class Endpoint:
 
     ``replay_ids`` lists the explicit ids then the ids implied by ``replay`` tags (upstream
     order); ``replay_scopes`` holds the explicit per-replay scopes of ``replay_ids`` items.
+
+    >>> from scopemap import load_text
+    >>> endpoint = load_text('''
+    ... grpc://archive.example.org:31206:
+    ...   scopes: {H1: [{subsystem: GDS}], L1: [{all: true}]}
+    ...   retention: {newest: 300, oldest: .inf}
+    ... ''').scope_map.endpoints[0]
+    >>> endpoint.url, endpoint.domains, endpoint.retention.is_live
+    ('grpc://archive.example.org:31206', ('H1', 'L1'), False)
     """
 
     url: str
@@ -219,6 +276,21 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class ScopeMap:
+    """A validated scope map: its endpoints in file order and its replay windows.
+
+    Built by ``load_text`` / ``load_path``, never by hand-written YAML parsing; frozen, so one
+    value can be shared by every request that plans on it.
+
+    >>> from scopemap import load_text
+    >>> scope_map = load_text('''
+    ... grpc://live.example.org:31206:
+    ...   scopes: {H1: [{all: true}]}
+    ...   retention: {newest: 0, oldest: 600}
+    ... ''', "map.yaml").scope_map
+    >>> [e.url for e in scope_map.endpoints], scope_map.file, dict(scope_map.replays)
+    (['grpc://live.example.org:31206'], 'map.yaml', {})
+    """
+
     endpoints: tuple[Endpoint, ...]
     replays: Mapping[str, Replay] = field(default_factory=lambda: MappingProxyType({}))
     file: str = "<string>"

@@ -15,6 +15,14 @@ from enum import Enum
 
 @dataclass(frozen=True)
 class StreamRequest:
+    """A Stream request: channels over ``[start, end)`` in GPS ns; ``start`` None is live,
+    ``end`` None open-ended; optional replay arguments as in the protocol.
+
+    >>> live = StreamRequest(("H1:GDS-CALIB_STRAIN",), None, None)
+    >>> live.start is None and live.end is None and live.replay_id is None
+    True
+    """
+
     channels: tuple[str, ...]
     start: int | None
     end: int | None
@@ -25,6 +33,12 @@ class StreamRequest:
 
 @dataclass(frozen=True)
 class DescribeRequest:
+    """A Describe request: the named channels' metadata at ``time`` (GPS ns; None: now).
+
+    >>> DescribeRequest(("H1:GDS-CALIB_STRAIN",), None).time is None
+    True
+    """
+
     channels: tuple[str, ...]
     time: int | None
     replay_id: str | None = None
@@ -32,7 +46,11 @@ class DescribeRequest:
 
 @dataclass(frozen=True)
 class FindRequest:
-    """Find and Count share their routing (the pattern is never narrowed)."""
+    """Find and Count share their routing (the pattern is never narrowed).
+
+    >>> FindRequest(time=None)
+    FindRequest(time=None, replay_id=None)
+    """
 
     time: int | None
     replay_id: str | None = None
@@ -40,7 +58,11 @@ class FindRequest:
 
 @dataclass(frozen=True)
 class PublishRequest:
-    """Publish and Partition: routed by publisher authority only."""
+    """Publish and Partition: routed by publisher authority only.
+
+    >>> PublishRequest("H1-lldd").publisher_id
+    'H1-lldd'
+    """
 
     publisher_id: str
     replay_id: str | None = None
@@ -50,7 +72,11 @@ class PublishRequest:
 
 
 class Reason(str, Enum):  # noqa: UP042 (str() of members is part of the contract)
-    """Why a (channel, time range) cannot be served. Stable strings, shown to clients."""
+    """Why a (channel, time range) cannot be served. Stable strings, shown to clients.
+
+    >>> Reason.NO_LIVE.value
+    'no endpoint claiming this channel serves live data'
+    """
 
     NO_SCOPE = "no endpoint claims this channel"
     NO_RETENTION = "no endpoint claiming this channel retains this time range"
@@ -66,6 +92,10 @@ class ChannelGroup:
     channel of the group at the highest specificity and retains the whole slice.
     ``direct_read`` holds Kafka locations (``kafka://host:port``) when every channel of the
     group is tagged ``direct_read`` in the scope map (redirect mode may hand them out).
+
+    >>> group = ChannelGroup(("H1:A-B",), ("grpc://a.example.org:31206", "grpc://b:31206"))
+    >>> group.endpoints[0]  # the preferred replica
+    'grpc://a.example.org:31206'
     """
 
     channels: tuple[str, ...]
@@ -75,7 +105,12 @@ class ChannelGroup:
 
 @dataclass(frozen=True)
 class Uncovered:
-    """A part of a request no endpoint can serve, and why."""
+    """A part of a request no endpoint can serve, and why.
+
+    >>> gap = Uncovered(("L1:C-D",), 0, 10**9, Reason.NO_SCOPE)
+    >>> f"{', '.join(gap.channels)}: {gap.reason.value}"
+    'L1:C-D: no endpoint claims this channel'
+    """
 
     channels: tuple[str, ...]
     start: int | None
@@ -89,6 +124,10 @@ class StreamSlice:
 
     ``start``/``end`` are client-facing times (what the downstream ticket carries).
     Slices of one plan are ordered, non-overlapping and tile the request exactly.
+
+    >>> s = StreamSlice(0, 10**9, (ChannelGroup(("H1:A-B",), ("grpc://a:31206",)),))
+    >>> s.end - s.start, len(s.groups)
+    (1000000000, 1)
     """
 
     start: int | None
@@ -98,6 +137,14 @@ class StreamSlice:
 
 @dataclass(frozen=True)
 class StreamPlan:
+    """A stream's plan: ordered slices tiling the request, and what cannot be served.
+
+    >>> request = StreamRequest(("H1:A-B",), 0, 2 * 10**9)
+    >>> group = ChannelGroup(("H1:A-B",), ("grpc://a:31206",))
+    >>> StreamPlan(request, (StreamSlice(0, 2 * 10**9, (group,)),)).complete
+    True
+    """
+
     request: StreamRequest
     slices: tuple[StreamSlice, ...]
     uncovered: tuple[Uncovered, ...] = ()
@@ -109,6 +156,26 @@ class StreamPlan:
 
 @dataclass(frozen=True)
 class DescribePlan:
+    """A Describe's plan: channel groups, each asked of one of its replicas.
+
+    >>> from scopemap import RoutingIndex, load_text, plan_describe
+    >>> index = RoutingIndex(load_text('''
+    ... grpc://live.example.org:31206:
+    ...   scopes: {H1: [{all: true}]}
+    ...   retention: {newest: 0, oldest: 600}
+    ... grpc://archive.example.org:31206:
+    ...   scopes: {H1: [{subsystem: GDS}]}
+    ...   retention: {newest: 300, oldest: .inf}
+    ... ''').scope_map)
+    >>> now = 1_400_000_000_000_000_000
+    >>> at = now - 400 * 10**9  # both retain it; the subsystem claim is more specific
+    >>> p = plan_describe(index, DescribeRequest(("H1:GDS-CALIB_STRAIN", "H1:LSC-X"), at), now)
+    >>> for g in p.groups:
+    ...     print(g.channels, g.endpoints)
+    ('H1:LSC-X',) ('grpc://live.example.org:31206',)
+    ('H1:GDS-CALIB_STRAIN',) ('grpc://archive.example.org:31206',)
+    """
+
     request: DescribeRequest
     groups: tuple[ChannelGroup, ...]
     uncovered: tuple[Uncovered, ...] = ()
@@ -123,7 +190,11 @@ class DescribePlan:
 
 @dataclass(frozen=True)
 class FindTarget:
-    """One disjoint scope group: ask exactly one of ``endpoints`` (replicas, preferred first)."""
+    """One disjoint scope group: ask exactly one of ``endpoints`` (replicas, preferred first).
+
+    >>> FindTarget(("grpc://a:31206", "grpc://b:31206")).endpoints[0]
+    'grpc://a:31206'
+    """
 
     endpoints: tuple[str, ...]
     replay_id: str | None = None
@@ -132,12 +203,44 @@ class FindTarget:
 
 @dataclass(frozen=True)
 class FindPlan:
+    """A Find or Count's plan: one target per disjoint scope set, so replicas are asked once
+    and nothing is counted twice.
+
+    >>> from scopemap import RoutingIndex, load_text, plan_find
+    >>> index = RoutingIndex(load_text('''
+    ... grpc://a.example.org:31206: {scopes: {H1: [{all: true}]}, retention: {}}
+    ... grpc://b.example.org:31206: {scopes: {H1: [{all: true}]}, retention: {}}
+    ... grpc://c.example.org:31206: {scopes: {L1: [{all: true}]}, retention: {}}
+    ... ''').scope_map)
+    >>> for t in plan_find(index, FindRequest(None), 1_400_000_000_000_000_000).targets:
+    ...     print(t.endpoints)
+    ('grpc://a.example.org:31206', 'grpc://b.example.org:31206')
+    ('grpc://c.example.org:31206',)
+    """
+
     request: FindRequest
     targets: tuple[FindTarget, ...]
 
 
 @dataclass(frozen=True)
 class PublishPlan:
+    """Where a publisher's Publish and Partition go: the first endpoint listing it in
+    ``allowed_publishers``, or None.
+
+    >>> from scopemap import RoutingIndex, load_text, plan_publish
+    >>> index = RoutingIndex(load_text('''
+    ... grpc://live.example.org:31206:
+    ...   scopes: {H1: [{all: true}]}
+    ...   retention: {}
+    ...   allowed_publishers: [H1-lldd]
+    ... ''').scope_map)
+    >>> now = 1_400_000_000_000_000_000
+    >>> plan_publish(index, PublishRequest("H1-lldd"), now).endpoint
+    'grpc://live.example.org:31206'
+    >>> print(plan_publish(index, PublishRequest("nobody"), now).endpoint)
+    None
+    """
+
     request: PublishRequest
     endpoint: str | None  # None: no endpoint is authoritative for this publisher
 

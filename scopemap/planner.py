@@ -93,6 +93,24 @@ def _complete(pieces: list[Piece]) -> bool:
 
 
 def plan_stream(index: RoutingIndex, request: StreamRequest, now_ns: int) -> StreamPlan:
+    """Plan a stream at GPS time ``now_ns``: slices tiling ``[start, end)``, channel groups
+    with their replicas, and what cannot be served (``uncovered``) with the reason.
+
+    >>> from scopemap import RoutingIndex, StreamRequest, load_text
+    >>> index = RoutingIndex(load_text('''
+    ... grpc://live.example.org:31206:
+    ...   scopes: {H1: [{all: true}]}
+    ...   retention: {newest: 0, oldest: 600}
+    ... ''').scope_map)
+    >>> S, now = 1_000_000_000, 1_400_000_000_000_000_000
+    >>> p = plan_stream(index, StreamRequest(("H1:A-B", "L1:C-D"), now - 60 * S, now), now)
+    >>> for s in p.slices:
+    ...     print(s.groups[0].channels, s.groups[0].endpoints)
+    ('H1:A-B',) ('grpc://live.example.org:31206',)
+    >>> for u in p.uncovered:
+    ...     print(u.channels, u.reason.value)
+    ('L1:C-D',) no endpoint claims this channel
+    """
     window = resolve(index.scope_map, request.replay_id, request.replay_start, request.replay_end)
     if request.start is not None and request.end is not None and request.start >= request.end:
         return StreamPlan(request, ())
@@ -155,6 +173,17 @@ def _describe_state(
 
 
 def plan_describe(index: RoutingIndex, request: DescribeRequest, now_ns: int) -> DescribePlan:
+    """Plan a Describe at GPS time ``now_ns``: channel groups at ``request.time`` and what
+    cannot be served (see ``DescribePlan`` for an example).
+
+    >>> from scopemap import RoutingIndex, load_text
+    >>> index = RoutingIndex(load_text('''
+    ... grpc://live.example.org:31206: {scopes: {H1: [{all: true}]}, retention: {}}
+    ... ''').scope_map)
+    >>> p = plan_describe(index, DescribeRequest(("H1:A-B", "V1:C-D"), None), 0)
+    >>> [g.channels for g in p.groups], [u.channels for u in p.uncovered]
+    ([('H1:A-B',)], [('V1:C-D',)])
+    """
     window = resolve(index.scope_map, request.replay_id)
     n = truncate_now(now_ns)
     primary, fallback = _routes(index, window)
@@ -202,6 +231,21 @@ def plan_describe(index: RoutingIndex, request: DescribeRequest, now_ns: int) ->
 
 
 def plan_find(index: RoutingIndex, request: FindRequest, now_ns: int) -> FindPlan:
+    """Plan a Find or Count: one target per disjoint scope set among the endpoints retaining
+    ``request.time`` (see ``FindPlan`` for an example).
+
+    >>> from scopemap import RoutingIndex, load_text
+    >>> index = RoutingIndex(load_text('''
+    ... grpc://live.example.org:31206:
+    ...   scopes: {H1: [{all: true}]}
+    ...   retention: {newest: 0, oldest: 600}
+    ... ''').scope_map)
+    >>> now = 1_400_000_000_000_000_000
+    >>> len(plan_find(index, FindRequest(now - 60 * 10**9), now).targets)
+    1
+    >>> len(plan_find(index, FindRequest(now - 3600 * 10**9), now).targets)  # nobody keeps it
+    0
+    """
     window = resolve(index.scope_map, request.replay_id)
     n = truncate_now(now_ns)
     if window is None or window.name is None:
@@ -214,6 +258,16 @@ def plan_find(index: RoutingIndex, request: FindRequest, now_ns: int) -> FindPla
 
 
 def plan_publish(index: RoutingIndex, request: PublishRequest, now_ns: int) -> PublishPlan:
+    """Route a Publish or Partition to the first endpoint (file order) listing the publisher
+    in ``allowed_publishers`` (see ``PublishPlan`` for an example).
+
+    >>> from scopemap import RoutingIndex, load_text
+    >>> index = RoutingIndex(load_text('''
+    ... grpc://a.example.org:31206: {scopes: {H1: [{all: true}]}, retention: {}}
+    ... ''').scope_map)
+    >>> print(plan_publish(index, PublishRequest("H1-lldd"), 0).endpoint)
+    None
+    """
     resolve(index.scope_map, request.replay_id)
     for ep in index.scope_map.endpoints:
         if request.publisher_id in ep.allowed_publishers:
@@ -226,6 +280,24 @@ def plan(
     request: StreamRequest | DescribeRequest | FindRequest | PublishRequest,
     now_ns: int,
 ) -> Plan:
+    """Plan any request: dispatches to ``plan_stream``, ``plan_describe``, ``plan_find`` or
+    ``plan_publish`` by the request's type.
+
+    >>> from scopemap import DescribeRequest, FindRequest, RoutingIndex, load_text
+    >>> index = RoutingIndex(load_text('''
+    ... grpc://a.example.org:31206:
+    ...   scopes: {H1: [{all: true}]}
+    ...   retention: {}
+    ... grpc://b.example.org:31206:
+    ...   scopes: {H1: [{all: true}]}
+    ...   retention: {}
+    ... ''').scope_map)
+    >>> now = 1_400_000_000_000_000_000
+    >>> plan(index, DescribeRequest(("H1:A-B",), None), now).groups[0].endpoints
+    ('grpc://a.example.org:31206', 'grpc://b.example.org:31206')
+    >>> len(plan(index, FindRequest(None), now).targets)  # replicas are asked once
+    1
+    """
     if isinstance(request, StreamRequest):
         return plan_stream(index, request, now_ns)
     if isinstance(request, DescribeRequest):

@@ -8,7 +8,18 @@ from scopemap.model import ScopeMap
 
 
 class ReplayError(ValueError):
-    """A request's replay arguments cannot be honoured; the message is upstream's text."""
+    """A request's replay arguments cannot be honoured; the message is upstream's text.
+
+    >>> from scopemap import RoutingIndex, StreamRequest, load_text, plan_stream
+    >>> index = RoutingIndex(load_text('''
+    ... grpc://live.example.org:31206: {scopes: {H1: [{all: true}]}, retention: {}}
+    ... ''').scope_map)
+    >>> try:
+    ...     plan_stream(index, StreamRequest(("H1:A-B",), None, None, replay_id="ER15"), 0)
+    ... except ReplayError as exc:
+    ...     print(exc)
+    replay_id 'ER15' was provided but no replay registry is configured on this server
+    """
 
 
 @dataclass(frozen=True)

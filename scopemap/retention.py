@@ -29,6 +29,15 @@ class RetentionTree(Generic[T]):
     """Immutable set of ``(item, lower_age, upper_age)`` windows covering ``(lower, upper]``.
 
     Ages are integer nanoseconds; ``-inf``/``inf`` bounds are allowed.
+
+    >>> import math
+    >>> tree = RetentionTree([("live", -math.inf, 600), ("archive", 300, math.inf)])
+    >>> [item for item, _, _ in tree.overlapping(0, 100)]
+    ['live']
+    >>> [item for item, _, _ in tree.overlapping(500, 700)]
+    ['live', 'archive']
+    >>> tree.split_points(0, 1000)
+    [300, 600]
     """
 
     __slots__ = ("_his", "_items", "_los", "_max", "_size")
