@@ -42,6 +42,7 @@ class OnGridRelay:
         self.start = start
         self.end = end
         self.gap_blocks = 0
+        self.repeats = 0  # rows at or before a slot already taken (dropped: first copy won)
         self.passed = 0
         self.fallback: str | None = None
         self._batches = batches
@@ -108,6 +109,7 @@ class OnGridRelay:
                 yield from self._general(chain([batch], batches), last, expected)
                 return
             if last is not None and t <= last:
+                self.repeats += 1
                 continue  # late (a repeat or out of order): the first copy won
             last = t
             if t < expected:

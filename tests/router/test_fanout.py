@@ -1,13 +1,17 @@
-"""Fan-out over scripted in-memory downstreams: failover, timeouts, cancellation, cleanup."""
+"""Fan-out over scripted in-memory downstreams: failover, timeouts, cancellation, cleanup.
+Every feed test runs twice: the feed read in the consumer's thread (the one-group short
+path) and read ahead by its own thread (a ReadAhead)."""
 
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 
 import pyarrow as pa
 import pytest
 
+from router.context import CLIENT_LEFT, RequestContext
 from router.downstream import Call, StaticPool
 from router.errors import (
     CancelledError,
@@ -15,8 +19,10 @@ from router.errors import (
     TimedOutError,
     UnavailableError,
 )
-from router.fanout import GroupFeed, fetch_first
+from router.fanout import ReplicaFeed, fetch_first
+from router.readahead import ReadAhead
 from router.streaming import batch_end
+from router.timers import Timer
 from tests.router.blockgen import downstream_blocks, grid_for, meta
 from tests.router.scripted import HANG, ScriptedDownstream
 
@@ -30,22 +36,68 @@ def _command(resume: int | None) -> bytes:
     return json.dumps({"request": "Stream", "args": {"start": resume or 0}}).encode()
 
 
-@pytest.fixture(params=[False, True], ids=["producer", "inline"])
+TIMER = Timer()
+
+
+@pytest.fixture(params=[False, True], ids=["read-ahead", "inline"])
 def inline(request: pytest.FixtureRequest) -> bool:
-    """Every feed test runs in both modes: read ahead by a producer thread, and read in the
-    consumer's thread (the one-slice one-group short path) with a watchdog."""
     return bool(request.param)
 
 
-def _feed(pool: StaticPool, urls: list[str], inline: bool, **kw: object) -> GroupFeed:
-    opts: dict[str, object] = {
-        "batch_end": batch_end(GRID),
-        "poll": 0.01,
-        "label": "[0, 1) {A}",
-        "inline": inline,
-    }
-    opts.update(kw)
-    return GroupFeed(pool, urls, _command, CALL, **opts)  # type: ignore[arg-type]
+class _Feed:
+    """A ReplicaFeed, iterated inline or through a ReadAhead; closed on exit."""
+
+    def __init__(self, feed: ReplicaFeed, inline: bool, queue_size: int) -> None:
+        self.feed = feed
+        self.inline = inline
+        self.buffer: ReadAhead[pa.RecordBatch] | None = None
+        self._iter: Iterator[pa.RecordBatch] | None = None
+        if not inline:
+            self.buffer = ReadAhead(iter(feed), feed.ctx, size=queue_size, interrupt=feed.cancel)
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        self._iter = iter(self.feed) if self.buffer is None else iter(self.buffer)
+        return self._iter
+
+    def close(self) -> None:
+        if self._iter is not None:
+            self._iter.close()  # type: ignore[attr-defined]
+        if self.buffer is not None:
+            self.buffer.close()
+        self.feed.cancel()
+
+    def __enter__(self) -> _Feed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _feed(
+    pool: StaticPool,
+    urls: list[str],
+    inline: bool,
+    *,
+    ctx: RequestContext | None = None,
+    queue_size: int = 16,
+    end: int = 6 * S,
+    **kw: object,
+) -> _Feed:
+    feed = ReplicaFeed(
+        pool,
+        ctx or RequestContext("req-1"),
+        urls,
+        _command,
+        CALL,
+        start=0,
+        end=end,
+        batch_end=batch_end(GRID),
+        timer=TIMER,
+        label="[0, 1) {A}",
+        retry_backoff=0.01,
+        **kw,  # type: ignore[arg-type]
+    )
+    return _Feed(feed, inline, queue_size)
 
 
 def _times(batches: list[pa.RecordBatch]) -> list[int]:
@@ -102,7 +154,8 @@ def test_idle_replica_fails_over_to_the_next(inline: bool) -> None:
     a = ScriptedDownstream("grpc://silent:1", [[blocks[0], HANG]])
     b = ScriptedDownstream("grpc://b:1", [blocks[1:]])
     pool = StaticPool({"grpc://silent:1": a, "grpc://b:1": b})
-    with _feed(pool, ["grpc://silent:1", "grpc://b:1"], inline, idle_timeout=0.2) as feed:
+    feed = _feed(pool, ["grpc://silent:1", "grpc://b:1"], inline, idle_timeout=0.2, end=3 * S)
+    with feed:
         assert _times(list(feed)) == [0, S, 2 * S]
     assert b.commands[0]["args"]["start"] == S
 
@@ -113,7 +166,6 @@ def test_early_consumer_exit_closes_the_downstream_stream(inline: bool) -> None:
     feed = _feed(StaticPool({"grpc://a:1": a}), ["grpc://a:1"], inline, queue_size=2)
     it = iter(feed)
     next(it)
-    it.close()  # type: ignore[attr-defined]
     feed.close()
     assert a.open == 0
     assert not any(t.name.startswith("feed ") and t.is_alive() for t in threading.enumerate())
@@ -121,11 +173,9 @@ def test_early_consumer_exit_closes_the_downstream_stream(inline: bool) -> None:
 
 def test_client_cancel_stops_the_feed(inline: bool) -> None:
     a = ScriptedDownstream("grpc://a:1", [[HANG]])
-    cancelled = threading.Event()
-    feed = _feed(
-        StaticPool({"grpc://a:1": a}), ["grpc://a:1"], inline, should_stop=cancelled.is_set
-    )
-    cancelled.set()
+    ctx = RequestContext("req-1")
+    feed = _feed(StaticPool({"grpc://a:1": a}), ["grpc://a:1"], inline, ctx=ctx)
+    ctx.cancel(CLIENT_LEFT)
     with feed, pytest.raises(CancelledError):
         list(feed)
     assert a.open == 0
@@ -145,19 +195,17 @@ def test_fetch_first_uses_next_replica_and_forwards_request_id() -> None:
 
 
 def test_client_cancel_during_a_blocked_read_ends_the_feed(inline: bool) -> None:
-    """The client leaves while the downstream is silent: the feed (either mode) notices
-    within a poll, cancels the read and raises CancelledError; nothing stays open."""
+    """The client leaves while the downstream is silent: the token cancels the read at once
+    and the feed (either mode) raises CancelledError; nothing stays open."""
     blocks = downstream_blocks([A], [0], S)
     a = ScriptedDownstream("grpc://a:1", [[blocks[0], HANG]])
-    cancelled = threading.Event()
-    feed = _feed(
-        StaticPool({"grpc://a:1": a}), ["grpc://a:1"], inline, should_stop=cancelled.is_set
-    )
+    ctx = RequestContext("req-1")
+    feed = _feed(StaticPool({"grpc://a:1": a}), ["grpc://a:1"], inline, ctx=ctx)
     got = []
     with feed, pytest.raises(CancelledError):
         for batch in feed:
             got.append(batch)
-            cancelled.set()
+            ctx.cancel(CLIENT_LEFT)
     assert _times(got) == [0]
     assert a.open == 0
     assert not any(t.name.startswith("feed ") and t.is_alive() for t in threading.enumerate())
@@ -173,7 +221,8 @@ def test_a_slow_consumer_is_not_an_idle_downstream(inline: bool) -> None:
     got = []
     # idle timeout long enough that an in-memory downstream never trips it on a loaded CI
     # machine, consumer hold twice as long
-    with _feed(pool, ["grpc://a:1", "grpc://b:1"], inline, idle_timeout=0.3) as feed:
+    feed = _feed(pool, ["grpc://a:1", "grpc://b:1"], inline, idle_timeout=0.3, end=3 * S)
+    with feed:
         for batch in feed:
             got.append(batch)
             threading.Event().wait(0.6)

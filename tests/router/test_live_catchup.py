@@ -15,10 +15,9 @@ from router.downstream import Call, StaticPool
 from router.live import LiveExecution, catch_up
 from router.protocol.envelope import Envelope, StreamArgs
 from router.protocol.gps import FakeClock
-from router.streaming import StreamOptions
 from scopemap import RoutingIndex, StreamPlan, StreamRequest, load_text, plan_stream
 from tests.router.blockgen import downstream_batch, grid_for, meta, rows, values
-from tests.router.scripted import HANG, ScriptedDownstream, ScriptedStream
+from tests.router.scripted import HANG, ScriptedDownstream, ScriptedStream, feeds_for
 
 NS = 1_000_000_000
 D = 62_500_000
@@ -109,18 +108,13 @@ class GeneratedDownstream(ScriptedDownstream):
 
 
 def _execution(
-    index: RoutingIndex, clock: FakeClock, pool: StaticPool, start: int
+    index: RoutingIndex, clock: FakeClock, pool: StaticPool, start: int, reconnect: float = 0.5
 ) -> LiveExecution:
     plan_at = _plan_at(index, clock)
     envelope = Envelope("Stream", StreamArgs((CH.name,), start, None))
     return LiveExecution(
         plan_at(start),
-        GRID,
-        envelope,
-        pool,
-        Call("req-live", 1.0, "Stream"),
-        StreamOptions(poll=0.01),
-        lambda: False,
+        feeds_for(pool, GRID, envelope, live_reconnect=reconnect),
         clock=clock,
         max_latency=NS,
         plan_at=plan_at,
@@ -191,8 +185,7 @@ def test_live_group_lost_is_reconnected_at_the_merge_head() -> None:
 
     live.stream = stream  # type: ignore[method-assign]
     pool = StaticPool({LIVE: live})
-    execution = _execution(index, clock, pool, N - 100 * NS)
-    execution._options.live_reconnect = 0.0
+    execution = _execution(index, clock, pool, N - 100 * NS, reconnect=0.001)
     batches = iter(execution)
     got = rows(_take(batches, 10))
     batches.close()  # type: ignore[attr-defined]
