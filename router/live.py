@@ -155,7 +155,8 @@ class LiveExecution:
         """Boundary copies merged in the catch-up and at the hand-over + late live blocks
         dropped by the merge."""
         live = self.merge.stats.late_blocks if self.merge else 0
-        return self._repeats.count + live
+        late_rows = sum(g.rebucketer.late_rows for g in self._groups)
+        return self._repeats.count + live + late_rows + self._archive.late_rows
 
     # ------------------------------------------------------------------ output
     def __iter__(self) -> Iterator[pa.RecordBatch]:

@@ -197,9 +197,9 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             def closed(failure: BaseException | None) -> None:
                 if not ended.acquire(blocking=False):
                     return  # already accounted for
-                self.service.finish(ctx)
                 metrics.open_streams.dec()
                 metrics.request("DoGet", envelope.request, failure)
+                self.service.finish(ctx)
 
             on_batches = metrics.stream_blocks.inc if envelope.request == "Stream" else None
             stream = guarded(batches, rid, f"do_get {envelope.request}", closed, on_batches)

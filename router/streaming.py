@@ -34,15 +34,15 @@ from router.readahead import ReadAhead
 from router.stitch import (
     Block,
     Grid,
+    Rebucketer,
     coalesce_duplicates,
     fill_gaps,
     merge_groups,
-    rebucket,
     trim,
 )
 from router.stitch.direct import OnGridRelay
 from router.stitch.output import block_to_batch
-from router.stitch.rebucket import cell_length
+from router.stitch.rebucket import cell_length, stitch_rows
 from router.timers import Timer
 from scopemap import StreamPlan, StreamSlice
 
@@ -235,6 +235,12 @@ class SliceReader:
         self.feeds = feeds
         self.grid = feeds.grid
         self._open: list[ReadAhead[pa.RecordBatch]] = []
+        self._rebucketers: list[Rebucketer] = []
+
+    @property
+    def late_rows(self) -> int:
+        """Downstream rows dropped as repeats of a slot already taken, every group."""
+        return sum(r.late_rows for r in self._rebucketers)
 
     def open(self, sl: StreamSlice) -> list[ReadAhead[pa.RecordBatch]]:
         lo = self.grid.floor(sl.start) if sl.start is not None else None
@@ -250,10 +256,11 @@ class SliceReader:
 
     def blocks(self, sl: StreamSlice, buffers: list[ReadAhead[pa.RecordBatch]]) -> Iterator[Block]:
         lo = self.grid.floor(sl.start) if sl.start is not None else None
+        states = [Rebucketer(self.grid, group.channels) for group in sl.groups]
+        self._rebucketers.extend(states)
         try:
             merged = merge_groups(
-                rebucket(buffer, self.grid, group.channels)
-                for buffer, group in zip(buffers, sl.groups, strict=True)
+                stitch_rows(buffer, state) for buffer, state in zip(buffers, states, strict=True)
             )
             yield from trim(merged, lo, sl.end)
         finally:
@@ -282,11 +289,13 @@ class StreamExecution:
         self.blocks = 0
         self.gap_blocks = 0
         self._repeats = RepeatCounter()
+        self._relayed = 0  # duplicates the short path dropped
 
     @property
     def duplicates_dropped(self) -> int:
-        """Downstream blocks merged into an earlier copy of their slot, or dropped."""
-        return self._repeats.count
+        """Downstream blocks merged into an earlier copy of their slot, or dropped: the
+        same count whichever path (short or general) served the stream."""
+        return self._repeats.count + self._slices.late_rows + self._relayed
 
     def __repr__(self) -> str:
         return (
@@ -340,7 +349,7 @@ class StreamExecution:
                 yield batch
         finally:
             self.gap_blocks += relay.gap_blocks
-            self._repeats.count += relay.repeats
+            self._relayed = relay.duplicates
             if relay.fallback is not None:
                 log.info("stream_fallback", slice=feed.label, reason=relay.fallback)
             batches.close()

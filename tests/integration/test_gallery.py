@@ -223,7 +223,8 @@ def test_repeated_blocks_are_dropped_and_counted(replica: bool) -> None:
         data = _fetch(url)
         duplicates = service.metrics.duplicates_dropped._value.get()
     _assert_whole(data)
-    assert duplicates == len([k for k in range(BLOCKS) if k and k % 3 == 0])
+    # (the copy of the last block is never read: the stream is complete before it)
+    assert duplicates == len([k for k in range(BLOCKS - 1) if k and k % 3 == 0])
 
 
 # ---------------------------------------------------------------------- RefusesThenRecovers

@@ -16,8 +16,9 @@ from router.context import CLIENT_LEFT, RequestContext
 from router.downstream import StaticPool
 from router.errors import CancelledError, UnavailableError
 from router.protocol.envelope import Envelope, StreamArgs
-from router.stitch import coalesce_duplicates, fill_gaps, rebucket, to_batches
+from router.stitch import Rebucketer, fill_gaps, to_batches
 from router.stitch.direct import OnGridRelay
+from router.stitch.rebucket import stitch_rows
 from router.streaming import StreamExecution
 from scopemap import RoutingIndex, StreamRequest, load_text, plan_stream
 from tests.router.blockgen import downstream_batch, downstream_blocks, grid_for, meta, rows
@@ -31,8 +32,17 @@ T0 = 100 * S
 
 
 def _general(batches: list[pa.RecordBatch], start: int, end: int | None) -> list[Any]:
-    blocks = coalesce_duplicates(rebucket(batches, GRID))
-    return rows(to_batches(fill_gaps(blocks, start, end, S), GRID))
+    return _counted(batches, start, end)[0]
+
+
+def _counted(
+    batches: list[pa.RecordBatch], start: int, end: int | None
+) -> tuple[list[Any], tuple[int, int, int]]:
+    """The general pipeline's rows and counters ``(blocks, gap_blocks, duplicates)``."""
+    state = Rebucketer(GRID)
+    out = list(fill_gaps(stitch_rows(batches, state), start, end, S))
+    gaps = sum(1 for b in out if b.source is None and len(b.cells) < len(GRID.channels))
+    return rows(to_batches(out, GRID)), (len(out), gaps, state.late_rows)
 
 
 def _relay(batches: list[pa.RecordBatch], start: int, end: int | None) -> OnGridRelay:
@@ -147,7 +157,12 @@ def test_short_path_equals_general_path(spec: list[Any], sort: bool, n: int) -> 
         spec = sorted(spec, key=lambda r: r[1])
     batches = [_row(kind, k) for kind, k in spec]
     end = T0 + n * S
-    assert rows(_relay(batches, T0, end)) == _general(batches, T0, end)
+    relay = _relay(batches, T0, end)
+    got = rows(relay)
+    want, counters = _counted(batches, T0, end)
+    assert got == want
+    # the same counters too: blocks, null-filled blocks, repeats dropped
+    assert (len(got), relay.gap_blocks, relay.duplicates) == counters
 
 
 # ---------------------------------------------------------------------- StreamExecution

@@ -228,3 +228,93 @@ def test_a_slow_consumer_is_not_an_idle_downstream(inline: bool) -> None:
             threading.Event().wait(0.6)
     assert _times(got) == [0, S, 2 * S]
     assert b.commands == []
+
+
+# ---------------------------------------------------------------------- deadlines, on a fake clock
+
+
+class _Monotonic:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _watched(
+    script: list[object], *, replica: list[object] | None = None
+) -> tuple[ReplicaFeed, Timer, _Monotonic, ScriptedDownstream, list[object]]:
+    """A feed over a scripted downstream read by a thread; its open and idle deadlines are
+    watched by a timer on a fake clock that only the test moves (no sleeps)."""
+    clock = _Monotonic()
+    timer = Timer(clock, thread=False)
+    a = ScriptedDownstream("grpc://a:1", [script])
+    members = {"grpc://a:1": a}
+    if replica is not None:
+        members["grpc://b:1"] = ScriptedDownstream("grpc://b:1", [replica])
+    feed = ReplicaFeed(
+        StaticPool(members),
+        RequestContext("req-1"),
+        list(members),
+        _command,
+        CALL,
+        start=0,
+        end=3 * S,
+        batch_end=batch_end(GRID),
+        timer=timer,
+        open_timeout=3.0,
+        idle_timeout=1.0,
+        label="[0, 1) {A}",
+    )
+    result: list[object] = []
+
+    def read() -> None:
+        try:
+            result.extend(feed)
+        except Exception as exc:
+            result.append(exc)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return feed, timer, clock, a, result
+
+
+def _settle(timer: Timer, clock: _Monotonic, to: float) -> None:
+    clock.t = to
+    timer.run_due()
+
+
+def _wait(predicate: object) -> None:
+    """Wait (on the real clock, for the reader thread) until ``predicate()``."""
+    for _ in range(500):
+        if predicate():  # type: ignore[operator]
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("the reader thread did not get there")
+
+
+def test_a_stream_that_never_starts_fails_at_the_open_deadline_not_before() -> None:
+    _, timer, clock, a, result = _watched([HANG])
+    _wait(lambda: a.open == 1)
+    _settle(timer, clock, 1000.0 + 2.9)  # the idle limit (1 s) does not apply yet
+    assert not result and a.open == 1
+    _settle(timer, clock, 1000.0 + 3.0)
+    _wait(lambda: result)
+    (error,) = result
+    assert isinstance(error, TimedOutError)
+    assert "did not start within 3 s" in str(error) and "grpc://a:1" in str(error)
+    assert a.open == 0 and timer.pending == 0
+
+
+def test_once_started_the_idle_limit_applies_and_the_replica_takes_over() -> None:
+    blocks = downstream_blocks([A], [0, S, 2 * S], S)
+    feed, timer, clock, a, result = _watched([blocks[0], HANG], replica=blocks[1:])
+    _wait(lambda: feed.delivered == 1 and feed.reading)
+    _settle(timer, clock, 1000.0 + 0.9)
+    assert feed.delivered == 1 and feed.url == "grpc://a:1"
+    _settle(timer, clock, 1000.0 + 1.0)
+    _settle(timer, clock, 1000.0 + 1.0)
+    _wait(lambda: len(result) == 3)
+    assert _times(result) == [0, S, 2 * S]  # type: ignore[arg-type]
+    assert feed.outcomes[0].url == "grpc://a:1" and "no data for 1 s" in str(feed.outcomes[0].error)
+    assert a.open == 0 and timer.pending == 0
