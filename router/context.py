@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from router.errors import ArrakisError, CancelledError, TimedOutError
+from router.errors import ArrakisError, CancelledError, TimedOutError, UnavailableError
 
 Monotonic = Callable[[], float]
 
@@ -141,10 +141,15 @@ class RequestContext:
 
     def error(self, what: str = "") -> ArrakisError:
         """The error a cancelled request raises: TimedOutError for a passed deadline,
-        CancelledError otherwise."""
+        CancelledError when its client left (or it ended), UnavailableError when the server
+        cancelled it (draining: the client should reconnect elsewhere)."""
         reason = self.token.reason or CLIENT_LEFT
         text = f"{what}: {reason}" if what else reason
-        return TimedOutError(text) if reason == DEADLINE else CancelledError(text)
+        if reason == DEADLINE:
+            return TimedOutError(text)
+        if reason in (CLIENT_LEFT, FINISHED):
+            return CancelledError(text)
+        return UnavailableError(text)
 
     def check(self, what: str = "") -> None:
         """Raise :meth:`error` if the token is set."""

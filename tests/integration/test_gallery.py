@@ -300,3 +300,46 @@ def test_client_cancel_leaves_no_thread_and_no_downstream_call(groups: int) -> N
         cancelled = time.monotonic()
         assert wait_until(lambda: _nothing_left(service, router, baseline, downs), timeout=5)
         assert time.monotonic() - cancelled < 1.5
+
+
+# ---------------------------------------------------------------------- deadline and drain
+
+
+def test_request_timeout_ends_a_slow_stream_with_a_timeout() -> None:
+    """--request-timeout: the stream's token is cancelled at the deadline, its downstream
+    call with it; the client gets a timeout, not a hang."""
+    down = ScriptedArrakis(delay=0.05)
+    with _router(down, request_timeout=1.0) as (url, service, router):
+        started = time.monotonic()
+        with pytest.raises(flight.FlightTimedOutError) as info:
+            flight.FlightClient(url).do_get(_stream_ticket(10**4)).read_all()
+        took = time.monotonic() - started
+        assert wait_until(lambda: _nothing_left(service, router, 10**6, [down]), timeout=5)
+    assert 0.9 < took < 1 + 4
+    assert "deadline" in str(info.value)
+
+
+def test_metadata_fails_over_at_once_from_a_dead_first_replica() -> None:
+    with RefusesThenRecovers() as dead, _router(dead.url, ScriptedArrakis()) as (url, _, _):
+        started = time.monotonic()
+        assert CHANNEL.name in arrakis.Client(url).describe([CHANNEL.name])
+        assert time.monotonic() - started < 2
+
+
+def test_cancel_all_ends_every_stream_in_flight() -> None:
+    """The drain hook: ``RouterService.cancel_all`` cancels every request's token; their
+    downstream calls and threads are gone within a second."""
+    downs = [ScriptedArrakis(delay=0.01), ScriptedArrakis(delay=0.01)]
+    with _router(*downs) as (url, service, router):
+        _fetch(url, 2)
+        baseline = threading.active_count()
+        readers = [flight.FlightClient(url).do_get(_stream_ticket(10**5)) for _ in range(3)]
+        for reader in readers:
+            reader.read_chunk()
+        assert len(service.requests) == 3
+        assert service.cancel_all("the router is draining") == 3
+        for reader in readers:
+            with pytest.raises(flight.FlightUnavailableError, match="draining"):
+                reader.read_all()
+        assert wait_until(lambda: _nothing_left(service, router, baseline, downs), timeout=5)
+        assert len(service.requests) == 0

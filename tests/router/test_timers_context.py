@@ -12,7 +12,7 @@ from router.context import (
     LiveContexts,
     RequestContext,
 )
-from router.errors import CancelledError, TimedOutError
+from router.errors import CancelledError, TimedOutError, UnavailableError
 from router.timers import Timer
 
 
@@ -123,6 +123,8 @@ def test_live_contexts_sweep_and_cancel_all() -> None:
     assert a.cancelled and a.token.reason == CLIENT_LEFT and not b.cancelled
     live.discard(a)
     assert live.cancel_all("draining") == 1 and b.token.reason == "draining"
+    with pytest.raises(UnavailableError, match="draining"):  # not the client's doing
+        b.check()
     c = RequestContext("c")
     live.add(c)  # added while draining: cancelled at once
     assert c.cancelled and len(live) == 1
