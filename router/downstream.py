@@ -373,8 +373,7 @@ class StaticPool(DownstreamPool):
         self._members = dict(members)
 
     def _create(self, url: str) -> Downstream:
-        retired = [m for m in self._retired if m.url == url]
-        if retired:  # a test's scripted downstream, "reconnected"
-            self._retired.remove(retired[-1])
-            return retired[-1]
         raise UnavailableError(f"{url}: no such downstream")
+
+    def discard(self, url: str, member: Downstream) -> None:
+        """Given members have no connection to renew: they stay."""

@@ -146,6 +146,8 @@ class ReadAhead(Generic[T]):
             if self._thread.is_alive():
                 # the downstream call ignored its cancellation: say so rather than hide it
                 log.error("feed_thread_stuck", feed=self.name, waited_s=JOIN_S)
+        with self._cond:
+            self._items.clear()  # nothing held after close
 
     def __enter__(self) -> ReadAhead[T]:
         return self

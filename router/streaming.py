@@ -169,10 +169,9 @@ class Feeds:
         self.envelope = envelope
         self.options = options
         self._batch_end = batch_end(grid)
-        self.opened: list[ReplicaFeed] = []
 
     def __repr__(self) -> str:
-        return f"<Feeds {self.ctx.request_id} opened={len(self.opened)}>"
+        return f"<Feeds {self.ctx.request_id}>"
 
     def feed(
         self,
@@ -192,7 +191,7 @@ class Feeds:
             return envelope.replace(channels=channels, start=at, end=end).encode()
 
         label = span_label(start, end, channels)
-        feed = ReplicaFeed(
+        return ReplicaFeed(
             self.pool,
             self.ctx,
             endpoints,
@@ -207,8 +206,6 @@ class Feeds:
             retry_backoff=self.options.retry_backoff,
             label=label,
         )
-        self.opened.append(feed)
-        return feed
 
     def read_ahead(
         self, feed: ReplicaFeed, notify: Callable[[], None] | None = None, size: int = 0
@@ -223,8 +220,10 @@ class Feeds:
             notify=notify,
         ).start()
 
-    def endpoints_used(self) -> list[str]:
-        return sorted({f.url for f in self.opened if f.url is not None})
+
+def endpoints_of(feeds: Iterable[ReplicaFeed]) -> list[str]:
+    """The endpoints ``feeds`` read from last (for logs)."""
+    return sorted({f.url for f in feeds if f.url is not None})
 
 
 class SliceReader:
@@ -235,19 +234,22 @@ class SliceReader:
         self.feeds = feeds
         self.grid = feeds.grid
         self._open: list[ReadAhead[pa.RecordBatch]] = []
-        self._rebucketers: list[Rebucketer] = []
+        self._rebucketers: list[Rebucketer] = []  # of the slices being read
+        self._late_closed = 0  # late rows of the slices already read
+        self.feeds_read: list[ReplicaFeed] = []  # (one per group and slice: bounded)
 
     @property
     def late_rows(self) -> int:
         """Downstream rows dropped as repeats of a slot already taken, every group."""
-        return sum(r.late_rows for r in self._rebucketers)
+        return self._late_closed + sum(r.late_rows for r in self._rebucketers)
 
     def open(self, sl: StreamSlice) -> list[ReadAhead[pa.RecordBatch]]:
         lo = self.grid.floor(sl.start) if sl.start is not None else None
-        buffers = [
-            self.feeds.read_ahead(self.feeds.feed(group.channels, group.endpoints, lo, sl.end))
-            for group in sl.groups
+        feeds = [
+            self.feeds.feed(group.channels, group.endpoints, lo, sl.end) for group in sl.groups
         ]
+        self.feeds_read.extend(feeds)
+        buffers = [self.feeds.read_ahead(feed) for feed in feeds]
         self._open.extend(buffers)
         log.debug(
             "slice_open", slice=f"[{seconds(sl.start)}, {seconds(sl.end)})", groups=len(buffers)
@@ -266,6 +268,10 @@ class SliceReader:
         finally:
             for buffer in buffers:
                 buffer.close()
+                self._open.remove(buffer)
+            self._late_closed += sum(state.late_rows for state in states)
+            for state in states:
+                self._rebucketers.remove(state)
 
     def read(self, sl: StreamSlice) -> Iterator[Block]:
         """One slice's merged, trimmed blocks (its feeds are opened now, closed at the end)."""
@@ -290,6 +296,7 @@ class StreamExecution:
         self.gap_blocks = 0
         self._repeats = RepeatCounter()
         self._relayed = 0  # duplicates the short path dropped
+        self._direct_feed: ReplicaFeed | None = None
 
     @property
     def duplicates_dropped(self) -> int:
@@ -300,7 +307,7 @@ class StreamExecution:
     def __repr__(self) -> str:
         return (
             f"<StreamExecution slices={len(self.plan.slices)} blocks={self.blocks} "
-            f"feeds={self.feeds.opened}>"
+            f"feeds={self._feeds_read()}>"
         )
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
@@ -338,6 +345,7 @@ class StreamExecution:
         (group,) = sl.groups
         lo = self.grid.floor(sl.start) if sl.start is not None else None
         feed = self.feeds.feed(group.channels, group.endpoints, lo, sl.end)
+        self._direct_feed = feed
         batches = iter(feed)
         relay = OnGridRelay(batches, self.grid, head, self.plan.request.end)
         token = self._ctx.token
@@ -361,9 +369,13 @@ class StreamExecution:
             log.warning(
                 "stream_gaps_filled",
                 gap_blocks=self.gap_blocks,
-                endpoints=self.feeds.endpoints_used(),
+                endpoints=endpoints_of(self._feeds_read()),
                 request_id=self._ctx.request_id,
             )
         self._slices.close()
-        for feed in self.feeds.opened:
+        for feed in self._feeds_read():
             feed.cancel()
+
+    def _feeds_read(self) -> list[ReplicaFeed]:
+        direct = [self._direct_feed] if self._direct_feed is not None else []
+        return direct + self._slices.feeds_read
