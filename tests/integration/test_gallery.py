@@ -5,10 +5,12 @@ the operator sees (log lines, metrics)."""
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
 import numpy as np
 import pyarrow.flight as flight
@@ -18,6 +20,7 @@ from structlog.testing import capture_logs
 from router.protocol.gps import gps_now_ns
 from router.server import RouterFlightServer
 from router.service import RouterService
+from router_backends.testing import ServerProcess
 from tests.integration.behaviours import (
     CHANNEL,
     STRIDE,
@@ -343,3 +346,25 @@ def test_cancel_all_ends_every_stream_in_flight() -> None:
                 reader.read_all()
         assert wait_until(lambda: _nothing_left(service, router, baseline, downs), timeout=5)
         assert len(service.requests) == 0
+
+
+def test_router_serve_downstream_timeout_3_names_a_stream_that_never_starts(
+    tmp_path: Path,
+) -> None:
+    """Done when, through the command line: `router serve --downstream-timeout 3` in front
+    of a downstream that never starts its DoGet gives the client an error naming it within
+    about 3 s (after the metadata, which it does answer)."""
+    down = NeverStartsStream()
+    with serving(down) as durl:
+        smap = tmp_path / "map.yaml"
+        smap.write_text(one_endpoint_map(durl))
+        argv = [sys.executable, "-m", "router.cli", "serve", "--scope-map", str(smap)]
+        argv += ["--url", "grpc://127.0.0.1:0", "--downstream-timeout", "3"]
+        with ServerProcess(argv, name="router") as router:
+            arrakis.Client(router.url).describe([CHANNEL.name])  # metadata: answered
+            started = time.monotonic()
+            with pytest.raises(flight.FlightTimedOutError) as info:
+                _fetch(router.url)
+            took = time.monotonic() - started
+    assert 2.5 < took < 3 + 5
+    assert durl in str(info.value) and "did not start within 3 s" in str(info.value)
