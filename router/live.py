@@ -8,7 +8,7 @@ Two phases, one output::
     hand-over:                     the first open-ended slice of a re-plan starts at the
                                    cursor; its block meets the archive's last one in
                                    join_at_boundary (no gap, no duplicate)
-    live:                          one GroupFeed per channel group read concurrently into a
+    live:                          one read-ahead feed per channel group, read concurrently into a
                                    LiveMerge, which emits each slot when every group has it
                                    or at its deadline (null-filling late groups)
 
