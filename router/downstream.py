@@ -131,6 +131,7 @@ class FlightStream:
         what: str,
         reader: flight.FlightStreamReader,
         observe: Observer | None = None,
+        calls: OpenCalls | None = None,
     ) -> None:
         self.url = url
         self.what = what
@@ -138,8 +139,14 @@ class FlightStream:
         self._cancelled = threading.Event()
         self._closed = False
         self._observe = observe
+        self._calls = calls
+        if calls is not None:
+            calls.opened()
 
     def _ended(self, exc: BaseException | None) -> None:
+        calls, self._calls = self._calls, None  # count once
+        if calls is not None:
+            calls.ended()
         observe, self._observe = self._observe, None  # report once
         if observe is not None:
             observe(self.url, "stream", exc)
@@ -225,10 +232,10 @@ class FlightDownstream:
                 url, client = self._client_for(endpoint)
             with translated(url, what):
                 reader = client.do_get(endpoint.ticket, call.options(timeout=False))
-        return FlightStream(url, what, reader, call.observe)
+        return FlightStream(url, what, reader, call.observe, self._pool.calls)
 
     def fetch(self, command: bytes, call: Call) -> list[pa.RecordBatch]:
-        with observed(call, self.url, "fetch"):
+        with observed(call, self.url, "fetch"), self._pool.calls.counted():
             return self._fetch(command, call)
 
     def _fetch(self, command: bytes, call: Call) -> list[pa.RecordBatch]:
@@ -271,17 +278,65 @@ def _what(call: Call) -> str:
     return f" {call.what}" if call.what else ""
 
 
+class OpenCalls:
+    """How many downstream calls are open right now (thread-safe; tests prove a request left
+    none behind)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def __repr__(self) -> str:
+        return f"<OpenCalls {self.count}>"
+
+    def opened(self) -> None:
+        with self._lock:
+            self.count += 1
+
+    def ended(self) -> None:
+        with self._lock:
+            self.count -= 1
+
+    @contextmanager
+    def counted(self) -> Iterator[None]:
+        self.opened()
+        try:
+            yield
+        finally:
+            self.ended()
+
+
+#: retired clients kept open for calls still using them (closed oldest first beyond this)
+RETIRED_KEPT = 8
+
+
 class DownstreamPool:
     """One :class:`Downstream` per URL, created on first use, reused by every request.
-    ``tls_root_certs``: PEM roots for ``grpc+tls://`` downstreams (None: the system roots)."""
+    ``tls_root_certs``: PEM roots for ``grpc+tls://`` downstreams (None: the system roots).
+    ``calls`` counts the downstream calls open now."""
 
     def __init__(self, tls_root_certs: bytes | None = None) -> None:
         self.tls_root_certs = tls_root_certs
         self._lock = threading.Lock()
         self._members: dict[str, Downstream] = {}
+        self._retired: list[Downstream] = []
+        self.calls = OpenCalls()
 
     def __repr__(self) -> str:
-        return f"<DownstreamPool {sorted(self._members)}>"
+        return f"<DownstreamPool {sorted(self._members)} open_calls={self.calls.count}>"
+
+    def discard(self, url: str, member: Downstream) -> None:
+        """Forget ``member`` (if it still serves ``url``): the next :meth:`get` connects
+        afresh. It is not closed at once (other calls may still be reading from it); the
+        oldest retired clients are closed once more than ``RETIRED_KEPT`` wait."""
+        with self._lock:
+            if self._members.get(url) is member:
+                del self._members[url]
+                self._retired.append(member)
+            closing = self._retired[:-RETIRED_KEPT] if len(self._retired) > RETIRED_KEPT else []
+            del self._retired[: len(closing)]
+        for old in closing:
+            old.close()
 
     def get(self, url: str) -> Downstream:
         with self._lock:
@@ -304,6 +359,10 @@ class DownstreamPool:
 
     def close(self) -> None:
         self.retain(set())
+        with self._lock:
+            retired, self._retired = self._retired, []
+        for member in retired:
+            member.close()
 
 
 class StaticPool(DownstreamPool):
@@ -315,3 +374,6 @@ class StaticPool(DownstreamPool):
 
     def _create(self, url: str) -> Downstream:
         raise UnavailableError(f"{url}: no such downstream")
+
+    def discard(self, url: str, member: Downstream) -> None:
+        """Given members have no connection to renew: they stay."""

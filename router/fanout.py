@@ -1,23 +1,25 @@
-"""Fan-out: running downstream calls for one request, with replica failover.
+"""Fan-out: running one request's downstream calls, with replica failover (the I/O side of
+:mod:`router.replicas`, which decides what to try next).
 
-* :func:`fetch_first` — a unary metadata call on the first replica that answers.
+* :func:`fetch_first` — a unary metadata call on the first replica that answers, each call
+  bounded by what remains of the request's deadline.
 * :func:`gather` — several such calls concurrently; every call finishes before an error is
   raised, so nothing is left running behind the caller.
-* :class:`GroupFeed` — one channel group of one stream slice, read by a producer thread into
-  a bounded queue (a fast downstream cannot fill memory); on a retryable failure or an idle
-  timeout it fails over to the next replica, resuming after the last batch delivered.
-  The consumer's iteration polls ``should_stop`` (the client cancelled) and the idle clock;
-  ``close()`` cancels the downstream call and joins the thread, on every path.
-  ``inline=True``: the consumer's own thread reads the downstream (no per-batch hand-over
-  between threads); a watchdog thread, waking every ``poll`` seconds, only cancels a read
-  that stays idle too long or that the client no longer wants.
+* :func:`open_stream` / :func:`call_fresh` — a refused or reset connection drops the pooled
+  client and the call is retried once on a fresh one (a downstream that just restarted is
+  reached at once, not after gRPC's reconnect backoff).
+* :class:`ReplicaFeed` — one channel group of one slice: the batches of the replica the
+  policy names, resumed after the last delivered batch on every failover. Its open deadline
+  (first batch within ``open_timeout``) and idle deadline are watched by the service's one
+  :class:`~router.timers.Timer`; the request's token cancels the read in progress. It is a
+  plain iterator: the serving thread reads it itself (one group) or a
+  :class:`~router.readahead.ReadAhead` does.
 """
 
 from __future__ import annotations
 
-import queue
+import dataclasses
 import threading
-import time
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Executor, Future, wait
 from typing import TypeVar
@@ -25,31 +27,84 @@ from typing import TypeVar
 import pyarrow as pa
 import structlog
 
-from router.downstream import BatchStream, Call, DownstreamPool
+from router.context import RequestContext
+from router.downstream import BatchStream, Call, Downstream, DownstreamPool
 from router.errors import (
     ArrakisError,
-    CancelledError,
     InternalError,
     TimedOutError,
     all_replicas_failed,
-    is_retryable,
 )
+from router.protocol.gps import NS
+from router.replicas import (
+    RETRY_BACKOFF_S,
+    Attempt,
+    DataEnds,
+    EndedEarlyError,
+    GiveUp,
+    Outcome,
+    is_connection_fault,
+    is_retryable,
+    next_step,
+)
+from router.timers import Timer, TimerHandle
 
 T = TypeVar("T")
 log = structlog.get_logger("router.fanout")
 
-_END = object()
-END = object()  # what :meth:`GroupFeed.poll` returns once the stream has finished
+
+def seconds(t: int | None) -> str:
+    """GPS ns as seconds text (``now`` for None)."""
+    if t is None:
+        return "now"
+    whole, frac = divmod(t, NS)
+    return f"{whole}.{frac:09d}".rstrip("0").rstrip(".")
+
+
+def bounded_call(call: Call, ctx: RequestContext) -> Call:
+    """``call`` with its timeout capped by what remains of the request's deadline."""
+    ctx.check(call.what)
+    limit = ctx.limit(call.timeout)
+    if limit is not None and limit <= 0:
+        raise TimedOutError(f"{call.what}: the request deadline passed")
+    return call if limit == call.timeout else dataclasses.replace(call, timeout=limit)
+
+
+def call_fresh(pool: DownstreamPool, url: str, op: Callable[[Downstream], T]) -> T:
+    """``op(pool.get(url))``; on a refused or reset connection, once more on a fresh client."""
+    member = pool.get(url)
+    try:
+        return op(member)
+    except ArrakisError as exc:
+        if not is_connection_fault(exc):
+            raise
+        log.info("downstream_reconnect", endpoint=url, error=str(exc)[:200])
+        pool.discard(url, member)
+    return op(pool.get(url))
+
+
+def open_stream(pool: DownstreamPool, url: str, command: bytes, call: Call) -> BatchStream:
+    return call_fresh(pool, url, lambda d: d.stream(command, call))
 
 
 def fetch_first(
-    pool: DownstreamPool, endpoints: Sequence[str], command: bytes, call: Call
+    pool: DownstreamPool,
+    endpoints: Sequence[str],
+    command: bytes,
+    call: Call,
+    ctx: RequestContext | None = None,
 ) -> tuple[str, list[pa.RecordBatch]]:
-    """``(url, batches)`` from the first replica of ``endpoints`` that answers."""
+    """``(url, batches)`` from the first replica of ``endpoints`` that answers; each call gets
+    at most what remains of ``ctx``'s deadline."""
     errors: list[ArrakisError] = []
     for url in endpoints:
+        bounded = bounded_call(call, ctx) if ctx is not None else call
+
+        def fetch(member: Downstream, bounded: Call = bounded) -> list[pa.RecordBatch]:
+            return member.fetch(command, bounded)
+
         try:
-            return url, pool.get(url).fetch(command, call)
+            return url, call_fresh(pool, url, fetch)
         except ArrakisError as exc:
             errors.append(exc)
             log.warning("downstream_failed", endpoint=url, what=call.what, error=str(exc))
@@ -73,9 +128,64 @@ def gather(executor: Executor, calls: Sequence[Callable[[], T]]) -> list[T]:
     return [f.result() for f in futures]
 
 
-class GroupFeed:
-    """Batches of one channel group of one slice, read ahead by a producer thread (or, with
-    ``inline=True``, read by the consumer's thread itself: see the module docstring).
+class _Watch:
+    """The open / idle deadline of one attempt, on the shared timer: the first batch within
+    ``first`` s of the open, then each next one within ``idle`` s. The clock runs only while
+    the feed waits for the downstream, not while its consumer holds a batch."""
+
+    def __init__(
+        self, feed: ReplicaFeed, stream: BatchStream, url: str, first: float, idle: float
+    ) -> None:
+        self.feed = feed
+        self.stream = stream
+        self.url = url
+        self.first = first
+        self.idle = idle
+        self.fired: str | None = None
+        self._lock = threading.Lock()
+        self._done = False
+        # first look when either limit could have passed (a first batch may come early)
+        self._handle: TimerHandle = feed.timer.call_later(min(first, idle), self._check)
+
+    def _check(self) -> None:
+        feed = self.feed
+        with self._lock:
+            if self._done:
+                return
+            limit = self.idle if feed.attempt_delivered else self.first
+            now = feed.timer.monotonic()
+            if not feed.reading:  # the consumer holds a batch: not the downstream's fault
+                self._handle = feed.timer.call_at(now + limit, self._check)
+                return
+            due = feed.progress + limit
+            if now < due:
+                # no batch yet: look again when the idle limit could apply, if sooner
+                soon = due if feed.attempt_delivered else min(due, now + self.idle)
+                self._handle = feed.timer.call_at(soon, self._check)
+                return
+            self.fired = (
+                f"no data for {limit:g} s"
+                if feed.attempt_delivered
+                else f"the stream did not start within {limit:g} s"
+            )
+        log.warning(
+            "downstream_idle",
+            endpoint=self.url,
+            slice=feed.label,
+            request_id=feed.ctx.request_id,
+            reason=self.fired,
+        )
+        self.stream.cancel()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._done = True
+            self._handle.cancel()
+
+
+class ReplicaFeed:
+    """One channel group over ``[start, end)`` (``end`` None: open-ended), failing over
+    between ``endpoints`` as :func:`router.replicas.next_step` says. Iterate once.
 
     ``command_for(resume)`` builds the downstream command; ``resume`` is ``None`` for the
     first attempt, else the time after the last batch delivered (``batch_end``).
@@ -84,53 +194,50 @@ class GroupFeed:
     def __init__(
         self,
         pool: DownstreamPool,
+        ctx: RequestContext,
         endpoints: Sequence[str],
         command_for: Callable[[int | None], bytes],
         call: Call,
         *,
+        start: int | None,
+        end: int | None,
         batch_end: Callable[[pa.RecordBatch], int | None],
-        should_stop: Callable[[], bool] = lambda: False,
+        timer: Timer,
+        open_timeout: float = 10.0,
         idle_timeout: float = 30.0,
-        queue_size: int = 16,
-        poll: float = 0.05,
-        monotonic: Callable[[], float] = time.monotonic,
+        retry_backoff: float = RETRY_BACKOFF_S,
         label: str = "",
-        notify: threading.Event | None = None,
-        inline: bool = False,
     ) -> None:
         self.endpoints = tuple(endpoints)
-        self._notify = notify
+        self.pool = pool
+        self.ctx = ctx
+        self.timer = timer
         self.label = label
-        self.inline = inline
-        self._pool = pool
+        self.start = start
+        self.end = end
         self._command_for = command_for
         self._call = call
         self._batch_end = batch_end
-        self._should_stop = should_stop
+        self._open_timeout = open_timeout
         self._idle_timeout = idle_timeout
-        self._poll = poll
-        self._monotonic = monotonic
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
-        self._stop = threading.Event()
-        self._stopped = False  # == self._stop.is_set(), read without a call per batch
-        self._idle = threading.Event()
-        self.client_left = False  # inline: the watchdog saw the client cancel
+        self._retry_backoff = retry_backoff
         self._lock = threading.Lock()
         self._current: BatchStream | None = None
-        self._current_url: str | None = None
-        self._progress = monotonic()
-        self._reading = False  # a downstream read is in progress (the idle clock runs)
+        self.url: str | None = None
         self._last: pa.RecordBatch | None = None  # last batch delivered (for ``resume``)
         self._resume: int | None = None
-        target = self._watch if inline else self._produce
-        self._thread = threading.Thread(target=target, name=f"feed {label}", daemon=True)
-        self._started = False
+        self._closed = False
+        # read by the watch (another thread): plain attributes, written per batch
+        self.reading = False
+        self.progress = timer.monotonic()
+        self.attempt_delivered = 0
         self.delivered = 0
+        self.outcomes: list[Outcome] = []
 
     def __repr__(self) -> str:
         return (
-            f"<GroupFeed {self.label} endpoint={self._current_url} delivered={self.delivered} "
-            f"queued={self._queue.qsize()} inline={self.inline} stopped={self._stop.is_set()}>"
+            f"<ReplicaFeed {self.label} endpoint={self.url} delivered={self.delivered} "
+            f"failures={len(self.outcomes)} closed={self._closed}>"
         )
 
     @property
@@ -144,186 +251,126 @@ class GroupFeed:
                 self._resume = end
         return self._resume
 
-    # ------------------------------------------------------------------ consumer side
-    def start(self) -> GroupFeed:
-        if not self._started:
-            self._started = True
-            self._progress = self._monotonic()
-            self._thread.start()
-        return self
+    def delivered_to(self) -> int | None:
+        """The time up to which data was delivered (the start when nothing was)."""
+        resume = self.resume
+        return resume if resume is not None else self.start
 
-    def __iter__(self) -> Generator[pa.RecordBatch, None, None]:
-        self.start()
-        return self._inline() if self.inline else self._queued()
-
-    def _queued(self) -> Generator[pa.RecordBatch, None, None]:
-        while True:
-            if self._should_stop():
-                raise CancelledError(f"{self.label}: the client cancelled the stream")
-            try:
-                item = self._queue.get(timeout=self._poll)
-            except queue.Empty:
-                self._check_idle()
-                continue
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            assert isinstance(item, pa.RecordBatch)
-            yield item
-
-    def _inline(self) -> Generator[pa.RecordBatch, None, None]:
-        if self._should_stop():
-            raise CancelledError(f"{self.label}: the client cancelled the stream")
-        yield from self._attempts()
-        if self.client_left:
-            raise CancelledError(f"{self.label}: the client cancelled the stream")
-
-    def poll(self) -> object | None:
-        """Non-blocking consumer side (the live merge reads several feeds in one thread):
-        the next batch, :data:`END`, an error to raise, or ``None`` when nothing is queued.
-        ``notify`` (given at construction) is set whenever something is queued."""
-        self.start()
-        try:
-            item = self._queue.get_nowait()
-        except queue.Empty:
-            self._check_idle()
-            return None
-        return END if item is _END else item
-
-    def _check_idle(self) -> None:
-        if not self._reading or self._monotonic() - self._progress <= self._idle_timeout:
-            return
-        with self._lock:
-            current = self._current
-            if current is None or self._idle.is_set():
-                return
-            self._idle.set()
-        log.warning(
-            "downstream_idle",
-            endpoint=self._current_url,
-            slice=self.label,
-            idle_timeout=self._idle_timeout,
-        )
-        current.cancel()
-
-    def _cancel_current(self) -> None:
+    def cancel(self) -> None:
+        """Stop: cancel the downstream read in progress (any thread; idempotent)."""
+        self._closed = True
         with self._lock:
             current = self._current
         if current is not None:
             current.cancel()
 
-    def close(self) -> None:
-        """Stop the producer, cancel its downstream call and wait for it (idempotent)."""
-        self._stopped = True
-        self._stop.set()
-        self._cancel_current()
-        if self._started and self._thread is not threading.current_thread():
-            self._thread.join(timeout=10)
-            if self._thread.is_alive():
-                # the downstream call ignored its cancellation: say so rather than hide it
-                log.error(
-                    "feed_thread_stuck", slice=self.label, endpoint=self._current_url, waited_s=10
+    def __iter__(self) -> Generator[pa.RecordBatch, None, None]:
+        ctx = self.ctx
+        while True:
+            step = next_step(self.endpoints, self.outcomes, self._retry_backoff)
+            if isinstance(step, GiveUp):
+                raise self._give_up(step)
+            if isinstance(step, DataEnds):
+                log.warning(
+                    "downstream_data_ends",
+                    endpoints=[o.url for o in self.outcomes],
+                    slice=self.label,
+                    at=seconds(step.at),
+                    request_id=ctx.request_id,
                 )
-
-    def __enter__(self) -> GroupFeed:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # ------------------------------------------------------------------ producer side
-    def _watch(self) -> None:
-        """Inline mode: cancel a read the client no longer wants or that stays idle."""
-        while not self._stop.wait(self._poll):
-            if self._should_stop():
-                self.client_left = True
-                self._cancel_current()
                 return
-            self._check_idle()
-
-    def _put(self, item: object) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=self._poll)
-                self._progress = self._monotonic()
-                if self._notify is not None:
-                    self._notify.set()
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _produce(self) -> None:
-        batches = self._attempts()
-        try:
-            for batch in batches:
-                if not self._put(batch):
-                    return
-            self._put(_END)
-        except Exception as exc:
-            self._put(exc)
-        finally:
-            batches.close()
-
-    def _attempts(self) -> Generator[pa.RecordBatch, None, None]:
-        """The group's batches, failing over between replicas; raises when all failed."""
-        errors: list[ArrakisError] = []
-        for url in self.endpoints:
-            if self._stop.is_set():
+            assert isinstance(step, Attempt)
+            if step.delay:
+                log.info(
+                    "downstream_retry", endpoint=step.url, slice=self.label, delay_s=step.delay
+                )
+                if ctx.token.wait(step.delay):
+                    raise ctx.error(f"Stream {self.label}")
+            if self._closed:
                 return
+            ctx.check(f"Stream {self.label}")
+            before = self.delivered
             try:
-                finished = yield from self._read_one(url)
+                yield from self._read_one(step.url)
+                return
             except ArrakisError as exc:
-                error: ArrakisError = exc
-            else:
-                if finished:
+                if self._closed:
                     return
-                error = TimedOutError(
-                    f"DoGet {self.label} on {url}: no data for {self._idle_timeout:g} s"
+                if ctx.cancelled:
+                    raise ctx.error(f"Stream {self.label}") from None
+                self.outcomes.append(Outcome(step.url, self.delivered - before, exc))
+                log.warning(
+                    "downstream_failed",
+                    endpoint=step.url,
+                    slice=self.label,
+                    delivered_to=seconds(self.delivered_to()),
+                    error=str(exc)[:500],
+                    request_id=ctx.request_id,
                 )
-            if self._stop.is_set():
-                return
-            errors.append(error)
-            log.warning("downstream_failed", endpoint=url, slice=self.label, error=str(error))
-            if not is_retryable(error):
-                break
-        raise all_replicas_failed(f"DoGet {self.label}", errors)
 
-    def _read_one(self, url: str) -> Generator[pa.RecordBatch, None, bool]:
-        """Yield the stream from ``url`` (resuming at ``self.resume``); return True: finished
-        (or stopped), False: the idle timeout fired. Raises the translated downstream error.
-        The idle clock runs only while waiting for the downstream, not while the consumer
-        holds a batch."""
-        self._progress = self._monotonic()
+    def _give_up(self, step: GiveUp) -> ArrakisError:
+        at = seconds(self.delivered_to())
+        error = all_replicas_failed(f"Stream {self.label}", step.errors)
+        text = f"{error.message} (data delivered up to {at} GPS s)"
+        out = type(error).__new__(type(error))
+        ArrakisError.__init__(out, text)
+        for key, value in vars(error).items():
+            if key != "message":
+                setattr(out, key, value)
+        return out
+
+    def _read_one(self, url: str) -> Generator[pa.RecordBatch, None, None]:
+        """Yield the stream from ``url`` resuming at ``self.resume``; returns when it reached
+        the end (or the feed was closed), raises the translated fault otherwise (an early
+        end included)."""
         resume = self.resume
         if resume is not None:
-            log.info("downstream_resume", endpoint=url, slice=self.label, resume=resume)
-        stream = self._pool.get(url).stream(self._command_for(resume), self._call)
+            log.info("downstream_resume", endpoint=url, slice=self.label, resume=seconds(resume))
+        call = bounded_call(self._call, self.ctx)
+        open_limit = self.ctx.limit(self._open_timeout) or self._open_timeout
+        call = dataclasses.replace(call, timeout=min(call.timeout or open_limit, open_limit))
+        self.attempt_delivered = 0
+        self.progress = self.timer.monotonic()
+        self.reading = True
+        stream = open_stream(self.pool, url, self._command_for(resume), call)
         with self._lock:
-            self._current, self._current_url = stream, url
+            self._current, self.url = stream, url
+        unregister = self.ctx.token.on_cancel(stream.cancel)
+        watch = _Watch(self, stream, url, open_limit, self._idle_timeout)
         try:
-            if self._stop.is_set():
-                return True
-            monotonic = self._monotonic
-            self._reading = True
+            if self._closed:
+                return
+            monotonic = self.timer.monotonic
             # No Python function call per batch on this path (see router.server.guarded)
             for batch in stream:
-                self._reading = False
+                self.reading = False
                 yield batch
                 self._last = batch
                 self.delivered += 1
-                if self._stopped:
-                    return True
-                self._progress = monotonic()
-                self._reading = True
-            self._reading = False
-            if self._idle.is_set() and not self._stop.is_set():
-                self._idle.clear()
-                return False
-            return True
+                self.attempt_delivered += 1
+                if self._closed:
+                    return
+                self.progress = monotonic()
+                self.reading = True
+            self.reading = False
+            watch.stop()
+            if watch.fired is not None:
+                raise TimedOutError(f"DoGet {self.label} on {url}: {watch.fired}")
+            if self._closed:
+                return
+            self.ctx.check(f"Stream {self.label}")
+            if self.end is not None:
+                at = self.delivered_to()
+                if at is None or at < self.end:
+                    raise EndedEarlyError(
+                        f"DoGet {self.label} on {url}: the stream ended at {seconds(at)} GPS s, "
+                        f"before the slice's end {seconds(self.end)}",
+                        at,
+                    )
         finally:
-            self._reading = False
+            self.reading = False
+            watch.stop()
+            unregister()
             with self._lock:
-                self._current, self._current_url = None, None
+                self._current = None
             stream.close()

@@ -8,42 +8,40 @@ Two phases, one output::
     hand-over:                     the first open-ended slice of a re-plan starts at the
                                    cursor; its block meets the archive's last one in
                                    join_at_boundary (no gap, no duplicate)
-    live:                          one GroupFeed per channel group read concurrently into a
+    live:                          one read-ahead feed per channel group, read concurrently into a
                                    LiveMerge, which emits each slot when every group has it
                                    or at its deadline (null-filling late groups)
 
 One injected clock drives every deadline. A live group whose downstream fails (or ends an
-open-ended stream) is null-filled by the deadlines and reconnected after a delay, resuming at
-the merge head. The client's cancellation is checked at least every ``poll`` seconds, and
-every feed (thread + downstream call) is closed on every exit path.
+open-ended stream) is null-filled by the deadlines and reconnected with exponential backoff
+and jitter (:func:`router.replicas.backoff_s`), resuming at the merge head; while it waits it
+holds no thread, no downstream call and no buffer. The loop sleeps on one event, set by a
+feed that has something, by the request's token (client gone, server draining, deadline) or
+by the next merge deadline / reconnect time, never by a polling period; every feed (thread +
+downstream call) is closed on every exit path. Bounded and live execution share their
+pieces by composition: both are given one :class:`~router.streaming.Feeds`.
 """
 
 from __future__ import annotations
 
+import random
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
 import structlog
 
-from router.downstream import Call, DownstreamPool
-from router.errors import ArrakisError, CancelledError, UnavailableError, is_retryable
-from router.fanout import END, GroupFeed
+from router.errors import ArrakisError, UnavailableError
+from router.fanout import ReplicaFeed, seconds
 from router.protocol.channel import ChannelMeta
-from router.protocol.envelope import Envelope
 from router.protocol.gps import Clock
-from router.stitch import Block, Grid, LiveMerge, Rebucketer, join_at_boundary
+from router.readahead import END, ReadAhead
+from router.replicas import backoff_s, is_retryable
+from router.stitch import Block, LiveMerge, Rebucketer, join_at_boundary
 from router.stitch.merge import coalesce_duplicates, fill_gaps
 from router.stitch.output import block_to_batch
-from router.streaming import (
-    RepeatCounter,
-    StreamExecution,
-    StreamOptions,
-    is_gap_block,
-    seconds,
-)
+from router.streaming import Feeds, RepeatCounter, SliceReader, is_gap_block
 from scopemap import StreamPlan, StreamSlice
 
 log = structlog.get_logger("router.live")
@@ -93,9 +91,16 @@ class _LiveGroup:
     channels: tuple[str, ...]
     endpoints: tuple[str, ...]
     rebucketer: Rebucketer
-    feed: GroupFeed | None = None
+    feed: ReplicaFeed | None = None
+    buffer: ReadAhead[pa.RecordBatch] | None = None
     retry_at: float | None = None  # monotonic time of the next reconnect
     reconnects: int = 0
+    failures: int = 0  # reconnects since the group last delivered a batch
+
+    def close(self) -> None:
+        if self.buffer is not None:
+            self.buffer.close()
+        self.feed = self.buffer = None
 
 
 class LiveExecution:
@@ -105,30 +110,24 @@ class LiveExecution:
     def __init__(
         self,
         plan: StreamPlan,
-        grid: Grid,
-        envelope: Envelope,
-        pool: DownstreamPool,
-        call: Call,
-        options: StreamOptions,
-        should_stop: Callable[[], bool],
+        feeds: Feeds,
         *,
         clock: Clock,
         max_latency: int,
         plan_at: PlanAt,
-        monotonic: Callable[[], float] = time.monotonic,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
         self.plan = plan
-        self.grid = grid
-        self._envelope = envelope
-        self._pool = pool
-        self._call = call
-        self._options = options
-        self._should_stop = should_stop
+        self.grid = feeds.grid
+        self.feeds = feeds
+        self._ctx = feeds.ctx
+        self._options = feeds.options
         self._clock = clock
         self._plan_at = plan_at
-        self._monotonic = monotonic
-        self.allowance = max_latency + round(options.live_grace * NS)
-        self._archive = StreamExecution(plan, grid, envelope, pool, call, options, should_stop)
+        self._monotonic = feeds.timer.monotonic
+        self._jitter = jitter
+        self.allowance = max_latency + round(self._options.live_grace * NS)
+        self._archive = SliceReader(feeds)
         self._groups: list[_LiveGroup] = []
         self._wake = threading.Event()
         self._closed = False
@@ -156,7 +155,8 @@ class LiveExecution:
         """Boundary copies merged in the catch-up and at the hand-over + late live blocks
         dropped by the merge."""
         live = self.merge.stats.late_blocks if self.merge else 0
-        return self._repeats.count + live
+        late_rows = sum(g.rebucketer.late_rows for g in self._groups)
+        return self._repeats.count + live + late_rows + self._archive.late_rows
 
     # ------------------------------------------------------------------ output
     def __iter__(self) -> Iterator[pa.RecordBatch]:
@@ -170,7 +170,7 @@ class LiveExecution:
                 if sl.end is None or sl.start is None:
                     live_slice.append(sl)
                     return
-                yield from self._archive.read_slice(sl)
+                yield from self._archive.read(sl)
 
         def live() -> Iterator[Block]:
             if live_slice:
@@ -183,9 +183,10 @@ class LiveExecution:
             )
             if request.start is not None:  # (the live merge itself emits every slot)
                 blocks = fill_gaps(blocks, head, request.end, self.grid.duration)
+            token = self._ctx.token
             for block in blocks:
-                if self._should_stop():
-                    raise CancelledError("the client cancelled the stream")
+                if token.cancelled:
+                    raise self._ctx.error("Stream")
                 if is_gap_block(block, self.grid):
                     self._gap_blocks += 1
                 self.blocks += 1
@@ -199,8 +200,7 @@ class LiveExecution:
         self._closed = True
         self._archive.close()
         for group in self._groups:
-            if group.feed is not None:
-                group.feed.close()
+            group.close()
 
     # ------------------------------------------------------------------ live phase
     def _live(self, sl: StreamSlice) -> Iterator[Block]:
@@ -232,10 +232,10 @@ class LiveExecution:
             allowance_s=self.allowance / NS,
         )
         absent: set[int] = set()
+        unregister = self._ctx.token.on_cancel(self._wake.set)
         try:
             while True:
-                if self._should_stop():
-                    raise CancelledError("the client cancelled the stream")
+                self._ctx.check("Stream")
                 self._wake.clear()
                 for g in self._groups:
                     self._drain(g, merge)
@@ -250,34 +250,31 @@ class LiveExecution:
                     return
                 self._wake.wait(self._wait_s(merge, now))
         finally:
+            unregister()
             log.info("live_done", **_stats(merge))
             for g in self._groups:
-                if g.feed is not None:
-                    g.feed.close()
+                g.close()
 
-    def _wait_s(self, merge: LiveMerge, now: int) -> float:
-        wait = self._options.poll
+    def _wait_s(self, merge: LiveMerge, now: int) -> float | None:
+        """Until the next merge deadline or reconnect (None: until something wakes us)."""
+        waits: list[float] = []
         deadline = merge.deadline()
         if deadline is not None:
-            wait = min(wait, max(0.0, (deadline - now) / NS))
+            waits.append(max(0.0, (deadline - now) / NS))
         for g in self._groups:
             if g.retry_at is not None:
-                wait = min(wait, max(0.0, g.retry_at - self._monotonic()))
-        return wait
+                waits.append(max(0.0, g.retry_at - self._monotonic()))
+        return min(waits) if waits else None
 
     def _open(self, g: _LiveGroup, start: int | None) -> None:
-        g.feed = self._archive.group_feed(
-            g.channels,
-            g.endpoints,
-            start,
-            self.plan.request.end,
-            what="Stream live",
-            notify=self._wake,
-        ).start()
+        g.feed = self.feeds.feed(
+            g.channels, g.endpoints, start, self.plan.request.end, what="Stream live"
+        )
+        g.buffer = self.feeds.read_ahead(g.feed, notify=self._wake.set)
         g.retry_at = None
 
     def _drain(self, g: _LiveGroup, merge: LiveMerge) -> None:
-        if g.feed is None:
+        if g.buffer is None:
             if g.retry_at is not None and self._monotonic() >= g.retry_at:
                 g.reconnects += 1
                 log.info(
@@ -290,16 +287,16 @@ class LiveExecution:
                 self._open(g, merge.head)
             return
         while merge.wants(g.index):
-            item = g.feed.poll()
+            item = g.buffer.poll()
             if item is None:
                 return
             if isinstance(item, pa.RecordBatch):
+                g.failures = 0
                 for block in g.rebucketer.push(item):
                     merge.push(g.index, block)
                 continue
             # the feed has ended, normally or not
-            g.feed.close()
-            g.feed = None
+            g.close()
             if item is END and self.plan.request.end is not None:
                 for block in g.rebucketer.finish():
                     merge.push(g.index, block)
@@ -316,13 +313,21 @@ class LiveExecution:
                 raise item
             if not is_retryable(error):
                 raise error
-            g.retry_at = self._monotonic() + self._options.live_reconnect
+            g.failures += 1
+            delay = backoff_s(
+                g.failures,
+                self._jitter(),
+                self._options.live_reconnect,
+                self._options.live_reconnect_cap,
+            )
+            g.retry_at = self._monotonic() + delay
             log.warning(
                 "live_group_lost",
                 endpoints=list(g.endpoints),
                 channels=list(g.channels[:3]),
-                error=str(error),
-                retry_s=self._options.live_reconnect,
+                error=str(error)[:500],
+                retry_s=round(delay, 3),
+                failures=g.failures,
             )
             return
 

@@ -18,6 +18,7 @@ from concurrent.futures import Executor
 import structlog
 from cachetools import TTLCache
 
+from router.context import RequestContext
 from router.downstream import Call, DownstreamPool
 from router.errors import ChannelsNotAvailableError
 from router.fanout import fetch_first, gather
@@ -115,8 +116,10 @@ def describe_groups(
     envelope: Envelope,
     groups: Sequence[tuple[tuple[str, ...], tuple[str, ...], int | None]],
     call: Call,
+    ctx: RequestContext | None = None,
 ) -> dict[str, ChannelMeta]:
-    """Describe every ``(channels, endpoints, time)`` group concurrently (replica failover);
+    """Describe every ``(channels, endpoints, time)`` group concurrently (replica failover,
+    each call within what remains of ``ctx``'s deadline);
     channels a downstream did not describe raise one ChannelsNotAvailableError."""
     assert isinstance(envelope.args, DescribeArgs)
 
@@ -124,7 +127,7 @@ def describe_groups(
         channels: tuple[str, ...], endpoints: tuple[str, ...], t: int | None
     ) -> list[ChannelMeta]:
         command = envelope.replace(channels=channels, time=t).encode()
-        _, batches = fetch_first(pool, endpoints, command, call)
+        _, batches = fetch_first(pool, endpoints, command, call, ctx)
         return metas_from_batches(batches)
 
     answers = gather(executor, [functools.partial(one, *g) for g in groups])
@@ -146,6 +149,7 @@ def find_targets(
     envelope: Envelope,
     targets: Sequence[tuple[tuple[str, ...], int | None, str | None]],
     call: Call,
+    ctx: RequestContext | None = None,
 ) -> list[ChannelMeta]:
     """Find on one replica per ``(endpoints, time, replay_id)`` target, concurrently; the rows
     merged in target order and de-duplicated by channel name (first answer wins)."""
@@ -154,7 +158,7 @@ def find_targets(
 
     def one(endpoints: tuple[str, ...], t: int | None, replay: str | None) -> list[ChannelMeta]:
         command = find.replace(time=t, replay_id=replay).encode()
-        _, batches = fetch_first(pool, endpoints, command, call)
+        _, batches = fetch_first(pool, endpoints, command, call, ctx)
         return metas_from_batches(batches)
 
     answers = gather(executor, [functools.partial(one, *t) for t in targets])

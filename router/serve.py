@@ -50,6 +50,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="deadline of each downstream metadata call / stream open",
     )
     parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="overall deadline of every request, streams included (default: none for "
+        f"streams, {Settings.metadata_request_timeout:g} s for metadata calls); each "
+        "downstream call gets what remains",
+    )
+    parser.add_argument(
         "--idle-timeout",
         type=float,
         default=30.0,
@@ -145,10 +154,14 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.request_timeout is not None and args.request_timeout <= 0:
+        print("router serve: --request-timeout must be > 0", file=sys.stderr)
+        return 2
     settings = Settings(
         mode=args.mode,
         describe_ttl=args.describe_ttl,
         downstream_timeout=args.downstream_timeout,
+        request_timeout=args.request_timeout,
         idle_timeout=args.idle_timeout,
         live_grace=args.live_grace,
         live_buffer=args.live_buffer,
@@ -204,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
     while not stop.wait(0.5):
         pass
     log.info("router_stopping")
-    service.stopping.set()
+    service.cancel_all()
     reloader.stop()
     server.shutdown()
     if metrics_server is not None:

@@ -163,7 +163,11 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             meter.kind = envelope.request
             auth = authorization_from_context(context)
             log.info("get_flight_info", request=envelope.request, auth=auth is not None)
-            endpoints = self.service.flight_info(envelope, rid, auth)
+            ctx = self.service.context(rid, envelope.request, auth)
+            try:
+                endpoints = self.service.flight_info(envelope, ctx)
+            finally:
+                self.service.finish(ctx)
             return flight.FlightInfo(pa.schema([]), descriptor, endpoints, -1, -1)
 
     def do_get(
@@ -177,19 +181,14 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             auth = authorization_from_context(context)
             log.info("do_get", request=envelope.request, auth=auth is not None)
 
-            checked = [0.0]
-
-            def should_stop() -> bool:
-                # Polled per block: ask gRPC (a GIL-releasing call) at most every 20 ms.
-                if self.service.stopping.is_set():
-                    return True
-                now = time.monotonic()
-                if now - checked[0] < 0.02:
-                    return False
-                checked[0] = now
-                return bool(context.is_cancelled())
-
-            schema, batches = self.service.do_get(envelope, rid, should_stop, auth)
+            # the client leaving, the server draining or the deadline cancel ctx's token;
+            # the service asks gRPC whether the client is still there (one sweep for all)
+            ctx = self.service.context(rid, envelope.request, auth, context.is_cancelled)
+            try:
+                schema, batches = self.service.do_get(envelope, ctx)
+            except BaseException:
+                self.service.finish(ctx)
+                raise
             metrics.open_streams.inc()
             meter.deferred = True
 
@@ -200,6 +199,7 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                     return  # already accounted for
                 metrics.open_streams.dec()
                 metrics.request("DoGet", envelope.request, failure)
+                self.service.finish(ctx)
 
             on_batches = metrics.stream_blocks.inc if envelope.request == "Stream" else None
             stream = guarded(batches, rid, f"do_get {envelope.request}", closed, on_batches)
@@ -247,7 +247,11 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             incoming = list(reader.read_all().to_batches())
             if context.is_cancelled():
                 raise CancelledError("the client cancelled the exchange")
-            answer = self.service.exchange(envelope, incoming, rid, auth)
+            ctx = self.service.context(rid, envelope.request, auth)
+            try:
+                answer = self.service.exchange(envelope, incoming, ctx)
+            finally:
+                self.service.finish(ctx)
             if answer:
                 writer.begin(answer[0].schema)
                 for batch in answer:

@@ -19,6 +19,7 @@ import pyarrow.flight as flight
 import structlog
 
 from router.actions import ACTIONS, action_body
+from router.context import FINISHED, SERVER_STOPPING, LiveContexts, RequestContext
 from router.downstream import REUSE_MARKER, Call, DownstreamPool
 from router.errors import (
     CannotServeError,
@@ -28,7 +29,7 @@ from router.errors import (
     ServerError,
     UnsupportedError,
 )
-from router.fanout import fetch_first
+from router.fanout import fetch_first, seconds
 from router.live import LiveExecution, max_latency_ns
 from router.metadata import DescribeCache, describe_groups, find_targets
 from router.metrics import RouterMetrics
@@ -48,7 +49,8 @@ from router.protocol.envelope import (
 )
 from router.protocol.gps import Clock, SystemClock
 from router.stitch import Grid
-from router.streaming import StreamExecution, StreamOptions, make_grid, seconds
+from router.streaming import Feeds, StreamExecution, StreamOptions, make_grid
+from router.timers import Timer, TimerHandle
 from scopemap import (
     DescribeRequest,
     FindPlan,
@@ -74,14 +76,42 @@ MODES = ("proxy", "redirect")
 class Settings:
     mode: str = "proxy"
     describe_ttl: float = 60.0
+    # each downstream metadata call, and each stream open (its first batch), within this
     downstream_timeout: float = 10.0
+    # one request's overall deadline (s; None: none), streams and metadata calls apart
+    request_timeout: float | None = None
+    metadata_request_timeout: float = 30.0
     workers: int = 32
-    # stream execution: same names as StreamOptions fields, whose defaults are the only ones
+    # stream execution (see StreamOptions)
     idle_timeout: float = StreamOptions.idle_timeout
     queue_size: int = StreamOptions.queue_size
+    retry_backoff: float = StreamOptions.retry_backoff
     live_grace: float = StreamOptions.live_grace
     live_buffer: int = StreamOptions.live_buffer
     live_reconnect: float = StreamOptions.live_reconnect
+    live_reconnect_cap: float = StreamOptions.live_reconnect_cap
+    # how often the service asks gRPC whether the clients of its calls are still there
+    client_watch_s: float = 0.1
+
+    def stream_options(self) -> StreamOptions:
+        return StreamOptions(
+            open_timeout=self.downstream_timeout,
+            idle_timeout=self.idle_timeout,
+            queue_size=self.queue_size,
+            retry_backoff=self.retry_backoff,
+            live_grace=self.live_grace,
+            live_buffer=self.live_buffer,
+            live_reconnect=self.live_reconnect,
+            live_reconnect_cap=self.live_reconnect_cap,
+        )
+
+    def timeout_for(self, request: str) -> float | None:
+        """The overall deadline of a request of this kind (``--request-timeout`` for every
+        kind when given; otherwise none for streams, ``metadata_request_timeout`` for the
+        rest)."""
+        if self.request_timeout is not None:
+            return self.request_timeout
+        return None if request == "Stream" else self.metadata_request_timeout
 
 
 @dataclass(frozen=True)
@@ -129,25 +159,24 @@ class RouterService:
         pool: DownstreamPool | None = None,
         clock: Clock | None = None,
         metrics: RouterMetrics | None = None,
+        timer: Timer | None = None,
     ) -> None:
         self.settings = settings or Settings()
         if self.settings.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.settings.mode!r}")
         self._routing = Routing.of(scope_map)
         self._swap_lock = threading.Lock()
-        self.stopping = threading.Event()
         self.pool = pool or DownstreamPool()
         self.clock: Clock = clock or SystemClock()
         self.metrics = metrics if metrics is not None else RouterMetrics()
         self.cache = DescribeCache(self.settings.describe_ttl)
         self.executor = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="fanout")
-        self.stream_options = StreamOptions(
-            **{
-                f.name: getattr(self.settings, f.name)
-                for f in dataclasses.fields(StreamOptions)
-                if hasattr(self.settings, f.name)
-            }
-        )
+        self.stream_options = self.settings.stream_options()
+        # one timer for every deadline of the service; the requests in flight, so that a
+        # draining server can cancel them all (``cancel_all``)
+        self.timer = timer or Timer()
+        self.requests = LiveContexts()
+        self._sweep: TimerHandle | None = None
 
     def __repr__(self) -> str:
         return (
@@ -169,30 +198,65 @@ class RouterService:
         self.cache.clear()
         self.pool.retain({ep.url for ep in scope_map.endpoints})
 
+    def cancel_all(self, reason: str = SERVER_STOPPING) -> int:
+        """Cancel every request in flight (and every one that starts later): each stops
+        its downstream calls and threads within a second. Returns how many were live."""
+        return self.requests.cancel_all(reason)
+
     def close(self) -> None:
+        self.cancel_all()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.timer.close()
         self.pool.close()
 
-    def call(self, request_id: str, what: str = "", authorization: str | None = None) -> Call:
-        """The downstream call context; ``authorization`` (the client's header) is forwarded
+    def context(
+        self,
+        request_id: str,
+        request: str,
+        authorization: str | None = None,
+        gone: Callable[[], bool] | None = None,
+    ) -> RequestContext:
+        """A new request's context, tracked until :meth:`finish`: its deadline
+        (``Settings.timeout_for``) is set on the service timer, and ``gone()`` (the client
+        left?) is asked by the service's one periodic sweep; either cancels its token."""
+        ctx = RequestContext.with_timeout(
+            request_id, self.settings.timeout_for(request), authorization, self.timer.monotonic
+        )
+        if ctx.deadline is not None:
+            handle = self.timer.call_at(ctx.deadline, lambda: ctx.deadline_passed())
+            ctx.token.on_cancel(handle.cancel)
+        if gone is not None:
+            with self._swap_lock:
+                if self._sweep is None:
+                    self._sweep = self.timer.every(
+                        self.settings.client_watch_s, self.requests.sweep
+                    )
+        self.requests.add(ctx, gone)
+        return ctx
+
+    def finish(self, ctx: RequestContext) -> None:
+        """The request is over: stop tracking it and release what waits on its token."""
+        self.requests.discard(ctx)
+        ctx.cancel(FINISHED)
+
+    def call(self, ctx: RequestContext, what: str = "") -> Call:
+        """The downstream call context; the client's ``authorization`` header is forwarded
         unchanged on every downstream call of the request."""
         return Call(
-            request_id,
+            ctx.request_id,
             self.settings.downstream_timeout,
             what,
             self.metrics.downstream_call,
-            authorization,
+            ctx.authorization,
         )
 
     # ------------------------------------------------------------------ GetFlightInfo
-    def flight_info(
-        self, envelope: Envelope, request_id: str, authorization: str | None = None
-    ) -> list[flight.FlightEndpoint]:
+    def flight_info(self, envelope: Envelope, ctx: RequestContext) -> list[flight.FlightEndpoint]:
         args = envelope.args
         command = envelope.encode()
         redirect = self.settings.mode == "redirect"
         if isinstance(args, StreamArgs):
-            plan, grid, _ = self._stream_plan(args, request_id, authorization)
+            plan, grid, _ = self._stream_plan(args, ctx)
             if redirect and len(plan.slices) == 1:
                 start = grid.floor(args.start) if args.start is not None else None
                 # a direct-read group: the Kafka brokers first (the client reads them
@@ -234,34 +298,31 @@ class RouterService:
 
     # ------------------------------------------------------------------ DoGet
     def do_get(
-        self,
-        envelope: Envelope,
-        request_id: str,
-        should_stop: Callable[[], bool],
-        authorization: str | None = None,
+        self, envelope: Envelope, ctx: RequestContext
     ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         args = envelope.args
         if isinstance(args, StreamArgs):
-            plan, grid, metas = self._stream_plan(args, request_id, authorization)
-            call = self.call(request_id, "Stream", authorization)
+            plan, grid, metas = self._stream_plan(args, ctx)
+            feeds = Feeds(
+                self.pool,
+                ctx,
+                self.call(ctx, "Stream"),
+                self.timer,
+                grid,
+                envelope,
+                self.stream_options,
+            )
             execution: StreamExecution | LiveExecution
             if args.start is None or args.end is None:
                 execution = LiveExecution(
                     plan,
-                    grid,
-                    envelope,
-                    self.pool,
-                    call,
-                    self.stream_options,
-                    should_stop,
+                    feeds,
                     clock=self.clock,
                     max_latency=max_latency_ns(metas),
                     plan_at=lambda start: self._replan(args, start),
                 )
             else:
-                execution = StreamExecution(
-                    plan, grid, envelope, self.pool, call, self.stream_options, should_stop
-                )
+                execution = StreamExecution(plan, feeds)
             log.info(
                 "stream_start",
                 channels=len(args.channels),
@@ -273,20 +334,17 @@ class RouterService:
             )
             return grid.schema, self._observed(execution)
         if isinstance(args, DescribeArgs):
-            described = self.describe(args, request_id, authorization)
+            described = self.describe(args, ctx)
             return METADATA_SCHEMA, iter(metadata_batches([described[c] for c in args.channels]))
         if isinstance(args, FindArgs):
-            found = self.find(args, envelope.version, request_id, authorization)
+            found = self.find(args, envelope.version, ctx)
             if envelope.request == "Count":
                 return COUNT_SCHEMA, iter([count_batch(len(found))])
             return METADATA_SCHEMA, iter(metadata_batches(found))
         if isinstance(args, PublishArgs):
             url = self._publish_endpoint(envelope)
             _, batches = fetch_first(
-                self.pool,
-                [url],
-                envelope.encode(),
-                self.call(request_id, "Publish", authorization),
+                self.pool, [url], envelope.encode(), self.call(ctx, "Publish"), ctx
             )
             if not batches:
                 raise ServerError(f"Publish on {url}: empty answer")
@@ -303,15 +361,13 @@ class RouterService:
         self,
         envelope: Envelope,
         batches: Sequence[pa.RecordBatch],
-        request_id: str,
-        authorization: str | None = None,
+        ctx: RequestContext,
     ) -> list[pa.RecordBatch]:
         if envelope.request != "Partition":
             raise UnsupportedError(f"DoExchange is only used for Partition, not {envelope.request}")
         url = self._publish_endpoint(envelope)
-        return self.pool.get(url).exchange(
-            envelope.encode(), batches, self.call(request_id, "Partition", authorization)
-        )
+        call = self.call(ctx, "Partition")
+        return self.pool.get(url).exchange(envelope.encode(), batches, call)
 
     def action(self, kind: str) -> bytes:
         body = action_body(kind, self.routing.scope_map, self.settings.mode)
@@ -325,17 +381,12 @@ class RouterService:
 
     # ------------------------------------------------------------------ execution helpers
     def describe(
-        self,
-        args: DescribeArgs,
-        request_id: str,
-        authorization: str | None = None,
-        *,
-        now: int | None = None,
+        self, args: DescribeArgs, ctx: RequestContext, *, now: int | None = None
     ) -> dict[str, ChannelMeta]:
         """Channel metadata, from the cache or the downstreams. ``now``: the GPS now of the
         request this Describe serves (a stream plans and describes at one now); by default the
         clock's. The map is read here, after the cache generation (see below)."""
-        scope = _credential_scope(authorization)
+        scope = _credential_scope(ctx.authorization)
         # read before the routing: a reload swaps the map, then clears (bumps) the cache
         generation = self.cache.generation
         found, missing = self.cache.lookup(args.channels, args.time, args.replay_id, scope)
@@ -354,7 +405,8 @@ class RouterService:
             self.executor,
             envelope,
             [(g.channels, g.endpoints, t) for g, t in zip(dplan.groups, times, strict=True)],
-            self.call(request_id, "Describe", authorization),
+            self.call(ctx, "Describe"),
+            ctx,
         )
         self.cache.store(fresh.values(), args.time, args.replay_id, scope, generation=generation)
         log.debug("describe_fetched", channels=len(fresh), groups=len(dplan.groups))
@@ -364,8 +416,7 @@ class RouterService:
         self,
         args: FindArgs,
         version: str | None,
-        request_id: str,
-        authorization: str | None = None,
+        ctx: RequestContext,
     ) -> list[ChannelMeta]:
         fplan = self._find_plan(args)
         return find_targets(
@@ -373,7 +424,8 @@ class RouterService:
             self.executor,
             Envelope("Find", args, version),
             [(t.endpoints, t.time, t.replay_id) for t in fplan.targets],
-            self.call(request_id, "Find", authorization),
+            self.call(ctx, "Find"),
+            ctx,
         )
 
     def _find_plan(self, args: FindArgs) -> FindPlan:
@@ -394,7 +446,7 @@ class RouterService:
             raise ChannelsNotAvailableError(channels, "; ".join(reasons))
 
     def _stream_plan(
-        self, args: StreamArgs, request_id: str, authorization: str | None = None
+        self, args: StreamArgs, ctx: RequestContext
     ) -> tuple[StreamPlan, Grid, list[ChannelMeta]]:
         if not args.channels:
             raise InvalidRequestError("invalid Stream request: args.channels: no channels")
@@ -406,8 +458,7 @@ class RouterService:
             raise PlanIncompleteError(uncovered_text(plan.uncovered))
         found = self.describe(
             DescribeArgs(args.channels, args.start, args.replay_id),
-            request_id,
-            authorization,
+            ctx,
             now=now,
         )
         metas = [found[c] for c in args.channels]

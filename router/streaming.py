@@ -1,16 +1,20 @@
-"""Executing a stream plan: one GroupFeed per channel group, slices chained in time order,
+"""Executing a bounded stream plan: one feed per channel group, slices chained in time order,
 everything stitched into one on-grid block stream (see :mod:`router.stitch`).
 
+:class:`Feeds` opens every feed of a request (bounded and live alike, see
+:mod:`router.live`): a :class:`~router.fanout.ReplicaFeed` (replica failover, open and idle
+deadlines, the request's token) wrapped, when several groups are read at once, in a
+:class:`~router.readahead.ReadAhead` (one bounded buffer, one reader thread).
+
 A plan of one slice with one channel group (the common case) takes a short path: the
-serving thread reads the downstream itself (an inline feed) and re-yields its rows while they
-are whole on-grid blocks (:class:`router.stitch.direct.OnGridRelay`), falling back to the
-general pipeline, in the same thread, at the first row that is not."""
+serving thread reads the feed itself and re-yields its rows while they are whole on-grid
+blocks (:class:`router.stitch.direct.OnGridRelay`), falling back to the general pipeline,
+in the same thread, at the first row that is not."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -18,25 +22,28 @@ from itertools import chain
 import pyarrow as pa
 import structlog
 
+from router.context import RequestContext
 from router.downstream import Call, DownstreamPool
-from router.errors import CancelledError, UnavailableError
-from router.fanout import GroupFeed
+from router.errors import UnavailableError
+from router.fanout import ReplicaFeed, seconds
 from router.protocol.arrow import stream_schema
 from router.protocol.blocks import block_duration
 from router.protocol.channel import ChannelMeta
 from router.protocol.envelope import Envelope
+from router.readahead import ReadAhead
 from router.stitch import (
     Block,
     Grid,
+    Rebucketer,
     coalesce_duplicates,
     fill_gaps,
     merge_groups,
-    rebucket,
     trim,
 )
 from router.stitch.direct import OnGridRelay
 from router.stitch.output import block_to_batch
-from router.stitch.rebucket import cell_length
+from router.stitch.rebucket import cell_length, stitch_rows
+from router.timers import Timer
 from scopemap import StreamPlan, StreamSlice
 
 log = structlog.get_logger("router.streaming")
@@ -65,13 +72,6 @@ def _grid(layout: tuple[tuple[str, str, int, int], ...]) -> Grid:
         return Grid.from_schema(stream_schema(metas), duration)
     except ValueError as exc:
         raise UnavailableError(f"cannot build the stream blocks: {exc}") from None
-
-
-def seconds(t: int | None) -> str:
-    if t is None:
-        return "now"
-    whole, frac = divmod(t, NS)
-    return f"{whole}.{frac:09d}".rstrip("0").rstrip(".")
 
 
 def span_label(start: int | None, end: int | None, channels: Sequence[str]) -> str:
@@ -130,56 +130,50 @@ class RepeatCounter:
             yield block
 
 
-@dataclass
+@dataclass(frozen=True)
 class StreamOptions:
-    idle_timeout: float = 30.0
-    queue_size: int = 16
-    poll: float = 0.05
+    """How streams are executed (the service builds it from its settings)."""
+
+    open_timeout: float = 10.0  # a stream's first batch within this (s)
+    idle_timeout: float = 30.0  # then each next batch within this (s)
+    queue_size: int = 16  # batches read ahead per group
+    retry_backoff: float = 0.5  # before the once-more attempt on a restarting endpoint (s)
     # live streams (router.live): grace past a block's end + max_latency before a missing
-    # group is null-filled (s), blocks held per group (backpressure), reconnect delay (s)
+    # group is null-filled (s), blocks held per group (backpressure), first reconnect delay
+    # (s, doubled per refused reconnect up to live_reconnect_cap, with jitter)
     live_grace: float = 0.5
     live_buffer: int = 64
-    live_reconnect: float = 1.0
+    live_reconnect: float = 0.5
+    live_reconnect_cap: float = 30.0
 
 
-class StreamExecution:
-    """The stitched stream of one plan. Iterate once; ``close()`` (idempotent, also run at the
-    end of iteration) closes every downstream feed still open."""
+class Feeds:
+    """Opens the feeds of one request: same labels, commands, deadlines and token for the
+    bounded and the live execution (both are given one, neither builds the other)."""
 
     def __init__(
         self,
-        plan: StreamPlan,
+        pool: DownstreamPool,
+        ctx: RequestContext,
+        call: Call,
+        timer: Timer,
         grid: Grid,
         envelope: Envelope,
-        pool: DownstreamPool,
-        call: Call,
         options: StreamOptions,
-        should_stop: Callable[[], bool],
     ) -> None:
-        self.plan = plan
+        self.pool = pool
+        self.ctx = ctx
+        self.call = call
+        self.timer = timer
         self.grid = grid
-        self._envelope = envelope
-        self._pool = pool
-        self._call = call
-        self._options = options
-        self._should_stop = should_stop
-        self._feeds: list[GroupFeed] = []
-        self.blocks = 0
-        self.gap_blocks = 0
-        self._repeats = RepeatCounter()
-
-    @property
-    def duplicates_dropped(self) -> int:
-        """Downstream blocks merged into an earlier copy of their slot, or dropped."""
-        return self._repeats.count
+        self.envelope = envelope
+        self.options = options
+        self._batch_end = batch_end(grid)
 
     def __repr__(self) -> str:
-        return (
-            f"<StreamExecution slices={len(self.plan.slices)} blocks={self.blocks} "
-            f"feeds={self._feeds}>"
-        )
+        return f"<Feeds {self.ctx.request_id}>"
 
-    def group_feed(
+    def feed(
         self,
         channels: tuple[str, ...],
         endpoints: Sequence[str],
@@ -187,68 +181,134 @@ class StreamExecution:
         end: int | None,
         *,
         what: str = "Stream",
-        inline: bool = False,
-        notify: threading.Event | None = None,
-    ) -> GroupFeed:
-        """The (not yet started) feed of one channel group over ``[start, end)``: a replica
-        taking over resumes where the last one stopped. Bounded and live streams open their
-        feeds here, so they label, command and configure them the same way."""
-        envelope = self._envelope
+    ) -> ReplicaFeed:
+        """The feed of one channel group over ``[start, end)``: a replica taking over
+        resumes where the last one stopped."""
+        envelope = self.envelope
 
         def command_for(resume: int | None) -> bytes:
             at = resume if resume is not None else start
             return envelope.replace(channels=channels, start=at, end=end).encode()
 
         label = span_label(start, end, channels)
-        return GroupFeed(
-            self._pool,
+        return ReplicaFeed(
+            self.pool,
+            self.ctx,
             endpoints,
             command_for,
-            dataclasses.replace(self._call, what=f"{what} {label}"),
-            batch_end=batch_end(self.grid),
-            should_stop=self._should_stop,
-            idle_timeout=self._options.idle_timeout,
-            queue_size=self._options.queue_size,
-            poll=self._options.poll,
+            dataclasses.replace(self.call, what=f"{what} {label}"),
+            start=start,
+            end=end,
+            batch_end=self._batch_end,
+            timer=self.timer,
+            open_timeout=self.options.open_timeout,
+            idle_timeout=self.options.idle_timeout,
+            retry_backoff=self.options.retry_backoff,
             label=label,
-            notify=notify,
-            inline=inline,
         )
 
-    def _open_slice(self, sl: StreamSlice, *, inline: bool = False) -> list[GroupFeed]:
-        """Create and start one feed per channel group of the slice (``inline``: read by the
-        consumer's thread, see :class:`GroupFeed`)."""
+    def read_ahead(
+        self, feed: ReplicaFeed, notify: Callable[[], None] | None = None, size: int = 0
+    ) -> ReadAhead[pa.RecordBatch]:
+        """``feed`` read by its own thread into a bounded buffer (started)."""
+        return ReadAhead(
+            iter(feed),
+            self.ctx,
+            size=size or self.options.queue_size,
+            name=feed.label,
+            interrupt=feed.cancel,
+            notify=notify,
+        ).start()
+
+
+def endpoints_of(feeds: Iterable[ReplicaFeed]) -> list[str]:
+    """The endpoints ``feeds`` read from last (for logs)."""
+    return sorted({f.url for f in feeds if f.url is not None})
+
+
+class SliceReader:
+    """Reads bounded slices: one read-ahead feed per channel group, merged and trimmed;
+    every buffer it opened is closed by :meth:`close` (and at the end of each slice)."""
+
+    def __init__(self, feeds: Feeds) -> None:
+        self.feeds = feeds
+        self.grid = feeds.grid
+        self._open: list[ReadAhead[pa.RecordBatch]] = []
+        self._rebucketers: list[Rebucketer] = []  # of the slices being read
+        self._late_closed = 0  # late rows of the slices already read
+        self.feeds_read: list[ReplicaFeed] = []  # (one per group and slice: bounded)
+
+    @property
+    def late_rows(self) -> int:
+        """Downstream rows dropped as repeats of a slot already taken, every group."""
+        return self._late_closed + sum(r.late_rows for r in self._rebucketers)
+
+    def open(self, sl: StreamSlice) -> list[ReadAhead[pa.RecordBatch]]:
         lo = self.grid.floor(sl.start) if sl.start is not None else None
         feeds = [
-            self.group_feed(group.channels, group.endpoints, lo, sl.end, inline=inline)
-            for group in sl.groups
+            self.feeds.feed(group.channels, group.endpoints, lo, sl.end) for group in sl.groups
         ]
-        self._feeds.extend(feeds)
+        self.feeds_read.extend(feeds)
+        buffers = [self.feeds.read_ahead(feed) for feed in feeds]
+        self._open.extend(buffers)
         log.debug(
-            "slice_open",
-            slice=f"[{seconds(sl.start)}, {seconds(sl.end)})",
-            groups=len(feeds),
-            inline=inline,
+            "slice_open", slice=f"[{seconds(sl.start)}, {seconds(sl.end)})", groups=len(buffers)
         )
-        for feed in feeds:
-            feed.start()
-        return feeds
+        return buffers
 
-    def _slice_blocks(self, sl: StreamSlice, feeds: list[GroupFeed]) -> Iterator[Block]:
+    def blocks(self, sl: StreamSlice, buffers: list[ReadAhead[pa.RecordBatch]]) -> Iterator[Block]:
         lo = self.grid.floor(sl.start) if sl.start is not None else None
+        states = [Rebucketer(self.grid, group.channels) for group in sl.groups]
+        self._rebucketers.extend(states)
         try:
             merged = merge_groups(
-                rebucket(feed, self.grid, group.channels)
-                for feed, group in zip(feeds, sl.groups, strict=True)
+                stitch_rows(buffer, state) for buffer, state in zip(buffers, states, strict=True)
             )
             yield from trim(merged, lo, sl.end)
         finally:
-            for feed in feeds:
-                feed.close()
+            for buffer in buffers:
+                buffer.close()
+                self._open.remove(buffer)
+            self._late_closed += sum(state.late_rows for state in states)
+            for state in states:
+                self._rebucketers.remove(state)
 
-    def read_slice(self, sl: StreamSlice) -> Iterator[Block]:
+    def read(self, sl: StreamSlice) -> Iterator[Block]:
         """One slice's merged, trimmed blocks (its feeds are opened now, closed at the end)."""
-        return self._slice_blocks(sl, self._open_slice(sl))
+        return self.blocks(sl, self.open(sl))
+
+    def close(self) -> None:
+        for buffer in self._open:
+            buffer.close()
+
+
+class StreamExecution:
+    """The stitched stream of one bounded plan. Iterate once; ``close()`` (idempotent, also
+    run at the end of iteration) closes every downstream feed still open."""
+
+    def __init__(self, plan: StreamPlan, feeds: Feeds) -> None:
+        self.plan = plan
+        self.grid = feeds.grid
+        self.feeds = feeds
+        self._ctx = feeds.ctx
+        self._slices = SliceReader(feeds)
+        self.blocks = 0
+        self.gap_blocks = 0
+        self._repeats = RepeatCounter()
+        self._relayed = 0  # duplicates the short path dropped
+        self._direct_feed: ReplicaFeed | None = None
+
+    @property
+    def duplicates_dropped(self) -> int:
+        """Downstream blocks merged into an earlier copy of their slot, or dropped: the
+        same count whichever path (short or general) served the stream."""
+        return self._repeats.count + self._slices.late_rows + self._relayed
+
+    def __repr__(self) -> str:
+        return (
+            f"<StreamExecution slices={len(self.plan.slices)} blocks={self.blocks} "
+            f"feeds={self._feeds_read()}>"
+        )
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         request = self.plan.request
@@ -261,16 +321,17 @@ class StreamExecution:
 
     def _general(self, head: int) -> Iterator[pa.RecordBatch]:
         request = self.plan.request
+        token = self._ctx.token
         try:
-            # Every slice's downstream calls start now (each bounded by its feed's queue):
+            # Every slice's downstream calls start now (each bounded by its read-ahead):
             # a later slice is opened while its retention window still holds the data,
             # not after the earlier slices have been read.
-            opened = [(sl, self._open_slice(sl)) for sl in self.plan.slices]
-            merged = chain.from_iterable(self._slice_blocks(sl, feeds) for sl, feeds in opened)
+            opened = [(sl, self._slices.open(sl)) for sl in self.plan.slices]
+            merged = chain.from_iterable(self._slices.blocks(sl, b) for sl, b in opened)
             blocks = coalesce_duplicates(self._repeats.watch(merged))
             for block in fill_gaps(blocks, head, request.end, self.grid.duration):
-                if self._should_stop():
-                    raise CancelledError("the client cancelled the stream")
+                if token.cancelled:
+                    raise self._ctx.error("Stream")
                 if is_gap_block(block, self.grid):
                     self.gap_blocks += 1
                 self.blocks += 1
@@ -280,24 +341,41 @@ class StreamExecution:
 
     def _direct(self, sl: StreamSlice, head: int) -> Iterator[pa.RecordBatch]:
         """One slice, one group: read in this thread, rows passed through when whole. The
-        feed's watchdog polls ``should_stop`` (no call per block, see router.server.guarded)
-        and cancels the downstream read, which ends the feed with CancelledError."""
-        (feed,) = self._open_slice(sl, inline=True)
+        request's token cancels the downstream read in progress (the feed then raises)."""
+        (group,) = sl.groups
+        lo = self.grid.floor(sl.start) if sl.start is not None else None
+        feed = self.feeds.feed(group.channels, group.endpoints, lo, sl.end)
+        self._direct_feed = feed
         batches = iter(feed)
         relay = OnGridRelay(batches, self.grid, head, self.plan.request.end)
+        token = self._ctx.token
         try:
             for batch in relay:
-                if feed.client_left:
-                    raise CancelledError("the client cancelled the stream")
+                if token.cancelled:
+                    raise self._ctx.error("Stream")
                 self.blocks += 1
                 yield batch
         finally:
             self.gap_blocks += relay.gap_blocks
+            self._relayed = relay.duplicates
             if relay.fallback is not None:
                 log.info("stream_fallback", slice=feed.label, reason=relay.fallback)
             batches.close()
             self.close()
 
     def close(self) -> None:
-        for feed in self._feeds:
-            feed.close()
+        if self.gap_blocks and not getattr(self, "_gaps_logged", False):
+            self._gaps_logged = True
+            log.warning(
+                "stream_gaps_filled",
+                gap_blocks=self.gap_blocks,
+                endpoints=endpoints_of(self._feeds_read()),
+                request_id=self._ctx.request_id,
+            )
+        self._slices.close()
+        for feed in self._feeds_read():
+            feed.cancel()
+
+    def _feeds_read(self) -> list[ReplicaFeed]:
+        direct = [self._direct_feed] if self._direct_feed is not None else []
+        return direct + self._slices.feeds_read

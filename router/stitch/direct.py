@@ -23,9 +23,9 @@ import numpy as np
 import pyarrow as pa
 
 from router.stitch.blocks import Block, Grid
-from router.stitch.merge import coalesce_duplicates, fill_gaps
+from router.stitch.merge import fill_gaps
 from router.stitch.output import block_to_batch
-from router.stitch.rebucket import Rebucketer, cell_length
+from router.stitch.rebucket import Rebucketer, cell_length, stitch_rows
 
 
 class OnGridRelay:
@@ -42,13 +42,22 @@ class OnGridRelay:
         self.start = start
         self.end = end
         self.gap_blocks = 0
+        self.repeats = 0  # short path: rows at or before a slot already taken (dropped)
         self.passed = 0
         self.fallback: str | None = None
         self._batches = batches
+        self._state: Rebucketer | None = None  # the general pipeline's, once it took over
         self._samples = [(i, c.samples) for i, c in enumerate(grid.channels.values(), start=1)]
         self._nones = [None] * len(self._samples)
         self._buffer_count = 3 + 4 * len(self._samples)
         self._offsets = np.array([(0, n) for _, n in self._samples], np.int32).tobytes()
+
+    @property
+    def duplicates(self) -> int:
+        """Downstream rows dropped as repeats of a slot already taken (the same count on
+        the short path and in the general pipeline it hands over to)."""
+        late = self._state.late_rows if self._state is not None else 0
+        return self.repeats + late
 
     def __repr__(self) -> str:
         return (
@@ -108,6 +117,7 @@ class OnGridRelay:
                 yield from self._general(chain([batch], batches), last, expected)
                 return
             if last is not None and t <= last:
+                self.repeats += 1
                 continue  # late (a repeat or out of order): the first copy won
             last = t
             if t < expected:
@@ -120,6 +130,8 @@ class OnGridRelay:
             self.passed += 1
             yield batch
             expected = t + duration
+            if end is not None and expected >= end:
+                return  # complete: the downstream's end of stream is not waited for
         if end is not None:
             while expected < end:
                 yield self._gap(expected)
@@ -130,18 +142,11 @@ class OnGridRelay:
     ) -> Iterator[pa.RecordBatch]:
         """The general pipeline from here on, in the state the short path left."""
         grid = self.grid
-        state = Rebucketer(grid)
+        state = self._state = Rebucketer(grid)
         state.last_emitted = last
-
-        def rebucketed() -> Iterator[Block]:
-            for batch in batches:
-                yield from state.push(batch)
-            yield from state.finish()
-
         channels = len(grid.channels)
-        for block in fill_gaps(
-            coalesce_duplicates(rebucketed()), expected, self.end, grid.duration
-        ):
+        # one group: the re-blocker's output is strictly increasing already (no de-dup stage)
+        for block in fill_gaps(stitch_rows(batches, state), expected, self.end, grid.duration):
             if block.source is None and len(block.cells) < channels:
                 self.gap_blocks += 1
             yield block_to_batch(block, grid)

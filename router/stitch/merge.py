@@ -89,7 +89,9 @@ def fill_gaps(
     blocks: Iterable[Block], start: int, end: int | None, duration: int
 ) -> Iterator[Block]:
     """Every slot ``start, start + duration, …`` below ``end`` appears exactly once:
-    missing slots (head, middle, tail) become empty blocks (all nulls downstream)."""
+    missing slots (head, middle, tail) become empty blocks (all nulls downstream). Nothing
+    more is read once the last slot is out (the stream is complete; the input may still be
+    waiting for its end)."""
     expected = start
     for block in blocks:
         if block.time < expected:
@@ -101,6 +103,8 @@ def fill_gaps(
             expected += duration
         yield block
         expected = block.time + duration
+        if end is not None and expected >= end:
+            return
     if end is not None:
         while expected < end:
             yield Block(expected, {})

@@ -58,12 +58,14 @@ class Rebucketer:
         self.channels = frozenset(wanted & set(grid.channels))
         self.last_emitted: int | None = None
         self.late_samples = 0
+        self.late_rows = 0  # rows wholly at or before the last emitted slot (repeats): dropped
         self._slots: dict[int, _Slot] = {}
 
     def __repr__(self) -> str:
         return (
             f"<Rebucketer channels={len(self.channels)} last_emitted={self.last_emitted} "
-            f"pending={sorted(self._slots)} late_samples={self.late_samples}>"
+            f"pending={sorted(self._slots)} late_samples={self.late_samples} "
+            f"late_rows={self.late_rows}>"
         )
 
     # ------------------------------------------------------------------ input
@@ -94,6 +96,15 @@ class Rebucketer:
         yield from self._flush_before(first_slot)
         if self.last_emitted is not None and first_slot <= self.last_emitted:
             source = None  # partly late: only the still-open part may be used
+            late = self.late_samples
+            kept = 0
+            for name, cell in cells.items():
+                if not cell.null_count:
+                    kept += self._add_segments(t, name, cell.flatten())
+            if not kept and self.late_samples > late:
+                self.late_rows += 1
+            yield from self._flush_complete()
+            return
         elif t == first_slot and not self._slots and self._fits(cells):
             if source is not None and len(cells) != len(grid.channels):
                 source = None
@@ -115,7 +126,8 @@ class Rebucketer:
                 return False
         return True
 
-    def _add_segments(self, t: int, name: str, values: pa.Array) -> None:
+    def _add_segments(self, t: int, name: str, values: pa.Array) -> int:
+        """Place ``values`` into their slots; returns how many samples were not late."""
         grid = self.grid
         layout = grid.channels[name]
         if values.type != layout.value_type:
@@ -125,7 +137,7 @@ class Rebucketer:
         offset = ((t - base) * layout.rate + NS_PER_S // 2) // NS_PER_S
         spb = layout.samples
         n = len(values)
-        j = 0
+        j = kept = 0
         while j < n:
             k, pos = divmod(offset + j, spb)
             take = min(spb - pos, n - j)
@@ -136,7 +148,9 @@ class Rebucketer:
                 slot = self._slots.setdefault(slot_time, _Slot())
                 slot.segments.setdefault(name, []).append((pos, values.slice(j, take)))
                 slot.filled[name] = slot.filled.get(name, 0) + take
+                kept += take
             j += take
+        return kept
 
     def _is_complete(self, slot: _Slot) -> bool:
         chans = self.grid.channels
@@ -175,11 +189,15 @@ class Rebucketer:
         return pa.ListArray.from_arrays(_offsets(layout.samples), flat)
 
 
+def stitch_rows(batches: Iterable[pa.RecordBatch], state: Rebucketer) -> Iterator[Block]:
+    """``batches`` re-blocked by ``state`` (whose counters the caller reads)."""
+    for batch in batches:
+        yield from state.push(batch)
+    yield from state.finish()
+
+
 def rebucket(
     batches: Iterable[pa.RecordBatch], grid: Grid, channels: Iterable[str] | None = None
 ) -> Iterator[Block]:
     """On-grid, strictly increasing blocks of ``channels`` from downstream batches."""
-    state = Rebucketer(grid, channels)
-    for batch in batches:
-        yield from state.push(batch)
-    yield from state.finish()
+    return stitch_rows(batches, Rebucketer(grid, channels))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -40,7 +41,9 @@ class ScriptedArrakis(flight.FlightServerBase):  # type: ignore[misc]
 
     ``fail_after``: raise FlightUnavailableError after that many blocks;
     ``silent_after``: stop sending (but keep the call open) after that many blocks;
-    ``info_delay``: GetFlightInfo sleeps that long first.
+    ``end_after``: end the stream normally (a graceful shutdown) after that many blocks;
+    ``drop_every`` / ``repeat_every``: skip / send twice every N-th block (N, 2N, ...);
+    ``info_delay``: GetFlightInfo sleeps that long first; ``port``: bind this port.
     """
 
     def __init__(
@@ -49,18 +52,26 @@ class ScriptedArrakis(flight.FlightServerBase):  # type: ignore[misc]
         delay: float = 0.0,
         fail_after: int | None = None,
         silent_after: int | None = None,
+        end_after: int | None = None,
+        drop_every: int | None = None,
+        repeat_every: int | None = None,
         info_delay: float = 0.0,
+        port: int = 0,
     ) -> None:
         recorder = HeaderRecorder()
         super().__init__(
-            "grpc://127.0.0.1:0",
+            f"grpc://127.0.0.1:{port}",
             middleware={REQUEST_ID_MIDDLEWARE_KEY: RequestIdMiddlewareFactory(), "rec": recorder},
         )
         self.recorder = recorder
         self.delay = delay
         self.fail_after = fail_after
         self.silent_after = silent_after
+        self.end_after = end_after
+        self.drop_every = drop_every
+        self.repeat_every = repeat_every
         self.info_delay = info_delay
+        self.ended = threading.Event()  # set when a stream ended early (end_after)
         self.open = 0
         self.streams = 0
         self.describes = 0
@@ -103,7 +114,14 @@ class ScriptedArrakis(flight.FlightServerBase):  # type: ignore[misc]
                     while not context.is_cancelled():
                         time.sleep(0.02)
                     return
-                yield downstream_batch([CHANNEL], t, STRIDE)
+                if self.end_after is not None and sent >= self.end_after:
+                    self.ended.set()
+                    return
+                k = (t - start) // STRIDE
+                if not (self.drop_every and k and k % self.drop_every == 0):
+                    yield downstream_batch([CHANNEL], t, STRIDE)
+                    if self.repeat_every and k and k % self.repeat_every == 0:
+                        yield downstream_batch([CHANNEL], t, STRIDE)
                 sent += 1
                 t += STRIDE
                 if self.delay:
@@ -116,3 +134,144 @@ class ScriptedArrakis(flight.FlightServerBase):  # type: ignore[misc]
 def one_endpoint_map(*urls: str) -> str:
     """Every url a replica of H1 (all times)."""
     return "\n".join(f"{u}:\n  scopes: {{H1: [{{all: true}}]}}\n  retention: {{}}" for u in urls)
+
+
+# ---------------------------------------------------------------------- the gallery
+# Downstreams named for one misbehaviour each (pyarrow's Flight tests habit). Serve them with
+# ``tests.integration.servers.serving``; ``RestartsMidStream`` and ``RefusesThenRecovers``
+# manage their own servers (context managers).
+
+
+class EndsEarly(ScriptedArrakis):
+    """Ends every stream normally after ``after`` blocks: a graceful shutdown closing its
+    open streams with a clean end of stream (upstream servers on SIGTERM)."""
+
+    def __init__(self, after: int, **kw: Any) -> None:
+        super().__init__(end_after=after, **kw)
+
+
+class NeverStartsStream(ScriptedArrakis):
+    """Answers metadata, opens the Stream DoGet and never sends a block."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(silent_after=0, **kw)
+
+
+class StallsAfter(ScriptedArrakis):
+    """Sends ``n`` blocks, then nothing, keeping the call open."""
+
+    def __init__(self, n: int, **kw: Any) -> None:
+        super().__init__(silent_after=n, **kw)
+
+
+class DropsBlocks(ScriptedArrakis):
+    """Skips every ``every``-th block inside a stream it finishes properly (a data gap)."""
+
+    def __init__(self, every: int, **kw: Any) -> None:
+        super().__init__(drop_every=every, **kw)
+
+
+class RepeatsBlocks(ScriptedArrakis):
+    """Sends every ``every``-th block twice."""
+
+    def __init__(self, every: int, **kw: Any) -> None:
+        super().__init__(repeat_every=every, **kw)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Restartable:
+    """A ScriptedArrakis on a fixed port that can be stopped and started again."""
+
+    def __init__(self, **kw: Any) -> None:
+        self.port = free_port()
+        self.url = f"grpc://127.0.0.1:{self.port}"
+        self.kw = kw
+        self.server: ScriptedArrakis | None = None
+        self._thread: threading.Thread | None = None
+        self.starts = 0
+        self._lock = threading.Lock()
+
+    def start(self, **kw: Any) -> ScriptedArrakis:
+        with self._lock:
+            server = ScriptedArrakis(port=self.port, **{**self.kw, **kw})
+            self.server = server
+            self._thread = threading.Thread(target=server.serve, daemon=True)
+            self._thread.start()
+            self.starts += 1
+            return server
+
+    def stop(self) -> None:
+        with self._lock:
+            server, thread, self.server = self.server, self._thread, None
+        if server is not None:
+            server.shutdown()
+        if thread is not None:
+            thread.join(10)
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class RestartsMidStream(_Restartable):
+    """Sends ``after`` blocks, ends the stream cleanly, goes down (connections refused) for
+    ``down_s`` seconds, then serves again, whole, on the same port (a rolling restart)."""
+
+    def __init__(self, after: int, down_s: float = 0.2, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.after = after
+        self.down_s = down_s
+        self._restarter: threading.Thread | None = None
+
+    def __enter__(self) -> RestartsMidStream:
+        server = self.start(end_after=self.after)
+        self._restarter = threading.Thread(target=self._restart, args=(server,), daemon=True)
+        self._restarter.start()
+        return self
+
+    def _restart(self, first: ScriptedArrakis) -> None:
+        if not first.ended.wait(60):
+            return
+        self.stop()
+        time.sleep(self.down_s)
+        self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._restarter is not None:
+            self._restarter.join(10)
+        self.stop()
+
+
+class RefusesThenRecovers(_Restartable):
+    """Nothing listens on its port (connections refused) until :meth:`recover` starts the
+    server there; :meth:`restart` stops and starts it again at once."""
+
+    _later: threading.Timer | None = None
+
+    def __enter__(self) -> RefusesThenRecovers:
+        return self
+
+    def recover(self, after: float = 0.0) -> None:
+        if after:
+            self._later = threading.Timer(after, self.start)
+            self._later.daemon = True
+            self._later.start()
+        else:
+            self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._later is not None:
+            self._later.cancel()
+            self._later.join(10)
+        self.stop()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()

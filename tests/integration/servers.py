@@ -52,7 +52,7 @@ def running_router(
     try:
         yield f"grpc://127.0.0.1:{server.port}", service, server
     finally:
-        service.stopping.set()
+        service.cancel_all()
         server.shutdown()
         service.close()
         thread.join(10)

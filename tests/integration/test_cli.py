@@ -70,7 +70,13 @@ def test_serve_refuses_an_invalid_map(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "option", [["--idle-timeout", "0"], ["--downstream-timeout", "-1"], ["--describe-ttl", "-5"]]
+    "option",
+    [
+        ["--idle-timeout", "0"],
+        ["--downstream-timeout", "-1"],
+        ["--describe-ttl", "-5"],
+        ["--request-timeout", "0"],
+    ],
 )
 def test_serve_refuses_a_bad_timeout(tmp_path: Path, option: list[str]) -> None:
     path = tmp_path / "map.yaml"

@@ -101,3 +101,29 @@ class ScriptedDownstream:
 
 def answer_fn(fn: Callable[[dict[str, Any]], list[pa.RecordBatch]]) -> Any:
     return fn
+
+
+def feeds_for(
+    pool: Any,
+    grid: Any,
+    envelope: Any,
+    *,
+    ctx: Any = None,
+    timer: Any = None,
+    **options: Any,
+) -> Any:
+    """The :class:`router.streaming.Feeds` of one test request (a real service-like timer
+    unless one is given; ``options``: StreamOptions fields)."""
+    from router.context import RequestContext
+    from router.streaming import Feeds, StreamOptions
+    from router.timers import Timer
+
+    return Feeds(
+        pool,
+        ctx or RequestContext("req-1"),
+        Call("req-1", 1.0, "Stream"),
+        timer or Timer(),
+        grid,
+        envelope,
+        StreamOptions(**options),
+    )

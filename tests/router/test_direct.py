@@ -12,15 +12,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.downstream import Call, StaticPool
+from router.context import CLIENT_LEFT, RequestContext
+from router.downstream import StaticPool
 from router.errors import CancelledError, UnavailableError
 from router.protocol.envelope import Envelope, StreamArgs
-from router.stitch import coalesce_duplicates, fill_gaps, rebucket, to_batches
+from router.stitch import Rebucketer, fill_gaps, to_batches
 from router.stitch.direct import OnGridRelay
-from router.streaming import StreamExecution, StreamOptions
+from router.stitch.rebucket import stitch_rows
+from router.streaming import StreamExecution
 from scopemap import RoutingIndex, StreamRequest, load_text, plan_stream
 from tests.router.blockgen import downstream_batch, downstream_blocks, grid_for, meta, rows
-from tests.router.scripted import HANG, ScriptedDownstream
+from tests.router.scripted import HANG, ScriptedDownstream, feeds_for
 
 S = 62_500_000
 A = meta("H1:A-X", 256, S)
@@ -30,8 +32,17 @@ T0 = 100 * S
 
 
 def _general(batches: list[pa.RecordBatch], start: int, end: int | None) -> list[Any]:
-    blocks = coalesce_duplicates(rebucket(batches, GRID))
-    return rows(to_batches(fill_gaps(blocks, start, end, S), GRID))
+    return _counted(batches, start, end)[0]
+
+
+def _counted(
+    batches: list[pa.RecordBatch], start: int, end: int | None
+) -> tuple[list[Any], tuple[int, int, int]]:
+    """The general pipeline's rows and counters ``(blocks, gap_blocks, duplicates)``."""
+    state = Rebucketer(GRID)
+    out = list(fill_gaps(stitch_rows(batches, state), start, end, S))
+    gaps = sum(1 for b in out if b.source is None and len(b.cells) < len(GRID.channels))
+    return rows(to_batches(out, GRID)), (len(out), gaps, state.late_rows)
 
 
 def _relay(batches: list[pa.RecordBatch], start: int, end: int | None) -> OnGridRelay:
@@ -146,7 +157,12 @@ def test_short_path_equals_general_path(spec: list[Any], sort: bool, n: int) -> 
         spec = sorted(spec, key=lambda r: r[1])
     batches = [_row(kind, k) for kind, k in spec]
     end = T0 + n * S
-    assert rows(_relay(batches, T0, end)) == _general(batches, T0, end)
+    relay = _relay(batches, T0, end)
+    got = rows(relay)
+    want, counters = _counted(batches, T0, end)
+    assert got == want
+    # the same counters too: blocks, null-filled blocks, repeats dropped
+    assert (len(got), relay.gap_blocks, relay.duplicates) == counters
 
 
 # ---------------------------------------------------------------------- StreamExecution
@@ -158,7 +174,7 @@ MAP = "".join(
 
 
 def _execution(
-    downstreams: list[ScriptedDownstream], nblocks: int, should_stop: Any = lambda: False
+    downstreams: list[ScriptedDownstream], nblocks: int, ctx: RequestContext | None = None
 ) -> StreamExecution:
     result = load_text(MAP, "m.yaml")
     assert result.scope_map is not None
@@ -168,15 +184,8 @@ def _execution(
     assert len(plan.slices) == 1 and len(plan.slices[0].groups) == 1
     members = {d.url: d for d in downstreams}
     members.setdefault(REPLICA, ScriptedDownstream(REPLICA))
-    return StreamExecution(
-        plan,
-        GRID,
-        Envelope("Stream", StreamArgs(channels, T0, end)),
-        StaticPool(dict(members)),
-        Call("req-1", 1.0, "Stream"),
-        StreamOptions(poll=0.01),
-        should_stop,
-    )
+    envelope = Envelope("Stream", StreamArgs(channels, T0, end))
+    return StreamExecution(plan, feeds_for(StaticPool(dict(members)), GRID, envelope, ctx=ctx))
 
 
 def _threads() -> list[threading.Thread]:
@@ -209,13 +218,13 @@ def test_short_path_fails_over_resuming_after_the_last_block() -> None:
 def test_client_cancel_closes_the_downstream() -> None:
     blocks = downstream_blocks([A, B], [T0], S)
     downstream = ScriptedDownstream(URL, [[blocks[0], HANG]])
-    cancelled = threading.Event()
-    execution = _execution([downstream], 10, cancelled.is_set)
+    ctx = RequestContext("req-1")
+    execution = _execution([downstream], 10, ctx)
     got = []
     with pytest.raises(CancelledError):
         for batch in execution:
             got.append(batch)
-            cancelled.set()
+            ctx.cancel(CLIENT_LEFT)
     assert len(got) == 1
     assert downstream.open == 0 and _threads() == []
 

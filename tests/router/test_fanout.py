@@ -1,13 +1,17 @@
-"""Fan-out over scripted in-memory downstreams: failover, timeouts, cancellation, cleanup."""
+"""Fan-out over scripted in-memory downstreams: failover, timeouts, cancellation, cleanup.
+Every feed test runs twice: the feed read in the consumer's thread (the one-group short
+path) and read ahead by its own thread (a ReadAhead)."""
 
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 
 import pyarrow as pa
 import pytest
 
+from router.context import CLIENT_LEFT, RequestContext
 from router.downstream import Call, StaticPool
 from router.errors import (
     CancelledError,
@@ -15,8 +19,10 @@ from router.errors import (
     TimedOutError,
     UnavailableError,
 )
-from router.fanout import GroupFeed, fetch_first
+from router.fanout import ReplicaFeed, fetch_first
+from router.readahead import ReadAhead
 from router.streaming import batch_end
+from router.timers import Timer
 from tests.router.blockgen import downstream_blocks, grid_for, meta
 from tests.router.scripted import HANG, ScriptedDownstream
 
@@ -30,22 +36,68 @@ def _command(resume: int | None) -> bytes:
     return json.dumps({"request": "Stream", "args": {"start": resume or 0}}).encode()
 
 
-@pytest.fixture(params=[False, True], ids=["producer", "inline"])
+TIMER = Timer()
+
+
+@pytest.fixture(params=[False, True], ids=["read-ahead", "inline"])
 def inline(request: pytest.FixtureRequest) -> bool:
-    """Every feed test runs in both modes: read ahead by a producer thread, and read in the
-    consumer's thread (the one-slice one-group short path) with a watchdog."""
     return bool(request.param)
 
 
-def _feed(pool: StaticPool, urls: list[str], inline: bool, **kw: object) -> GroupFeed:
-    opts: dict[str, object] = {
-        "batch_end": batch_end(GRID),
-        "poll": 0.01,
-        "label": "[0, 1) {A}",
-        "inline": inline,
-    }
-    opts.update(kw)
-    return GroupFeed(pool, urls, _command, CALL, **opts)  # type: ignore[arg-type]
+class _Feed:
+    """A ReplicaFeed, iterated inline or through a ReadAhead; closed on exit."""
+
+    def __init__(self, feed: ReplicaFeed, inline: bool, queue_size: int) -> None:
+        self.feed = feed
+        self.inline = inline
+        self.buffer: ReadAhead[pa.RecordBatch] | None = None
+        self._iter: Iterator[pa.RecordBatch] | None = None
+        if not inline:
+            self.buffer = ReadAhead(iter(feed), feed.ctx, size=queue_size, interrupt=feed.cancel)
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        self._iter = iter(self.feed) if self.buffer is None else iter(self.buffer)
+        return self._iter
+
+    def close(self) -> None:
+        if self._iter is not None:
+            self._iter.close()  # type: ignore[attr-defined]
+        if self.buffer is not None:
+            self.buffer.close()
+        self.feed.cancel()
+
+    def __enter__(self) -> _Feed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _feed(
+    pool: StaticPool,
+    urls: list[str],
+    inline: bool,
+    *,
+    ctx: RequestContext | None = None,
+    queue_size: int = 16,
+    end: int = 6 * S,
+    **kw: object,
+) -> _Feed:
+    feed = ReplicaFeed(
+        pool,
+        ctx or RequestContext("req-1"),
+        urls,
+        _command,
+        CALL,
+        start=0,
+        end=end,
+        batch_end=batch_end(GRID),
+        timer=TIMER,
+        label="[0, 1) {A}",
+        retry_backoff=0.01,
+        **kw,  # type: ignore[arg-type]
+    )
+    return _Feed(feed, inline, queue_size)
 
 
 def _times(batches: list[pa.RecordBatch]) -> list[int]:
@@ -102,7 +154,8 @@ def test_idle_replica_fails_over_to_the_next(inline: bool) -> None:
     a = ScriptedDownstream("grpc://silent:1", [[blocks[0], HANG]])
     b = ScriptedDownstream("grpc://b:1", [blocks[1:]])
     pool = StaticPool({"grpc://silent:1": a, "grpc://b:1": b})
-    with _feed(pool, ["grpc://silent:1", "grpc://b:1"], inline, idle_timeout=0.2) as feed:
+    feed = _feed(pool, ["grpc://silent:1", "grpc://b:1"], inline, idle_timeout=0.2, end=3 * S)
+    with feed:
         assert _times(list(feed)) == [0, S, 2 * S]
     assert b.commands[0]["args"]["start"] == S
 
@@ -113,7 +166,6 @@ def test_early_consumer_exit_closes_the_downstream_stream(inline: bool) -> None:
     feed = _feed(StaticPool({"grpc://a:1": a}), ["grpc://a:1"], inline, queue_size=2)
     it = iter(feed)
     next(it)
-    it.close()  # type: ignore[attr-defined]
     feed.close()
     assert a.open == 0
     assert not any(t.name.startswith("feed ") and t.is_alive() for t in threading.enumerate())
@@ -121,11 +173,9 @@ def test_early_consumer_exit_closes_the_downstream_stream(inline: bool) -> None:
 
 def test_client_cancel_stops_the_feed(inline: bool) -> None:
     a = ScriptedDownstream("grpc://a:1", [[HANG]])
-    cancelled = threading.Event()
-    feed = _feed(
-        StaticPool({"grpc://a:1": a}), ["grpc://a:1"], inline, should_stop=cancelled.is_set
-    )
-    cancelled.set()
+    ctx = RequestContext("req-1")
+    feed = _feed(StaticPool({"grpc://a:1": a}), ["grpc://a:1"], inline, ctx=ctx)
+    ctx.cancel(CLIENT_LEFT)
     with feed, pytest.raises(CancelledError):
         list(feed)
     assert a.open == 0
@@ -145,19 +195,17 @@ def test_fetch_first_uses_next_replica_and_forwards_request_id() -> None:
 
 
 def test_client_cancel_during_a_blocked_read_ends_the_feed(inline: bool) -> None:
-    """The client leaves while the downstream is silent: the feed (either mode) notices
-    within a poll, cancels the read and raises CancelledError; nothing stays open."""
+    """The client leaves while the downstream is silent: the token cancels the read at once
+    and the feed (either mode) raises CancelledError; nothing stays open."""
     blocks = downstream_blocks([A], [0], S)
     a = ScriptedDownstream("grpc://a:1", [[blocks[0], HANG]])
-    cancelled = threading.Event()
-    feed = _feed(
-        StaticPool({"grpc://a:1": a}), ["grpc://a:1"], inline, should_stop=cancelled.is_set
-    )
+    ctx = RequestContext("req-1")
+    feed = _feed(StaticPool({"grpc://a:1": a}), ["grpc://a:1"], inline, ctx=ctx)
     got = []
     with feed, pytest.raises(CancelledError):
         for batch in feed:
             got.append(batch)
-            cancelled.set()
+            ctx.cancel(CLIENT_LEFT)
     assert _times(got) == [0]
     assert a.open == 0
     assert not any(t.name.startswith("feed ") and t.is_alive() for t in threading.enumerate())
@@ -173,9 +221,100 @@ def test_a_slow_consumer_is_not_an_idle_downstream(inline: bool) -> None:
     got = []
     # idle timeout long enough that an in-memory downstream never trips it on a loaded CI
     # machine, consumer hold twice as long
-    with _feed(pool, ["grpc://a:1", "grpc://b:1"], inline, idle_timeout=0.3) as feed:
+    feed = _feed(pool, ["grpc://a:1", "grpc://b:1"], inline, idle_timeout=0.3, end=3 * S)
+    with feed:
         for batch in feed:
             got.append(batch)
             threading.Event().wait(0.6)
     assert _times(got) == [0, S, 2 * S]
     assert b.commands == []
+
+
+# ---------------------------------------------------------------------- deadlines, on a fake clock
+
+
+class _Monotonic:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _watched(
+    script: list[object], *, replica: list[object] | None = None
+) -> tuple[ReplicaFeed, Timer, _Monotonic, ScriptedDownstream, list[object]]:
+    """A feed over a scripted downstream read by a thread; its open and idle deadlines are
+    watched by a timer on a fake clock that only the test moves (no sleeps)."""
+    clock = _Monotonic()
+    timer = Timer(clock, thread=False)
+    a = ScriptedDownstream("grpc://a:1", [script])
+    members = {"grpc://a:1": a}
+    if replica is not None:
+        members["grpc://b:1"] = ScriptedDownstream("grpc://b:1", [replica])
+    feed = ReplicaFeed(
+        StaticPool(members),
+        RequestContext("req-1"),
+        list(members),
+        _command,
+        CALL,
+        start=0,
+        end=3 * S,
+        batch_end=batch_end(GRID),
+        timer=timer,
+        open_timeout=3.0,
+        idle_timeout=1.0,
+        label="[0, 1) {A}",
+    )
+    result: list[object] = []
+
+    def read() -> None:
+        try:
+            result.extend(feed)
+        except Exception as exc:
+            result.append(exc)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return feed, timer, clock, a, result
+
+
+def _settle(timer: Timer, clock: _Monotonic, to: float) -> None:
+    clock.t = to
+    timer.run_due()
+
+
+def _wait(predicate: object) -> None:
+    """Wait (on the real clock, for the reader thread) until ``predicate()``."""
+    for _ in range(500):
+        if predicate():  # type: ignore[operator]
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("the reader thread did not get there")
+
+
+def test_a_stream_that_never_starts_fails_at_the_open_deadline_not_before() -> None:
+    _, timer, clock, a, result = _watched([HANG])
+    _wait(lambda: a.open == 1)
+    _settle(timer, clock, 1000.0 + 2.9)  # the idle limit (1 s) does not apply yet
+    assert not result and a.open == 1
+    _settle(timer, clock, 1000.0 + 3.0)
+    _wait(lambda: result)
+    (error,) = result
+    assert isinstance(error, TimedOutError)
+    assert "did not start within 3 s" in str(error) and "grpc://a:1" in str(error)
+    assert a.open == 0 and timer.pending == 0
+
+
+def test_once_started_the_idle_limit_applies_and_the_replica_takes_over() -> None:
+    blocks = downstream_blocks([A], [0, S, 2 * S], S)
+    feed, timer, clock, a, result = _watched([blocks[0], HANG], replica=blocks[1:])
+    _wait(lambda: feed.delivered == 1 and feed.reading)
+    _settle(timer, clock, 1000.0 + 0.9)
+    assert feed.delivered == 1 and feed.url == "grpc://a:1"
+    _settle(timer, clock, 1000.0 + 1.0)
+    _settle(timer, clock, 1000.0 + 1.0)
+    _wait(lambda: len(result) == 3)
+    assert _times(result) == [0, S, 2 * S]  # type: ignore[arg-type]
+    assert feed.outcomes[0].url == "grpc://a:1" and "no data for 1 s" in str(feed.outcomes[0].error)
+    assert a.open == 0 and timer.pending == 0

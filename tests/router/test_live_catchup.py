@@ -5,20 +5,22 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
 import pytest
 
+from router.context import CLIENT_LEFT, RequestContext
 from router.downstream import Call, StaticPool
+from router.errors import CancelledError, UnavailableError
 from router.live import LiveExecution, catch_up
 from router.protocol.envelope import Envelope, StreamArgs
 from router.protocol.gps import FakeClock
-from router.streaming import StreamOptions
 from scopemap import RoutingIndex, StreamPlan, StreamRequest, load_text, plan_stream
 from tests.router.blockgen import downstream_batch, grid_for, meta, rows, values
-from tests.router.scripted import HANG, ScriptedDownstream, ScriptedStream
+from tests.router.scripted import HANG, ScriptedDownstream, ScriptedStream, feeds_for
 
 NS = 1_000_000_000
 D = 62_500_000
@@ -109,18 +111,13 @@ class GeneratedDownstream(ScriptedDownstream):
 
 
 def _execution(
-    index: RoutingIndex, clock: FakeClock, pool: StaticPool, start: int
+    index: RoutingIndex, clock: FakeClock, pool: StaticPool, start: int, reconnect: float = 0.5
 ) -> LiveExecution:
     plan_at = _plan_at(index, clock)
     envelope = Envelope("Stream", StreamArgs((CH.name,), start, None))
     return LiveExecution(
         plan_at(start),
-        GRID,
-        envelope,
-        pool,
-        Call("req-live", 1.0, "Stream"),
-        StreamOptions(poll=0.01),
-        lambda: False,
+        feeds_for(pool, GRID, envelope, live_reconnect=reconnect),
         clock=clock,
         max_latency=NS,
         plan_at=plan_at,
@@ -175,8 +172,6 @@ def test_live_group_lost_is_reconnected_at_the_merge_head() -> None:
     live = GeneratedDownstream(LIVE, clock, live_blocks=5)
     # first live stream: 5 blocks then an error; the reconnect resumes at the merge head
     first: list[Any] = [downstream_batch([CH], N - 100 * NS + k * D, D) for k in range(5)]
-    from router.errors import UnavailableError
-
     first.append(UnavailableError("backend went away"))
     scripted_once = [first]
 
@@ -191,8 +186,7 @@ def test_live_group_lost_is_reconnected_at_the_merge_head() -> None:
 
     live.stream = stream  # type: ignore[method-assign]
     pool = StaticPool({LIVE: live})
-    execution = _execution(index, clock, pool, N - 100 * NS)
-    execution._options.live_reconnect = 0.0
+    execution = _execution(index, clock, pool, N - 100 * NS, reconnect=0.001)
     batches = iter(execution)
     got = rows(_take(batches, 10))
     batches.close()  # type: ignore[attr-defined]
@@ -200,3 +194,63 @@ def test_live_group_lost_is_reconnected_at_the_merge_head() -> None:
     assert all(c[CH.name] == list(values(256, t, 16)) for t, c in got)
     assert [c["start"] for c in live.commands] == [N - 100 * NS, N - 100 * NS + 5 * D]
     assert live.open == 0 and _feed_threads() == []
+
+
+class RefusingDownstream(ScriptedDownstream):
+    """Refuses every Stream (a downstream that is down), counting the attempts."""
+
+    def stream(self, command: bytes, call: Call) -> ScriptedStream:
+        self.commands.append(json.loads(command))
+        raise UnavailableError(
+            f"GetFlightInfo on {self.url}: failed to connect: Connection refused"
+        )
+
+
+def test_refused_live_reconnects_back_off_cost_nothing_and_end_with_the_client() -> None:
+    """A live group whose reconnects are all refused waits with exponential backoff (no busy
+    loop), holds no thread while it waits, and ends as soon as the client leaves."""
+    index, clock = _index(), FakeClock(N)
+    live = RefusingDownstream(LIVE)
+    ctx = RequestContext("req-live")
+    plan_at = _plan_at(index, clock)
+    execution = LiveExecution(
+        plan_at(None),
+        feeds_for(
+            StaticPool({LIVE: live}),
+            GRID,
+            Envelope("Stream", StreamArgs((CH.name,), None, None)),
+            ctx=ctx,
+            live_reconnect=0.05,
+            retry_backoff=0.01,
+        ),
+        clock=clock,
+        max_latency=NS,
+        plan_at=plan_at,
+        jitter=lambda: 0.0,
+    )
+    before = threading.active_count()
+    outcome: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            for _ in execution:
+                pass
+        except BaseException as exc:
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    cpu = time.process_time()
+    reader.start()
+    ctx.token.wait(1.5)  # let it be refused for a while (real time: the cost of waiting)
+    used = time.process_time() - cpu
+    attempts = len(live.commands)
+    # backoff from 25 ms doubling: about six reconnects (x2 stream calls: a refused call is
+    # retried once on a fresh client, then once more after retry_backoff) in 1.5 s
+    assert 1 <= attempts <= 40, attempts
+    assert used < 1.0, f"{used:.2f} s of CPU while refused"
+    assert threading.active_count() <= before + 2  # the reader, at most one feed thread
+    ctx.cancel(CLIENT_LEFT)
+    reader.join(1.0)
+    assert not reader.is_alive()
+    assert isinstance(outcome[0], CancelledError)
+    assert _feed_threads() == []
