@@ -29,6 +29,10 @@ from router.errors import (
     UnsupportedError,
 )
 from router.fanout import fetch_first
+from router.healthcheck import HealthChecker
+from router.healthpolicy import Policy
+from router.healthpool import HealthPool, call_histogram
+from router.healthregistry import HealthCollector, HealthRegistry
 from router.live import LiveExecution, max_latency_ns
 from router.metadata import DescribeCache, describe_groups, find_targets
 from router.metrics import RouterMetrics
@@ -47,6 +51,7 @@ from router.protocol.envelope import (
     StreamArgs,
 )
 from router.protocol.gps import Clock, SystemClock
+from router.replicas import reorder
 from router.stitch import Grid
 from router.streaming import StreamExecution, StreamOptions, make_grid, seconds
 from scopemap import (
@@ -64,6 +69,7 @@ from scopemap import (
     plan_publish,
     plan_stream,
 )
+from scopemap.prune import prune_find
 
 log = structlog.get_logger("router.service")
 
@@ -82,6 +88,20 @@ class Settings:
     live_grace: float = StreamOptions.live_grace
     live_buffer: int = StreamOptions.live_buffer
     live_reconnect: float = StreamOptions.live_reconnect
+    # endpoint health (router.healthpolicy, router.healthcheck)
+    health_interval: float = 5.0  # s between active checks of every endpoint; 0: none
+    health_timeout: float = 1.0  # deadline of one check (at most half the interval)
+    max_downstream_calls: int = 100  # in flight per endpoint (gRPC's default stream limit)
+    eject_after: int = 3  # consecutive failed calls that eject an endpoint
+    ejection_time: float = 10.0  # s, first ejection; grows on repeats, at most 300 s
+
+    def health_policy(self) -> Policy:
+        return Policy(
+            eject_after=self.eject_after,
+            base_ejection=self.ejection_time,
+            max_ejection=max(300.0, self.ejection_time),
+            active_checks=self.health_interval > 0,
+        )
 
 
 @dataclass(frozen=True)
@@ -136,9 +156,16 @@ class RouterService:
         self._routing = Routing.of(scope_map)
         self._swap_lock = threading.Lock()
         self.stopping = threading.Event()
-        self.pool = pool or DownstreamPool()
         self.clock: Clock = clock or SystemClock()
         self.metrics = metrics if metrics is not None else RouterMetrics()
+        self.health = HealthRegistry(
+            self.settings.health_policy(), max_calls=self.settings.max_downstream_calls
+        )
+        self.health.track(scope_map)
+        self.metrics.registry.register(HealthCollector(self.health))
+        self.pool: DownstreamPool = HealthPool(
+            pool or DownstreamPool(), self.health, call_histogram(self.metrics.registry)
+        )
         self.cache = DescribeCache(self.settings.describe_ttl)
         self.executor = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="fanout")
         self.stream_options = StreamOptions(
@@ -166,8 +193,22 @@ class RouterService:
         routing = Routing.of(scope_map)
         with self._swap_lock:
             self._routing = routing
+        self.health.track(scope_map)
         self.cache.clear()
         self.pool.retain({ep.url for ep in scope_map.endpoints})
+
+    def health_checker(self) -> HealthChecker | None:
+        """The active checker of this service's endpoints (not started), None when
+        ``health_interval`` is 0."""
+        if self.settings.health_interval <= 0:
+            return None
+        assert isinstance(self.pool, HealthPool)
+        return HealthChecker(
+            self.health,
+            self.pool.inner,
+            self.settings.health_interval,
+            self.settings.health_timeout,
+        )
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -256,7 +297,7 @@ class RouterService:
                     should_stop,
                     clock=self.clock,
                     max_latency=max_latency_ns(metas),
-                    plan_at=lambda start: self._replan(args, start),
+                    plan_at=lambda start: reorder(self._replan(args, start), self.health.order),
                 )
             else:
                 execution = StreamExecution(
@@ -314,7 +355,8 @@ class RouterService:
         )
 
     def action(self, kind: str) -> bytes:
-        body = action_body(kind, self.routing.scope_map, self.settings.mode)
+        health = self.health.snapshot().readiness_json() if kind == "server-info" else None
+        body = action_body(kind, self.routing.scope_map, self.settings.mode, health)
         if body is None:
             raise ServerError("action not valid")
         return body
@@ -346,6 +388,7 @@ class RouterService:
             DescribeRequest(tuple(missing), args.time, args.replay_id),
             self.clock.now_ns() if now is None else now,
         )
+        dplan = reorder(dplan, self.health.order)
         self._check_describe(dplan.uncovered)
         times = dplan.group_times or tuple(args.time for _ in dplan.groups)
         envelope = Envelope("Describe", args)
@@ -367,18 +410,23 @@ class RouterService:
         request_id: str,
         authorization: str | None = None,
     ) -> list[ChannelMeta]:
-        fplan = self._find_plan(args)
+        routing = self.routing
+        fplan = reorder(self._find_plan(args, routing), self.health.order)
+        targets = prune_find(routing.index, fplan, args.pattern)
+        log.debug("find_targets", targets=len(targets), pruned=len(fplan.targets) - len(targets))
         return find_targets(
             self.pool,
             self.executor,
             Envelope("Find", args, version),
-            [(t.endpoints, t.time, t.replay_id) for t in fplan.targets],
+            [(t.endpoints, t.time, t.replay_id, scopes) for t, scopes in targets],
             self.call(request_id, "Find", authorization),
         )
 
-    def _find_plan(self, args: FindArgs) -> FindPlan:
+    def _find_plan(self, args: FindArgs, routing: Routing | None = None) -> FindPlan:
         fplan = plan_find(
-            self.routing.index, FindRequest(args.time, args.replay_id), self.clock.now_ns()
+            (routing or self.routing).index,
+            FindRequest(args.time, args.replay_id),
+            self.clock.now_ns(),
         )
         if not fplan.targets:
             raise CannotServeError(
@@ -412,7 +460,11 @@ class RouterService:
         )
         metas = [found[c] for c in args.channels]
         grid = make_grid(metas)
-        return self._aligned(plan, args, grid, routing, now), grid, metas
+        return (
+            reorder(self._aligned(plan, args, grid, routing, now), self.health.order),
+            grid,
+            metas,
+        )
 
     def _aligned(
         self, plan: StreamPlan, args: StreamArgs, grid: Grid, routing: Routing, now: int
