@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import pytest
@@ -65,15 +66,26 @@ S = State
             "an answer in between resets the count",
             CHECKS,
             [(0, "fail"), (1, "fail"), (2, "ok"), (3, "fail"), (4, "fail")],
-            [(S.SUSPECT, None), (S.SUSPECT, None), (S.HEALTHY, None)]
-            + [(S.SUSPECT, None), (S.SUSPECT, None)],
+            [
+                (S.SUSPECT, None),
+                (S.SUSPECT, None),
+                (S.HEALTHY, None),
+                (S.SUSPECT, None),
+                (S.SUSPECT, None),
+            ],
         ),
         (
             "a passing check during the period does not end it; after it, it does",
             CHECKS,
             [(0, "fail"), (0, "fail"), (0, "fail"), (5, "pass"), (9.9, "pass"), (10, "pass")],
-            [(S.SUSPECT, None), (S.SUSPECT, None), (S.EJECTED, 10.0)]
-            + [(S.EJECTED, 10.0), (S.EJECTED, 10.0), (S.HEALTHY, None)],
+            [
+                (S.SUSPECT, None),
+                (S.SUSPECT, None),
+                (S.EJECTED, 10.0),
+                (S.EJECTED, 10.0),
+                (S.EJECTED, 10.0),
+                (S.HEALTHY, None),
+            ],
         ),
         (
             "with checks on, an ejection lasts past its period until a check passes",
@@ -97,24 +109,57 @@ S = State
             "without checks it returns on probation; its next failure ejects it, longer",
             NO_CHECKS,
             [(0, "fail"), (0, "fail"), (0, "fail"), (10, "look"), (11, "fail")],
-            [(S.SUSPECT, None), (S.SUSPECT, None), (S.EJECTED, 10.0)]
-            + [(S.SUSPECT, 10.0), (S.EJECTED, 11.0 + 20.0)],
+            [
+                (S.SUSPECT, None),
+                (S.SUSPECT, None),
+                (S.EJECTED, 10.0),
+                (S.SUSPECT, 10.0),
+                (S.EJECTED, 11.0 + 20.0),
+            ],
         ),
         (
             "a repeat ejection right after returning lasts twice as long",
             CHECKS,
-            [(0, "fail"), (0, "fail"), (0, "fail"), (10, "pass")]
-            + [(11, "fail"), (11, "fail"), (11, "fail")],
-            [(S.SUSPECT, None), (S.SUSPECT, None), (S.EJECTED, 10.0), (S.HEALTHY, None)]
-            + [(S.SUSPECT, None), (S.SUSPECT, None), (S.EJECTED, 31.0)],
+            [
+                (0, "fail"),
+                (0, "fail"),
+                (0, "fail"),
+                (10, "pass"),
+                (11, "fail"),
+                (11, "fail"),
+                (11, "fail"),
+            ],
+            [
+                (S.SUSPECT, None),
+                (S.SUSPECT, None),
+                (S.EJECTED, 10.0),
+                (S.HEALTHY, None),
+                (S.SUSPECT, None),
+                (S.SUSPECT, None),
+                (S.EJECTED, 31.0),
+            ],
         ),
         (
             "a long healthy spell decays the backoff back to the base period",
             CHECKS,
-            [(0, "fail"), (0, "fail"), (0, "fail"), (10, "pass")]
-            + [(100, "fail"), (100, "fail"), (100, "fail")],
-            [(S.SUSPECT, None), (S.SUSPECT, None), (S.EJECTED, 10.0), (S.HEALTHY, None)]
-            + [(S.SUSPECT, None), (S.SUSPECT, None), (S.EJECTED, 110.0)],
+            [
+                (0, "fail"),
+                (0, "fail"),
+                (0, "fail"),
+                (10, "pass"),
+                (100, "fail"),
+                (100, "fail"),
+                (100, "fail"),
+            ],
+            [
+                (S.SUSPECT, None),
+                (S.SUSPECT, None),
+                (S.EJECTED, 10.0),
+                (S.HEALTHY, None),
+                (S.SUSPECT, None),
+                (S.SUSPECT, None),
+                (S.EJECTED, 110.0),
+            ],
         ),
         (
             "a failed check marks it down at once; a passing check brings it up",
@@ -252,5 +297,5 @@ def test_repeat_ejections_never_shrink_without_a_healthy_spell(policy: Policy, n
             periods.append(h.ejected_until - now)
             now = h.ejected_until
             h = checked(h, now, policy, True) if policy.active_checks else h
-    assert all(b >= a - 1e-9 for a, b in zip(periods, periods[1:], strict=False))
+    assert all(b >= a - 1e-9 for a, b in itertools.pairwise(periods))
     assert periods[-1] == pytest.approx(ejection_period(n, policy))
