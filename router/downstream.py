@@ -28,6 +28,9 @@ from router.protocol.auth import AUTHORIZATION_HEADER
 from router.protocol.reqid import REQUEST_ID_HEADER
 
 REUSE_MARKER = "arrow-flight-reuse-connection://?"
+# gRPC waits up to 120 s between reconnects to a server that was down; a recovered endpoint
+# must serve within a health interval of coming back, so the wait is capped at 1 s.
+RECONNECT = [("grpc.initial_reconnect_backoff_ms", 250), ("grpc.max_reconnect_backoff_ms", 1000)]
 
 # (endpoint URL, call kind, error or None) -> None: how a downstream call ended (metrics)
 Observer = Callable[[str, str, BaseException | None], None]
@@ -188,7 +191,7 @@ class FlightDownstream:
         self._pool = pool
         tls = {"tls_root_certs": pool.tls_root_certs} if pool.tls_root_certs else {}
         self._client = flight.FlightClient(
-            url, generic_options=[("grpc.keepalive_time_ms", 300_000)], **tls
+            url, generic_options=[("grpc.keepalive_time_ms", 300_000), *RECONNECT], **tls
         )
 
     def __repr__(self) -> str:

@@ -1,0 +1,226 @@
+"""Health-aware routing against real servers: a TCP blackhole replica is paid for once, a
+Find/Count is asked only where its pattern can match (and fails naming a down endpoint it
+needs), and ``/readyz`` follows endpoints going down and coming back within two health
+intervals. Measured figures are printed (``pytest -s``) for the record."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+import pyarrow.flight as flight
+import pytest
+from structlog.testing import capture_logs
+
+from router.cli import main as router_main
+from router.probes import health_routes
+from router.service import RouterService
+from tests.integration.servers import running_router
+
+pytestmark = pytest.mark.integration
+arrakis = pytest.importorskip("arrakis")
+testing = pytest.importorskip("router_backends.testing")
+defaults = pytest.importorskip("router_backends.defaults")
+
+
+@contextmanager
+def blackhole() -> Iterator[str]:
+    """A TCP server that accepts connections and never answers a byte."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        sock.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                continue
+            accepted.append(conn)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"grpc://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in accepted:
+            conn.close()
+        sock.close()
+
+
+def closed_port_url() -> str:
+    """A URL nothing listens on (connection refused)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return f"grpc://127.0.0.1:{port}"
+
+
+def claim(url: str, *domains: str) -> str:
+    scopes = ", ".join(f"{d}: [{{all: true}}]" for d in domains)
+    return f"{url}:\n  scopes: {{{scopes}}}\n  retention: {{newest: 0, oldest: .inf}}\n"
+
+
+def h1_channel() -> str:
+    return next(m.name for m in defaults.default_channels("H1") if m.sample_rate <= 256)
+
+
+def test_a_blackholed_replica_costs_only_the_first_describe() -> None:
+    channel = h1_channel()
+    with blackhole() as a, testing.serve_mock() as b:
+        arrakis.Client(b).describe([channel])  # the mock's first answer may be slow: not ours
+        yaml_text = claim(a, "H1") + claim(b, "H1")
+        with (
+            running_router(
+                yaml_text, downstream_timeout=2.0, describe_ttl=0.0, health_interval=0.0
+            ) as (url, service, _),
+            capture_logs() as logs,
+        ):
+            client = arrakis.Client(url)
+            times = []
+            for _ in range(20):
+                started = time.monotonic()
+                got = client.describe([channel])
+                times.append(time.monotonic() - started)
+                assert got[channel].name == channel
+            states = {e.url: e.state.value for e in service.health.snapshot().endpoints}
+    print(
+        f"\ndescribe through the router, A blackholed: first {times[0]:.3f} s, next 19: "
+        f"max {max(times[1:]):.3f} s, mean {sum(times[1:]) / 19:.4f} s"
+    )
+    assert 2.0 <= times[0] < 2.0 + 5.0  # paid A's deadline once, bounded
+    assert max(times[1:]) < 0.5, times
+    assert states == {a: "suspect", b: "healthy"}
+    changed = [e for e in logs if e["event"] == "endpoint_health_changed"]
+    assert [(e["endpoint"], e["new"], e["reason"]) for e in changed] == [
+        (a, "suspect", "timed_out")
+    ]
+
+
+@pytest.fixture(scope="module")
+def mock_h1_l1() -> Iterator[str]:
+    with testing.serve_mock() as url:
+        yield url
+
+
+def test_find_and_count_go_only_where_the_pattern_can_match(mock_h1_l1: str) -> None:
+    v1 = closed_port_url()
+    yaml_text = claim(mock_h1_l1, "H1", "L1") + claim(v1, "V1")
+    direct = arrakis.Client(mock_h1_l1)
+    with running_router(yaml_text, downstream_timeout=2.0, health_interval=0.0) as (url, _, _):
+        client = arrakis.Client(url)
+        assert client.count("H1:.*") == direct.count("H1:.*") > 0
+        found = sorted(c.name for c in client.find("L1:GDS.*"))
+        assert found == sorted(c.name for c in direct.find("L1:GDS.*")) != []
+        started = time.monotonic()
+        with pytest.raises(flight.FlightUnavailableError) as info:
+            client.count(".*")
+        elapsed = time.monotonic() - started
+    text = str(info.value)
+    assert v1 in text and "V1:*" in text, text
+    assert elapsed < 2.0 + 5.0  # bounded by the downstream deadline, not a hang
+    assert "Traceback" not in text and len(text) < 4096
+
+
+def readyz(port: int) -> tuple[int, dict[str, object]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def wait_for(port: int, status: int, limit: float) -> float:
+    """Seconds until ``/readyz`` answers ``status`` (polled every 50 ms), or fail."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit + 5:
+        if readyz(port)[0] == status:
+            return time.monotonic() - started
+        time.sleep(0.05)
+    raise AssertionError(f"/readyz did not turn {status} within {limit + 5} s")
+
+
+@contextmanager
+def probes(service: RouterService) -> Iterator[int]:
+    checker = service.health_checker()
+    assert checker is not None
+    server = service.metrics.serve(0, "127.0.0.1", routes=health_routes(service.health))
+    checker.start()
+    try:
+        yield server.port
+    finally:
+        checker.stop()
+        server.close()
+
+
+def test_readyz_follows_a_domain_going_down_and_coming_back(mock_h1_l1: str) -> None:
+    interval = 1.0
+    a_url, b_url = closed_port_url(), closed_port_url()
+    yaml_text = claim(a_url, "H1") + claim(b_url, "H1") + claim(mock_h1_l1, "L1")
+    a, b = ExitStack(), ExitStack()
+    try:
+        a.enter_context(testing.serve_mock(url=a_url))
+        b.enter_context(testing.serve_mock(url=b_url))
+        with (
+            running_router(yaml_text, health_interval=interval, health_timeout=0.5) as (
+                url,
+                service,
+                _,
+            ),
+            probes(service) as port,
+            capture_logs() as logs,
+        ):
+            wait_for(port, 200, 2 * interval)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+                assert r.status == 200 and r.read() == b"ok\n"
+            assert router_main(["health", url, "--ready"]) == 0
+
+            a.close()  # one H1 replica down: still ready, and the body says which is not up
+            assert wait_until_state(service, a_url, "down", 2 * interval + 5)
+            status, body = readyz(port)
+            assert status == 200
+            assert [e["endpoint"] for e in body["endpoints_not_up"]] == [a_url]  # type: ignore[union-attr,index]
+
+            b.close()  # H1's last endpoint down
+            went_down = wait_for(port, 503, 2 * interval)
+            status, body = readyz(port)
+            assert status == 503 and body["domains_without_healthy_endpoint"] == ["H1"]
+            assert router_main(["health", url, "--ready"]) == 1
+            assert router_main(["health", url]) == 0  # alive, not ready
+
+            a.enter_context(testing.serve_mock(url=a_url))  # one comes back
+            came_back = wait_for(port, 200, 2 * interval)
+            assert readyz(port)[1]["ready"] is True
+    finally:
+        a.close()
+        b.close()
+    print(
+        f"\n/readyz: 503 {went_down:.2f} s after H1's last endpoint went down, 200 "
+        f"{came_back:.2f} s after one came back (interval {interval} s)"
+    )
+    assert went_down <= 2 * interval
+    assert came_back <= 2 * interval
+    changes = [(e["endpoint"], e["new"]) for e in logs if e["event"] == "endpoint_health_changed"]
+    assert changes == [(a_url, "down"), (b_url, "down"), (a_url, "healthy")]
+
+
+def wait_until_state(service: RouterService, url: str, state: str, limit: float) -> bool:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        found = service.health.state_of(url)
+        if found is not None and found.value == state:
+            return True
+        time.sleep(0.05)
+    return False
