@@ -166,11 +166,12 @@ def failed(health: Health, now: float, policy: Policy, kind: str) -> Health:
     )
 
 
-def checked(health: Health, now: float, policy: Policy, ok: bool) -> Health:
-    """An active check's result. A pass clears failures; it ends an ejection only once the
-    period is over (a server that answers pings may still fail real calls)."""
+def checked(health: Health, now: float, policy: Policy, ok: bool, detail: str = "check") -> Health:
+    """An active check's result (``detail``: what a failed one said, kept as the latest
+    failure). A pass clears failures; it ends an ejection only once the period is over (a
+    server that answers pings may still fail real calls)."""
     if not ok:
-        return replace(health, check_failed=True, last_failure="check")
+        return replace(health, check_failed=True, last_failure=detail)
     if health.ejected_until is not None and now < health.ejected_until:
         return replace(health, check_failed=False)
     return _alive(health, now)

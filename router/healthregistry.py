@@ -160,8 +160,8 @@ class HealthRegistry:
         self._apply(url, lambda h, now: failed(h, now, self.policy, kind), kind)
 
     def record_check(self, url: str, ok: bool, error: str | None = None) -> None:
-        reason = "check passed" if ok else f"check failed: {error or 'no answer'}"
-        self._apply(url, lambda h, now: checked(h, now, self.policy, ok), reason[:300])
+        reason = ("check passed" if ok else f"check failed: {error or 'no answer'}")[:300]
+        self._apply(url, lambda h, now: checked(h, now, self.policy, ok, reason), reason)
 
     def _apply(self, url: str, step: Callable[[Health, float], Health], reason: str) -> None:
         now = self._monotonic()

@@ -6,13 +6,17 @@ intervals. Measured figures are printed (``pytest -s``) for the record."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
 import pyarrow.flight as flight
 import pytest
@@ -96,6 +100,12 @@ def test_a_blackholed_replica_costs_only_the_first_describe() -> None:
                 times.append(time.monotonic() - started)
                 assert got[channel].name == channel
             states = {e.url: e.state.value for e in service.health.snapshot().endpoints}
+            sample = service.metrics.registry.get_sample_value
+            calls = "arrakis_router_downstream_call_seconds_count"
+            assert sample(calls, {"endpoint": a, "call": "fetch", "outcome": "timed_out"}) == 1
+            assert sample(calls, {"endpoint": b, "call": "fetch", "outcome": "ok"}) == 20
+            assert sample("arrakis_router_endpoint_state", {"endpoint": a}) == 1  # suspect
+            assert sample("arrakis_router_endpoint_up", {"endpoint": a}) == 1
     print(
         f"\ndescribe through the router, A blackholed: first {times[0]:.3f} s, next 19: "
         f"max {max(times[1:]):.3f} s, mean {sum(times[1:]) / 19:.4f} s"
@@ -224,3 +234,55 @@ def wait_until_state(service: RouterService, url: str, state: str, limit: float)
             return True
         time.sleep(0.05)
     return False
+
+
+ROUTER = [sys.executable, "-m", "router.cli"]
+
+
+def test_router_serve_probes_and_metrics_with_a_dead_endpoint(tmp_path: Path) -> None:
+    """The whole `router serve` path: checks start, /readyz says 503 naming the endpoint,
+    /healthz 200, metrics per endpoint, the state change logged, SIGTERM still exits 0."""
+    dead = closed_port_url()
+    path = tmp_path / "map.yaml"
+    path.write_text(claim(dead, "V1"))
+    port = int(closed_port_url().rsplit(":", 1)[1])
+    argv = [*ROUTER, "serve", "--scope-map", str(path), "--url", "grpc://127.0.0.1:0"]
+    argv += ["--metrics-port", str(port), "--health-interval", "0.5", "--log-format", "json"]
+    with testing.ServerProcess(argv, name="router") as proc:
+        wait_for(port, 503, 5)
+        status, body = readyz(port)
+        assert status == 503 and body["domains_without_healthy_endpoint"] == ["V1"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+            assert r.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        assert f'arrakis_router_endpoint_up{{endpoint="{dead}"}} 0.0' in text
+        assert f'arrakis_router_endpoint_state{{endpoint="{dead}"}} 2.0' in text
+        assert "arrakis_router_ready 0.0" in text
+        assert proc.process is not None
+        proc.process.send_signal(signal.SIGTERM)
+        assert proc.process.wait(timeout=20) == 0
+        log_text = proc.log_text()
+    lines = [json.loads(x) for x in log_text.splitlines() if x.startswith("{")]
+    changes = [x for x in lines if x.get("event") == "endpoint_health_changed"]
+    assert changes and changes[0]["endpoint"] == dead and changes[0]["new"] == "down"
+    assert "Connection refused" in changes[0]["reason"] or "connect" in changes[0]["reason"]
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--health-interval", "-1"],
+        ["--health-timeout", "0"],
+        ["--max-downstream-calls", "-1"],
+        ["--eject-after", "0"],
+        ["--ejection-time", "0"],
+    ],
+)
+def test_serve_refuses_bad_health_options(tmp_path: Path, option: list[str]) -> None:
+    path = tmp_path / "map.yaml"
+    path.write_text(claim(closed_port_url(), "V1"))
+    argv = [*ROUTER, "serve", "--scope-map", str(path), "--url", "grpc://127.0.0.1:0", *option]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert option[0] in res.stderr

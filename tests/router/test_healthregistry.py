@@ -129,7 +129,7 @@ def test_readiness_needs_an_endpoint_up_in_every_domain() -> None:
         A: "down",
         V: "down",
     }
-    assert body["endpoints_not_up"][1]["last_failure"] == "check"
+    assert body["endpoints_not_up"][1]["last_failure"] == "check failed: deadline"
     reg.record_check(V, True)
     assert reg.snapshot().ready
 
