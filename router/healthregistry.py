@@ -56,6 +56,7 @@ class EndpointStatus:
     ejected_for: float  # seconds left in the current ejection (0 when not ejected)
     last_failure: str | None
     domains: tuple[str, ...]
+    overflows: int = 0  # calls refused at the in-flight cap so far
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -123,7 +124,7 @@ class HealthRegistry:
         self._domains: dict[str, tuple[str, ...]] = {}  # domain -> endpoint urls
         self._endpoint_domains: dict[str, tuple[str, ...]] = {}
         self._loaded = False
-        self.overflows: dict[str, int] = {}  # calls refused at the cap, per endpoint
+        self._overflows: dict[str, int] = {}  # calls refused at the cap, per endpoint
 
     def __repr__(self) -> str:
         snap = self.snapshot()
@@ -170,13 +171,18 @@ class HealthRegistry:
             if health is None:  # not (or no longer) in the map: a redirect location, say
                 return
             self._health[url] = step(health, now)
-            changes = self._changes(now, reason)
+            changes = self._changes(now, reason, (url,))
         _log(changes)
 
-    def _changes(self, now: float, reason: str) -> list[dict[str, Any]]:
-        """State changes since last reported (under the lock); marks them reported."""
+    def _changes(self, now: float, reason: str, urls: Iterable[str]) -> list[dict[str, Any]]:
+        """State changes of ``urls`` since last reported (under the lock); marks them
+        reported. Most changes follow an outcome; the end of an ejection period without
+        active checks is seen when the endpoint is next looked at."""
         out = []
-        for url, health in self._health.items():
+        for url in urls:
+            health = self._health.get(url)
+            if health is None:
+                continue
             new = state(health, now, self.policy)
             old = self._reported.get(url, State.HEALTHY)
             if new is not old:
@@ -205,7 +211,7 @@ class HealthRegistry:
             ranks = [
                 rank(self._health[u], now, self.policy) if u in self._health else 0 for u in urls
             ]
-            changes = self._changes(now, "ejection period over")
+            changes = self._changes(now, "ejection period over", urls)
         _log(changes)
         if not any(ranks):
             return tuple(urls)
@@ -217,7 +223,7 @@ class HealthRegistry:
         with self._lock:
             n = self._in_flight.get(url, 0)
             if self.max_calls and n >= self.max_calls:
-                self.overflows[url] = self.overflows.get(url, 0) + 1
+                self._overflows[url] = self._overflows.get(url, 0) + 1
                 return False
             self._in_flight[url] = n + 1
             return True
@@ -248,11 +254,12 @@ class HealthRegistry:
                     ejected_for=max(0.0, (h.ejected_until or now) - now),
                     last_failure=h.last_failure,
                     domains=self._endpoint_domains.get(u, ()),
+                    overflows=self._overflows.get(u, 0),
                 )
                 for u, h in self._health.items()
             )
             snap = HealthSnapshot(endpoints, dict(self._domains), self._loaded)
-            changes = self._changes(now, "ejection period over")
+            changes = self._changes(now, "ejection period over", list(self._health))
         _log(changes)
         return snap
 
@@ -321,14 +328,13 @@ class HealthCollector(Collector):
             "Calls refused at once because the endpoint was at --max-downstream-calls",
             labels=["endpoint"],
         )
-        over = dict(self.registry.overflows)
         for e in snap.endpoints:
             up.add_metric([e.url], 1.0 if e.state.is_up else 0.0)
             st.add_metric([e.url], float(_STATE_VALUE[e.state]))
             fails.add_metric([e.url], float(e.failures))
             ejections.add_metric([e.url], float(e.ejections))
             in_flight.add_metric([e.url], float(e.in_flight))
-            overflows.add_metric([e.url], float(over.get(e.url, 0)))
+            overflows.add_metric([e.url], float(e.overflows))
         ready = GaugeMetricFamily(
             "arrakis_router_ready", "1 when /readyz answers 200", value=1.0 if snap.ready else 0.0
         )

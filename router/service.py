@@ -254,6 +254,7 @@ class RouterService:
                 self.clock.now_ns(),
             )
             self._check_describe(dplan.uncovered)
+            dplan = reorder(dplan, self.health.order)
             if redirect and dplan.groups:
                 times = dplan.group_times or tuple(args.time for _ in dplan.groups)
                 return [

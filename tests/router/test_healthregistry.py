@@ -141,7 +141,7 @@ def test_in_flight_cap_is_a_try_acquire() -> None:
     assert reg.try_acquire(B)
     reg.release(A)
     assert reg.try_acquire(A)
-    assert reg.overflows == {A: 1}
+    assert {e.url: e.overflows for e in reg.snapshot().endpoints} == {A: 1, B: 0, C: 0}
     assert reg.in_flight(A) == 2
 
 
