@@ -201,7 +201,7 @@ def test_readyz_follows_a_domain_going_down_and_coming_back(mock_h1_l1: str) -> 
             assert wait_until_state(service, a_url, "down", 2 * interval + 5)
             status, body = readyz(port)
             assert status == 200
-            assert [e["endpoint"] for e in body["endpoints_not_up"]] == [a_url]  # type: ignore[union-attr,index]
+            assert [e["endpoint"] for e in body["endpoints_not_up"]] == [a_url]
 
             b.close()  # H1's last endpoint down
             went_down = wait_for(port, 503, 2 * interval)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from structlog.testing import capture_logs
 
 from router.downstream import Call, StaticPool
@@ -269,3 +271,69 @@ def test_server_info_reports_health() -> None:
         assert info["router"] == "arrakis-router"  # the fields upstream clients read stay
     finally:
         service.close()
+
+
+# --------------------------------------------------------------------------- stateful
+
+
+class RegistryMachine(RuleBasedStateMachine):
+    """Any mix of outcomes, checks, time passing and in-flight calls: the order is always a
+    permutation with the ejected/down endpoints last, the cap is never exceeded, readiness
+    agrees with the endpoint states, and a success always makes the endpoint healthy."""
+
+    URLS = (A, B, C)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tick = Tick()
+        self.reg = HealthRegistry(
+            Policy(eject_after=2, base_ejection=5.0), max_calls=2, monotonic=self.tick
+        )
+        self.reg.track(H1_ABC)
+        self.held: dict[str, int] = dict.fromkeys(self.URLS, 0)
+
+    @rule(url=st.sampled_from(URLS))
+    def success(self, url: str) -> None:
+        self.reg.record_success(url)
+        assert self.reg.state_of(url) is State.HEALTHY
+
+    @rule(url=st.sampled_from(URLS), kind=st.sampled_from(["timed_out", "unavailable"]))
+    def failure(self, url: str, kind: str) -> None:
+        self.reg.record_failure(url, kind)
+        assert self.reg.state_of(url) is not State.HEALTHY
+
+    @rule(url=st.sampled_from(URLS), ok=st.booleans())
+    def check(self, url: str, ok: bool) -> None:
+        self.reg.record_check(url, ok, None if ok else "refused")
+        if not ok:
+            assert self.reg.state_of(url) in (State.DOWN, State.EJECTED)
+
+    @rule(seconds=st.floats(0, 20))
+    def wait(self, seconds: float) -> None:
+        self.tick.now += seconds
+
+    @rule(url=st.sampled_from(URLS))
+    def acquire(self, url: str) -> None:
+        if self.reg.try_acquire(url):
+            self.held[url] += 1
+
+    @rule(url=st.sampled_from(URLS))
+    def release(self, url: str) -> None:
+        if self.held[url]:
+            self.held[url] -= 1
+            self.reg.release(url)
+
+    @invariant()
+    def consistent(self) -> None:
+        order = self.reg.order(list(self.URLS))
+        assert sorted(order) == sorted(self.URLS)
+        states = [self.reg.state_of(u) for u in order]
+        ranks = [0 if s is State.HEALTHY else 1 if s is State.SUSPECT else 2 for s in states]
+        assert ranks == sorted(ranks)
+        snap = self.reg.snapshot()
+        for e in snap.endpoints:
+            assert e.in_flight == self.held[e.url] <= 2
+        assert snap.ready == any(e.state.is_up for e in snap.endpoints)
+
+
+TestRegistryMachine = RegistryMachine.TestCase
