@@ -165,7 +165,7 @@ def find_targets(
             if not is_retryable(exc):
                 raise
             raise UnavailableError(
-                f"{call.what or 'Find'} {pattern[:200]!r} needs {', '.join(endpoints)} "
+                f"{envelope.request} {pattern[:200]!r} needs {', '.join(endpoints)} "
                 f"(scopes {scopes[:500]}), which did not answer: {str(exc)[:1500]}"
             ) from exc
         return metas_from_batches(batches)

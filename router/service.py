@@ -318,7 +318,9 @@ class RouterService:
             described = self.describe(args, request_id, authorization)
             return METADATA_SCHEMA, iter(metadata_batches([described[c] for c in args.channels]))
         if isinstance(args, FindArgs):
-            found = self.find(args, envelope.version, request_id, authorization)
+            found = self.find(
+                args, envelope.version, request_id, authorization, kind=envelope.request
+            )
             if envelope.request == "Count":
                 return COUNT_SCHEMA, iter([count_batch(len(found))])
             return METADATA_SCHEMA, iter(metadata_batches(found))
@@ -410,7 +412,11 @@ class RouterService:
         version: str | None,
         request_id: str,
         authorization: str | None = None,
+        *,
+        kind: str = "Find",
     ) -> list[ChannelMeta]:
+        """Find (or Count: ``kind``, named in errors) on the endpoints whose scopes can hold
+        a match, one replica per disjoint scope group, healthiest first."""
         routing = self.routing
         fplan = reorder(self._find_plan(args, routing), self.health.order)
         targets = prune_find(routing.index, fplan, args.pattern)
@@ -418,7 +424,7 @@ class RouterService:
         return find_targets(
             self.pool,
             self.executor,
-            Envelope("Find", args, version),
+            Envelope(kind, args, version),
             [(t.endpoints, t.time, t.replay_id, scopes) for t, scopes in targets],
             self.call(request_id, "Find", authorization),
         )

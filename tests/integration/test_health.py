@@ -5,6 +5,7 @@ intervals. Measured figures are printed (``pytest -s``) for the record."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import socket
@@ -129,18 +130,19 @@ def test_find_and_count_go_only_where_the_pattern_can_match(mock_h1_l1: str) -> 
     v1 = closed_port_url()
     yaml_text = claim(mock_h1_l1, "H1", "L1") + claim(v1, "V1")
     direct = arrakis.Client(mock_h1_l1)
-    with running_router(yaml_text, downstream_timeout=2.0, health_interval=0.0) as (url, _, _):
+    want_h1 = direct.count("H1:.*")  # first (the mock's first Find can be slow)
+    want_gds = sorted(c.name for c in direct.find("L1:GDS.*"))
+    with running_router(yaml_text, health_interval=0.0) as (url, _, _):
         client = arrakis.Client(url)
-        assert client.count("H1:.*") == direct.count("H1:.*") > 0
-        found = sorted(c.name for c in client.find("L1:GDS.*"))
-        assert found == sorted(c.name for c in direct.find("L1:GDS.*")) != []
+        assert client.count("H1:.*") == want_h1 > 0
+        assert sorted(c.name for c in client.find("L1:GDS.*")) == want_gds != []
         started = time.monotonic()
         with pytest.raises(flight.FlightUnavailableError) as info:
             client.count(".*")
         elapsed = time.monotonic() - started
     text = str(info.value)
-    assert v1 in text and "V1:*" in text, text
-    assert elapsed < 2.0 + 5.0  # bounded by the downstream deadline, not a hang
+    assert v1 in text and "V1:*" in text and "Count '.*' needs" in text, text
+    assert elapsed < 5.0  # a refused connection fails at once, not after a deadline
     assert "Traceback" not in text and len(text) < 4096
 
 
@@ -201,7 +203,7 @@ def test_readyz_follows_a_domain_going_down_and_coming_back(mock_h1_l1: str) -> 
             assert wait_until_state(service, a_url, "down", 2 * interval + 5)
             status, body = readyz(port)
             assert status == 200
-            assert [e["endpoint"] for e in body["endpoints_not_up"]] == [a_url]
+            assert a_url in [e["endpoint"] for e in body["endpoints_not_up"]]
 
             b.close()  # H1's last endpoint down
             went_down = wait_for(port, 503, 2 * interval)
@@ -222,8 +224,19 @@ def test_readyz_follows_a_domain_going_down_and_coming_back(mock_h1_l1: str) -> 
     )
     assert went_down <= 2 * interval
     assert came_back <= 2 * interval
-    changes = [(e["endpoint"], e["new"]) for e in logs if e["event"] == "endpoint_health_changed"]
-    assert changes == [(a_url, "down"), (b_url, "down"), (a_url, "healthy")]
+    changes = [
+        (e["endpoint"], e["old"], e["new"]) for e in logs if e["event"] == "endpoint_health_changed"
+    ]
+    expected = iter([(a_url, "down"), (b_url, "down"), (a_url, "healthy")])
+    step = next(expected)
+    for endpoint_url, _, new in changes:  # in this order (a loaded machine may add a blip)
+        if (endpoint_url, new) == step:
+            step = next(expected, None)  # type: ignore[arg-type]
+    assert step is None, changes
+    for endpoint_url in (a_url, b_url):  # each change logged once: old -> new, never new -> new
+        mine = [(old, new) for u, old, new in changes if u == endpoint_url]
+        assert all(old != new for old, new in mine)
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(mine)), mine
 
 
 def wait_until_state(service: RouterService, url: str, state: str, limit: float) -> bool:
