@@ -297,6 +297,11 @@ class DownstreamPool:
     def _create(self, url: str) -> Downstream:
         return FlightDownstream(url, self)
 
+    def report(self, url: str, kind: str) -> None:
+        """A failure of ``url`` seen above the transport (a stream silent past the idle
+        timeout: ``timed_out``; one ending before its end: ``early_end``). The health-aware
+        pool (:class:`router.healthpool.HealthPool`) records it; this one has no use for it."""
+
     def retain(self, urls: set[str]) -> None:
         """Close and forget the members whose URL is no longer in use (after a reload)."""
         with self._lock:

@@ -282,6 +282,7 @@ class GroupFeed:
                 error = TimedOutError(
                     f"DoGet {self.label} on {url}: no data for {self._idle_timeout:g} s"
                 )
+                self._pool.report(url, "timed_out")
             if self._stop.is_set():
                 return
             errors.append(error)

@@ -217,6 +217,9 @@ class HealthPool(DownstreamPool):
     def get(self, url: str) -> Downstream:
         return GuardedDownstream(self.inner.get(url), self.registry, self._sink)
 
+    def report(self, url: str, kind: str) -> None:
+        self.registry.record_failure(url, kind)
+
     def retain(self, urls: set[str]) -> None:
         self.inner.retain(urls)
 

@@ -337,3 +337,28 @@ class RegistryMachine(RuleBasedStateMachine):
 
 
 TestRegistryMachine = RegistryMachine.TestCase
+
+
+@pytest.mark.parametrize("inline", [False, True])
+def test_a_stream_silent_past_the_idle_timeout_counts_against_its_endpoint(inline: bool) -> None:
+    from router.fanout import GroupFeed
+    from tests.router.scripted import HANG
+
+    reg, _ = registry()
+    a = ScriptedDownstream(A, [[HANG]])
+    b = ScriptedDownstream(B, [[]])
+    pool = HealthPool(StaticPool({A: a, B: b}), reg)
+    with GroupFeed(
+        pool,
+        [A, B],
+        lambda resume: b'{"request": "Stream"}',
+        Call("r1"),
+        batch_end=lambda batch: None,
+        idle_timeout=0.2,
+        poll=0.01,
+        inline=inline,
+    ) as feed:
+        assert list(feed) == []
+    assert reg.state_of(A) is State.SUSPECT
+    assert reg.state_of(B) is State.HEALTHY
+    assert reg.in_flight(A) == reg.in_flight(B) == 0
