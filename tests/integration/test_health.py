@@ -299,3 +299,42 @@ def test_serve_refuses_bad_health_options(tmp_path: Path, option: list[str]) -> 
     res = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2
     assert option[0] in res.stderr
+
+
+def test_over_the_in_flight_cap_a_call_goes_to_the_next_replica_at_once() -> None:
+    """``--max-downstream-calls 1``: an open stream holds A's only slot, so a Describe
+    arriving meanwhile runs on B straight away instead of queueing behind it on A."""
+    channel = h1_channel()
+    with testing.serve_mock() as a, testing.serve_mock() as b:
+        for url in (a, b):
+            arrakis.Client(url).describe([channel])  # warm the mocks
+        yaml_text = claim(a, "H1") + claim(b, "H1")
+        with running_router(
+            yaml_text, describe_ttl=0.0, health_interval=0.0, max_downstream_calls=1
+        ) as (url, service, _):
+            client = arrakis.Client(url)
+            now = time.time() - 315_964_782  # roughly GPS now; the mock keeps everything
+            blocks = client.stream([channel], round(now) - 3600, round(now) - 60)
+            next(iter(blocks))  # the stream is open on A (first in the map), held there
+            assert service.health.in_flight(a) == 1
+            started = time.monotonic()
+            assert client.describe([channel])[channel].name == channel
+            elapsed = time.monotonic() - started
+            blocks.close()
+            assert wait_until_idle(service, a)
+            sample = service.metrics.registry.get_sample_value
+            calls = "arrakis_router_downstream_call_seconds_count"
+            on_b = sample(calls, {"endpoint": b, "call": "fetch", "outcome": "ok"})
+            overflows = sample("arrakis_router_downstream_overflows_total", {"endpoint": a})
+            state_a = service.health.state_of(a)
+    print(f"\ndescribe while A is at its cap: {elapsed:.3f} s, answered by B")
+    assert on_b == 1 and overflows == 1
+    assert state_a is not None and state_a.value == "healthy"  # the cap is not A's fault
+    assert elapsed < 5.0
+
+
+def wait_until_idle(service: RouterService, url: str, limit: float = 10.0) -> bool:
+    deadline = time.monotonic() + limit
+    while service.health.in_flight(url) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return service.health.in_flight(url) == 0
