@@ -94,8 +94,8 @@ class GuardedDownstream:
     def _acquire(self, what: str) -> None:
         if not self._registry.try_acquire(self.url):
             raise UnavailableError(
-                f"{what} on {self.url}: {self._registry.max_calls} calls already in flight "
-                "(--max-downstream-calls); trying the next replica"
+                f"{what} on {self.url}: at its cap of calls in flight "
+                f"(--max-downstream-calls {self._registry.max_calls}); not queued"
             )
 
     def _record(self, kind: str, started: float, exc: BaseException | None) -> None:
