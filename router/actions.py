@@ -24,8 +24,12 @@ def capabilities(scope_map: ScopeMap) -> list[str]:
     return caps
 
 
-def server_info(scope_map: ScopeMap, mode: str) -> dict[str, Any]:
-    return {
+def server_info(
+    scope_map: ScopeMap, mode: str, health: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``health``: the router's readiness (``router health --ready`` reads it; upstream
+    clients read only the fields they know)."""
+    info: dict[str, Any] = {
         "server_version": __version__,
         "arrakis_version": CLIENT_VERSION,
         "arrakis_schema_version": SCHEMA_VERSION,
@@ -39,6 +43,9 @@ def server_info(scope_map: ScopeMap, mode: str) -> dict[str, Any]:
         "router": "arrakis-router",
         "router_mode": mode,
     }
+    if health is not None:
+        info["health"] = health
+    return info
 
 
 def _dump(value: Any) -> bytes:
@@ -49,10 +56,12 @@ def _dump(value: Any) -> bytes:
     return json.dumps(value).encode()
 
 
-def action_body(kind: str, scope_map: ScopeMap, mode: str) -> bytes | None:
+def action_body(
+    kind: str, scope_map: ScopeMap, mode: str, health: dict[str, Any] | None = None
+) -> bytes | None:
     """The JSON body of action ``kind``, or None when the action does not exist."""
     if kind == "server-info":
-        return _dump(server_info(scope_map, mode))
+        return _dump(server_info(scope_map, mode, health))
     if kind == "scope-map":
         return _dump(to_upstream_json(scope_map))
     if kind == "replays":

@@ -28,6 +28,9 @@ from router.protocol.auth import AUTHORIZATION_HEADER
 from router.protocol.reqid import REQUEST_ID_HEADER
 
 REUSE_MARKER = "arrow-flight-reuse-connection://?"
+# gRPC waits up to 120 s between reconnects to a server that was down; a recovered endpoint
+# must serve within a health interval of coming back, so the wait is capped at 1 s.
+RECONNECT = [("grpc.initial_reconnect_backoff_ms", 250), ("grpc.max_reconnect_backoff_ms", 1000)]
 
 # (endpoint URL, call kind, error or None) -> None: how a downstream call ended (metrics)
 Observer = Callable[[str, str, BaseException | None], None]
@@ -195,7 +198,7 @@ class FlightDownstream:
         self._pool = pool
         tls = {"tls_root_certs": pool.tls_root_certs} if pool.tls_root_certs else {}
         self._client = flight.FlightClient(
-            url, generic_options=[("grpc.keepalive_time_ms", 300_000)], **tls
+            url, generic_options=[("grpc.keepalive_time_ms", 300_000), *RECONNECT], **tls
         )
 
     def __repr__(self) -> str:
@@ -348,6 +351,11 @@ class DownstreamPool:
 
     def _create(self, url: str) -> Downstream:
         return FlightDownstream(url, self)
+
+    def report(self, url: str, kind: str) -> None:
+        """A failure of ``url`` seen above the transport (a stream silent past the idle
+        timeout: ``timed_out``; one ending before its end: ``early_end``). The health-aware
+        pool (:class:`router.healthpool.HealthPool`) records it; this one has no use for it."""
 
     def retain(self, urls: set[str]) -> None:
         """Close and forget the members whose URL is no longer in use (after a reload)."""

@@ -355,6 +355,7 @@ class ReplicaFeed:
             self.reading = False
             watch.stop()
             if watch.fired is not None:
+                self.pool.report(url, "timed_out")  # the transport saw only a cancel
                 raise TimedOutError(f"DoGet {self.label} on {url}: {watch.fired}")
             if self._closed:
                 return
@@ -362,6 +363,7 @@ class ReplicaFeed:
             if self.end is not None:
                 at = self.delivered_to()
                 if at is None or at < self.end:
+                    self.pool.report(url, "early_end")
                     raise EndedEarlyError(
                         f"DoGet {self.label} on {url}: the stream ended at {seconds(at)} GPS s, "
                         f"before the slice's end {seconds(self.end)}",

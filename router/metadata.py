@@ -20,7 +20,7 @@ from cachetools import TTLCache
 
 from router.context import RequestContext
 from router.downstream import Call, DownstreamPool
-from router.errors import ChannelsNotAvailableError
+from router.errors import ArrakisError, ChannelsNotAvailableError, UnavailableError, is_retryable
 from router.fanout import fetch_first, gather
 from router.protocol.arrow import metas_from_batches
 from router.protocol.channel import ChannelMeta
@@ -147,18 +147,31 @@ def find_targets(
     pool: DownstreamPool,
     executor: Executor,
     envelope: Envelope,
-    targets: Sequence[tuple[tuple[str, ...], int | None, str | None]],
+    targets: Sequence[tuple[tuple[str, ...], int | None, str | None, str]],
     call: Call,
     ctx: RequestContext | None = None,
 ) -> list[ChannelMeta]:
-    """Find on one replica per ``(endpoints, time, replay_id)`` target, concurrently; the rows
-    merged in target order and de-duplicated by channel name (first answer wins)."""
+    """Find on one replica per ``(endpoints, time, replay_id, scopes)`` target, concurrently;
+    the rows merged in target order and de-duplicated by channel name (first answer wins).
+    A target no replica answers fails the whole Find with an error naming its endpoints and
+    the scopes they would have answered for: never a silently smaller answer."""
     assert isinstance(envelope.args, FindArgs)
     find = Envelope("Find", envelope.args, envelope.version)
+    pattern = envelope.args.pattern
 
-    def one(endpoints: tuple[str, ...], t: int | None, replay: str | None) -> list[ChannelMeta]:
+    def one(
+        endpoints: tuple[str, ...], t: int | None, replay: str | None, scopes: str
+    ) -> list[ChannelMeta]:
         command = find.replace(time=t, replay_id=replay).encode()
-        _, batches = fetch_first(pool, endpoints, command, call, ctx)
+        try:
+            _, batches = fetch_first(pool, endpoints, command, call, ctx)
+        except ArrakisError as exc:
+            if not is_retryable(exc):
+                raise
+            raise UnavailableError(
+                f"{envelope.request} {pattern[:200]!r} needs {', '.join(endpoints)} "
+                f"(scopes {scopes[:500]}), which did not answer: {str(exc)[:1500]}"
+            ) from exc
         return metas_from_batches(batches)
 
     answers = gather(executor, [functools.partial(one, *t) for t in targets])

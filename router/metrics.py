@@ -21,14 +21,24 @@ exposes it over HTTP at ``http://HOST:N/metrics``; port 0 (the default) means of
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Generator, Iterable, Iterator
-from typing import Protocol, TypeVar
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Protocol, TypeVar
 from wsgiref.simple_server import WSGIServer
 
 import pyarrow.flight as flight
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    make_wsgi_app,
+    start_http_server,
+)
 
 from router.errors import CancelledError, to_flight_error
+
+if TYPE_CHECKING:
+    from router.probes import Route
 
 __all__ = ["MetricsServer", "RouterMetrics", "StitchCounts", "StreamReporter", "outcome_of"]
 
@@ -79,11 +89,25 @@ def outcome_of(exc: BaseException | None) -> str:
 
 
 class MetricsServer:
-    """The HTTP exposition of one registry; ``close()`` stops it (idempotent)."""
+    """The HTTP exposition of one registry; ``close()`` stops it (idempotent). ``routes``:
+    more pages on the same port by path (``/healthz``, ``/readyz``: :mod:`router.probes`)."""
 
-    def __init__(self, registry: CollectorRegistry, port: int, addr: str = "0.0.0.0") -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        port: int,
+        addr: str = "0.0.0.0",
+        routes: Mapping[str, Route] | None = None,
+    ) -> None:
         self._httpd: WSGIServer | None
-        self._httpd, self._thread = start_http_server(port, addr, registry)
+        if routes:
+            from router.probes import routed, serve_wsgi
+
+            self._httpd, self._thread = serve_wsgi(
+                routed(make_wsgi_app(registry), routes), port, addr
+            )
+        else:
+            self._httpd, self._thread = start_http_server(port, addr, registry)
         self.port: int = self._httpd.server_port
 
     def __repr__(self) -> str:
@@ -163,9 +187,11 @@ class RouterMetrics:
     def stream_reporter(self, stream: StitchCounts) -> StreamReporter:
         return StreamReporter(self, stream)
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> MetricsServer:
-        """Expose this registry over HTTP (port 0 picks a free port)."""
-        return MetricsServer(self.registry, port, addr)
+    def serve(
+        self, port: int, addr: str = "0.0.0.0", routes: Mapping[str, Route] | None = None
+    ) -> MetricsServer:
+        """Expose this registry over HTTP (port 0 picks a free port), with ``routes``."""
+        return MetricsServer(self.registry, port, addr, routes)
 
 
 class StitchCounts(Protocol):

@@ -82,6 +82,46 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "downstream further ahead is slowed down (default 64)",
     )
     parser.add_argument(
+        "--health-interval",
+        type=float,
+        default=Settings.health_interval,
+        metavar="S",
+        help="check every endpoint with a server-info call every S seconds (0: no active "
+        f"checks; default {Settings.health_interval:g})",
+    )
+    parser.add_argument(
+        "--health-timeout",
+        type=float,
+        default=Settings.health_timeout,
+        metavar="S",
+        help="deadline of one active check, at most half the interval "
+        f"(default {Settings.health_timeout:g})",
+    )
+    parser.add_argument(
+        "--max-downstream-calls",
+        type=int,
+        default=Settings.max_downstream_calls,
+        metavar="N",
+        help="calls in flight per endpoint (open streams included); over it a call goes "
+        f"to the next replica at once (0: no cap; default {Settings.max_downstream_calls})",
+    )
+    parser.add_argument(
+        "--eject-after",
+        type=int,
+        default=Settings.eject_after,
+        metavar="N",
+        help="consecutive failed calls that eject an endpoint (ordered last) "
+        f"(default {Settings.eject_after})",
+    )
+    parser.add_argument(
+        "--ejection-time",
+        type=float,
+        default=Settings.ejection_time,
+        metavar="S",
+        help="first ejection period; it grows with repeat ejections up to 300 s "
+        f"(default {Settings.ejection_time:g})",
+    )
+    parser.add_argument(
         "--metrics-port",
         type=int,
         default=0,
@@ -124,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
     import pyarrow.flight as flight
 
     from router.downstream import DownstreamPool
+    from router.probes import health_routes
     from router.reload import Reloader
     from router.server import RouterFlightServer
     from scopemap import load_path
@@ -157,8 +198,26 @@ def run(args: argparse.Namespace) -> int:
     if args.request_timeout is not None and args.request_timeout <= 0:
         print("router serve: --request-timeout must be > 0", file=sys.stderr)
         return 2
+    if (
+        args.health_interval < 0
+        or args.health_timeout <= 0
+        or args.max_downstream_calls < 0
+        or args.eject_after < 1
+        or args.ejection_time <= 0
+    ):
+        print(
+            "router serve: --health-interval must be >= 0, --health-timeout and "
+            "--ejection-time > 0, --max-downstream-calls >= 0 and --eject-after >= 1",
+            file=sys.stderr,
+        )
+        return 2
     settings = Settings(
         mode=args.mode,
+        health_interval=args.health_interval,
+        health_timeout=args.health_timeout,
+        max_downstream_calls=args.max_downstream_calls,
+        eject_after=args.eject_after,
+        ejection_time=args.ejection_time,
         describe_ttl=args.describe_ttl,
         downstream_timeout=args.downstream_timeout,
         request_timeout=args.request_timeout,
@@ -178,7 +237,9 @@ def run(args: argparse.Namespace) -> int:
     metrics_server = None
     if args.metrics_port:
         try:
-            metrics_server = service.metrics.serve(args.metrics_port, host)
+            metrics_server = service.metrics.serve(
+                args.metrics_port, host, routes=health_routes(service.health)
+            )
         except OSError as exc:
             print(
                 f"router serve: cannot serve metrics on port {args.metrics_port}: {exc}",
@@ -187,7 +248,15 @@ def run(args: argparse.Namespace) -> int:
             server.shutdown()
             service.close()
             return 1
-        log.info("metrics_serving", url=f"http://{host}:{metrics_server.port}/metrics")
+        log.info(
+            "metrics_serving",
+            url=f"http://{host}:{metrics_server.port}/metrics",
+            probes=["/healthz", "/readyz"],
+        )
+    checker = service.health_checker()
+    if checker is not None:
+        checker.start()
+        log.info("health_checks_started", interval=checker.interval, timeout=checker.timeout)
     reloader = Reloader(service, args.scope_map)
     stop = threading.Event()
 
@@ -219,6 +288,8 @@ def run(args: argparse.Namespace) -> int:
     log.info("router_stopping")
     service.cancel_all()
     reloader.stop()
+    if checker is not None:
+        checker.stop()
     server.shutdown()
     if metrics_server is not None:
         metrics_server.close()

@@ -30,6 +30,10 @@ from router.errors import (
     UnsupportedError,
 )
 from router.fanout import fetch_first, seconds
+from router.healthcheck import HealthChecker
+from router.healthpolicy import Policy
+from router.healthpool import HealthPool, call_histogram
+from router.healthregistry import HealthCollector, HealthRegistry
 from router.live import LiveExecution, max_latency_ns
 from router.metadata import DescribeCache, describe_groups, find_targets
 from router.metrics import RouterMetrics
@@ -48,6 +52,7 @@ from router.protocol.envelope import (
     StreamArgs,
 )
 from router.protocol.gps import Clock, SystemClock
+from router.replicaorder import reorder
 from router.stitch import Grid
 from router.streaming import Feeds, StreamExecution, StreamOptions, make_grid
 from router.timers import Timer, TimerHandle
@@ -66,6 +71,7 @@ from scopemap import (
     plan_publish,
     plan_stream,
 )
+from scopemap.prune import prune_find
 
 log = structlog.get_logger("router.service")
 
@@ -93,6 +99,13 @@ class Settings:
     # how often the service asks gRPC whether the clients of its calls are still there
     client_watch_s: float = 0.1
 
+    # endpoint health (router.healthpolicy, router.healthcheck)
+    health_interval: float = 5.0  # s between active checks of every endpoint; 0: none
+    health_timeout: float = 1.0  # deadline of one check (at most half the interval)
+    max_downstream_calls: int = 100  # in flight per endpoint (gRPC's default stream limit)
+    eject_after: int = 3  # consecutive failed calls that eject an endpoint
+    ejection_time: float = 10.0  # s, first ejection; grows on repeats, at most 300 s
+
     def stream_options(self) -> StreamOptions:
         return StreamOptions(
             open_timeout=self.downstream_timeout,
@@ -112,6 +125,14 @@ class Settings:
         if self.request_timeout is not None:
             return self.request_timeout
         return None if request == "Stream" else self.metadata_request_timeout
+
+    def health_policy(self) -> Policy:
+        return Policy(
+            eject_after=self.eject_after,
+            base_ejection=self.ejection_time,
+            max_ejection=max(300.0, self.ejection_time),
+            active_checks=self.health_interval > 0,
+        )
 
 
 @dataclass(frozen=True)
@@ -166,9 +187,16 @@ class RouterService:
             raise ValueError(f"mode must be one of {MODES}, got {self.settings.mode!r}")
         self._routing = Routing.of(scope_map)
         self._swap_lock = threading.Lock()
-        self.pool = pool or DownstreamPool()
         self.clock: Clock = clock or SystemClock()
         self.metrics = metrics if metrics is not None else RouterMetrics()
+        self.health = HealthRegistry(
+            self.settings.health_policy(), max_calls=self.settings.max_downstream_calls
+        )
+        self.health.track(scope_map)
+        self.metrics.registry.register(HealthCollector(self.health))
+        self.pool: DownstreamPool = HealthPool(
+            pool or DownstreamPool(), self.health, call_histogram(self.metrics.registry)
+        )
         self.cache = DescribeCache(self.settings.describe_ttl)
         self.executor = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="fanout")
         self.stream_options = self.settings.stream_options()
@@ -195,6 +223,7 @@ class RouterService:
         routing = Routing.of(scope_map)
         with self._swap_lock:
             self._routing = routing
+        self.health.track(scope_map)
         self.cache.clear()
         self.pool.retain({ep.url for ep in scope_map.endpoints})
 
@@ -202,6 +231,19 @@ class RouterService:
         """Cancel every request in flight (and every one that starts later): each stops
         its downstream calls and threads within a second. Returns how many were live."""
         return self.requests.cancel_all(reason)
+
+    def health_checker(self) -> HealthChecker | None:
+        """The active checker of this service's endpoints (not started), None when
+        ``health_interval`` is 0."""
+        if self.settings.health_interval <= 0:
+            return None
+        assert isinstance(self.pool, HealthPool)
+        return HealthChecker(
+            self.health,
+            self.pool.inner,
+            self.settings.health_interval,
+            self.settings.health_timeout,
+        )
 
     def close(self) -> None:
         self.cancel_all()
@@ -277,6 +319,7 @@ class RouterService:
                 self.clock.now_ns(),
             )
             self._check_describe(dplan.uncovered)
+            dplan = reorder(dplan, self.health.order)
             if redirect and dplan.groups:
                 times = dplan.group_times or tuple(args.time for _ in dplan.groups)
                 return [
@@ -319,7 +362,7 @@ class RouterService:
                     feeds,
                     clock=self.clock,
                     max_latency=max_latency_ns(metas),
-                    plan_at=lambda start: self._replan(args, start),
+                    plan_at=lambda start: reorder(self._replan(args, start), self.health.order),
                 )
             else:
                 execution = StreamExecution(plan, feeds)
@@ -337,7 +380,7 @@ class RouterService:
             described = self.describe(args, ctx)
             return METADATA_SCHEMA, iter(metadata_batches([described[c] for c in args.channels]))
         if isinstance(args, FindArgs):
-            found = self.find(args, envelope.version, ctx)
+            found = self.find(args, envelope.version, ctx, kind=envelope.request)
             if envelope.request == "Count":
                 return COUNT_SCHEMA, iter([count_batch(len(found))])
             return METADATA_SCHEMA, iter(metadata_batches(found))
@@ -370,7 +413,8 @@ class RouterService:
         return self.pool.get(url).exchange(envelope.encode(), batches, call)
 
     def action(self, kind: str) -> bytes:
-        body = action_body(kind, self.routing.scope_map, self.settings.mode)
+        health = self.health.snapshot().readiness_json() if kind == "server-info" else None
+        body = action_body(kind, self.routing.scope_map, self.settings.mode, health)
         if body is None:
             raise ServerError("action not valid")
         return body
@@ -397,6 +441,7 @@ class RouterService:
             DescribeRequest(tuple(missing), args.time, args.replay_id),
             self.clock.now_ns() if now is None else now,
         )
+        dplan = reorder(dplan, self.health.order)
         self._check_describe(dplan.uncovered)
         times = dplan.group_times or tuple(args.time for _ in dplan.groups)
         envelope = Envelope("Describe", args)
@@ -417,20 +462,29 @@ class RouterService:
         args: FindArgs,
         version: str | None,
         ctx: RequestContext,
+        *,
+        kind: str = "Find",
     ) -> list[ChannelMeta]:
-        fplan = self._find_plan(args)
+        """Find (or Count: ``kind``, named in errors) on the endpoints whose scopes can hold
+        a match, one replica per disjoint scope group, healthiest first."""
+        routing = self.routing
+        fplan = reorder(self._find_plan(args, routing), self.health.order)
+        targets = prune_find(routing.index, fplan, args.pattern)
+        log.debug("find_targets", targets=len(targets), pruned=len(fplan.targets) - len(targets))
         return find_targets(
             self.pool,
             self.executor,
-            Envelope("Find", args, version),
-            [(t.endpoints, t.time, t.replay_id) for t in fplan.targets],
+            Envelope(kind, args, version),
+            [(t.endpoints, t.time, t.replay_id, scopes) for t, scopes in targets],
             self.call(ctx, "Find"),
             ctx,
         )
 
-    def _find_plan(self, args: FindArgs) -> FindPlan:
+    def _find_plan(self, args: FindArgs, routing: Routing | None = None) -> FindPlan:
         fplan = plan_find(
-            self.routing.index, FindRequest(args.time, args.replay_id), self.clock.now_ns()
+            (routing or self.routing).index,
+            FindRequest(args.time, args.replay_id),
+            self.clock.now_ns(),
         )
         if not fplan.targets:
             raise CannotServeError(
@@ -463,7 +517,11 @@ class RouterService:
         )
         metas = [found[c] for c in args.channels]
         grid = make_grid(metas)
-        return self._aligned(plan, args, grid, routing, now), grid, metas
+        return (
+            reorder(self._aligned(plan, args, grid, routing, now), self.health.order),
+            grid,
+            metas,
+        )
 
     def _aligned(
         self, plan: StreamPlan, args: StreamArgs, grid: Grid, routing: Routing, now: int
