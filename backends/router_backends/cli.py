@@ -213,6 +213,46 @@ def serve_until_signalled(server: BackendServer, **log_fields: object) -> int:
     return status
 
 
+def plugin_parser(
+    name: str,
+    plugin: Any,
+    parser: argparse.ArgumentParser | None = None,
+) -> argparse.ArgumentParser:
+    """The options of plugin ``name``: the server core's (for a backend) and its own."""
+    if parser is None:
+        parser = argparse.ArgumentParser(
+            prog=f"router-backend {name}", description=_describe(plugin)
+        )
+    if not callable(getattr(plugin, "run", None)):
+        add_server_arguments(parser)
+    plugin.add_arguments(parser)
+    return parser
+
+
+#: the plugins this distribution registers itself (documented in the CLI reference)
+OWN_PLUGINS = ("mock", "files", "record")
+
+
+def reference_parser(names: Sequence[str] = OWN_PLUGINS) -> argparse.ArgumentParser:
+    """The whole command line as one parser with a sub-command per plugin in ``names`` (and
+    ``list``), for the generated reference; ``main`` parses in two steps instead, so that
+    only the chosen plugin is imported."""
+    parser = build_parser()
+    top = argparse.ArgumentParser(
+        prog=parser.prog, description=parser.description, epilog=parser.epilog
+    )
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            top._add_action(action)
+    sub = top.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("list", help="the installed plugins", description="the installed plugins")
+    for name in names:
+        _, plugin = load(name)
+        description = _describe(plugin)
+        plugin_parser(name, plugin, sub.add_parser(name, help=description, description=description))
+    return top
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     top = build_parser().parse_args(argv)
     from router_backends.logs import configure_logging
@@ -232,13 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PluginError as exc:
         print(f"router-backend: error: {exc}", file=sys.stderr)
         return 2
-    parser = argparse.ArgumentParser(prog=f"router-backend {name}", description=_describe(plugin))
-    plugin_any: Any = plugin
-    is_command = callable(getattr(plugin_any, "run", None))
-    if not is_command:
-        add_server_arguments(parser)
     try:
-        plugin.add_arguments(parser)
+        parser = plugin_parser(name, plugin)
     except Exception as exc:
         print(
             f"router-backend: error: plugin {name!r} from {info.origin} failed to declare "
@@ -246,6 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    plugin_any: Any = plugin
+    is_command = callable(getattr(plugin_any, "run", None))
     args = parser.parse_args(options)
     if is_command:
         status: int = plugin_any.run(args)

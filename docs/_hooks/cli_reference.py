@@ -24,9 +24,9 @@ def _router_parser() -> argparse.ArgumentParser:
 
 
 def _backend_parser() -> argparse.ArgumentParser:
-    from router_backends.cli import build_parser
+    from router_backends.cli import reference_parser
 
-    return build_parser()
+    return reference_parser()
 
 
 PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
