@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("router.serve", "run the router Flight service"),
     "health": ("router.health", "exit 0 when a router/Arrakis server answers server-info"),
     "explain": ("router.explain", "show where a request goes and why (no network)"),
+    "verify": ("router.verify", "check that the scope map matches what its endpoints do"),
 }
 
 
