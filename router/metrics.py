@@ -21,14 +21,16 @@ exposes it over HTTP at ``http://HOST:N/metrics``; port 0 (the default) means of
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Generator, Iterable, Iterator
-from typing import Protocol, TypeVar
-from wsgiref.simple_server import WSGIServer
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from typing import Any, Protocol, TypeVar
+from wsgiref.simple_server import WSGIServer, make_server
 
 import pyarrow.flight as flight
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 
 from router.errors import CancelledError, to_flight_error
+from router.recenterrors import RecentErrors
 
 __all__ = ["MetricsServer", "RouterMetrics", "StitchCounts", "StreamReporter", "outcome_of"]
 
@@ -78,12 +80,45 @@ def outcome_of(exc: BaseException | None) -> str:
     return "server_error"
 
 
-class MetricsServer:
-    """The HTTP exposition of one registry; ``close()`` stops it (idempotent)."""
+# An extra page of the metrics port: () -> (status line, headers, body), e.g. the status page.
+Page = Callable[[], tuple[str, list[tuple[str, str]], bytes]]
 
-    def __init__(self, registry: CollectorRegistry, port: int, addr: str = "0.0.0.0") -> None:
-        self._httpd: WSGIServer | None
-        self._httpd, self._thread = start_http_server(port, addr, registry)
+
+def _with_pages(metrics_app: Any, pages: Mapping[str, Page]) -> Any:
+    """A WSGI app serving ``pages`` by exact path and everything else as metrics."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        page = pages.get(environ.get("PATH_INFO") or "/")
+        if page is None:
+            return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+        status, headers, body = page()
+        start_response(status, [*headers, ("Content-Length", str(len(body)))])
+        return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else body]
+
+    return app
+
+
+class MetricsServer:
+    """The HTTP exposition of one registry (plus extra ``pages`` by path, e.g. ``/``);
+    ``close()`` stops it (idempotent)."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        port: int,
+        addr: str = "0.0.0.0",
+        pages: Mapping[str, Page] | None = None,
+    ) -> None:
+        app = make_wsgi_app(registry)
+        if pages:
+            app = _with_pages(app, pages)
+        self._httpd: WSGIServer | None = make_server(
+            addr, port, app, ThreadingWSGIServer, handler_class=_SilentHandler
+        )
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="metrics-http", daemon=True
+        )
+        self._thread.start()
         self.port: int = self._httpd.server_port
 
     def __repr__(self) -> str:
@@ -141,6 +176,7 @@ class RouterMetrics:
             "arrakis_router_open_streams", "DoGet streams currently open", registry=r
         )
         self._lock = threading.Lock()
+        self.recent_errors = RecentErrors()  # shown on the status page
 
     def __repr__(self) -> str:
         return f"<RouterMetrics open_streams={self.open_streams._value.get():g}>"
@@ -150,6 +186,8 @@ class RouterMetrics:
 
     def downstream_call(self, endpoint: str, call: str, exc: BaseException | None) -> None:
         self.downstream_calls.labels(endpoint, call, outcome_of(exc)).inc()
+        if exc is not None and not isinstance(exc, CancelledError | GeneratorExit):
+            self.recent_errors.record(endpoint, call, exc)
 
     def stitched(self, gap_blocks: int, duplicates_dropped: int) -> None:
         """Count gap blocks and dropped duplicates (increments, never negative)."""
@@ -163,9 +201,11 @@ class RouterMetrics:
     def stream_reporter(self, stream: StitchCounts) -> StreamReporter:
         return StreamReporter(self, stream)
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> MetricsServer:
-        """Expose this registry over HTTP (port 0 picks a free port)."""
-        return MetricsServer(self.registry, port, addr)
+    def serve(
+        self, port: int, addr: str = "0.0.0.0", pages: Mapping[str, Page] | None = None
+    ) -> MetricsServer:
+        """Expose this registry over HTTP (port 0 picks a free port), plus ``pages``."""
+        return MetricsServer(self.registry, port, addr, pages)
 
 
 class StitchCounts(Protocol):

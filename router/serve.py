@@ -117,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     from router.downstream import DownstreamPool
     from router.reload import Reloader
     from router.server import RouterFlightServer
+    from router.statuspage import status_page_for
     from scopemap import load_path
 
     router_logging.configure(args.log_format, args.log_level)
@@ -165,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
     metrics_server = None
     if args.metrics_port:
         try:
-            metrics_server = service.metrics.serve(args.metrics_port, host)
+            pages = {"/": status_page_for(service)}
+            metrics_server = service.metrics.serve(args.metrics_port, host, pages)
         except OSError as exc:
             print(
                 f"router serve: cannot serve metrics on port {args.metrics_port}: {exc}",
@@ -174,7 +176,11 @@ def run(args: argparse.Namespace) -> int:
             server.shutdown()
             service.close()
             return 1
-        log.info("metrics_serving", url=f"http://{host}:{metrics_server.port}/metrics")
+        log.info(
+            "metrics_serving",
+            url=f"http://{host}:{metrics_server.port}/metrics",
+            status_page=f"http://{host}:{metrics_server.port}/",
+        )
     reloader = Reloader(service, args.scope_map)
     stop = threading.Event()
 

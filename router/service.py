@@ -29,6 +29,7 @@ from router.errors import (
     UnsupportedError,
 )
 from router.fanout import fetch_first
+from router.inflight import InFlight
 from router.live import LiveExecution, max_latency_ns
 from router.metadata import DescribeCache, describe_groups, find_targets
 from router.metrics import RouterMetrics
@@ -90,10 +91,11 @@ class Routing:
 
     scope_map: ScopeMap
     index: RoutingIndex
+    loaded_at_ns: int = 0  # GPS ns, shown on the status page
 
     @classmethod
-    def of(cls, scope_map: ScopeMap) -> Routing:
-        return cls(scope_map, RoutingIndex(scope_map))
+    def of(cls, scope_map: ScopeMap, loaded_at_ns: int = 0) -> Routing:
+        return cls(scope_map, RoutingIndex(scope_map), loaded_at_ns)
 
 
 def _reuse(command: bytes) -> flight.FlightEndpoint:
@@ -133,11 +135,12 @@ class RouterService:
         self.settings = settings or Settings()
         if self.settings.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.settings.mode!r}")
-        self._routing = Routing.of(scope_map)
+        self.clock: Clock = clock or SystemClock()
+        self._routing = Routing.of(scope_map, self.clock.now_ns())
         self._swap_lock = threading.Lock()
         self.stopping = threading.Event()
         self.pool = pool or DownstreamPool()
-        self.clock: Clock = clock or SystemClock()
+        self.inflight = InFlight()  # streams being served, for the status page
         self.metrics = metrics if metrics is not None else RouterMetrics()
         self.cache = DescribeCache(self.settings.describe_ttl)
         self.executor = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="fanout")
@@ -163,7 +166,7 @@ class RouterService:
     def replace_map(self, scope_map: ScopeMap) -> None:
         """Make a validated map active (atomic swap); cached metadata is dropped, and so are
         the answers of Describes still running against the old map (cache generation)."""
-        routing = Routing.of(scope_map)
+        routing = Routing.of(scope_map, self.clock.now_ns())
         with self._swap_lock:
             self._routing = routing
         self.cache.clear()
@@ -271,7 +274,10 @@ class RouterService:
                 live=args.start is None,
                 open_ended=args.end is None,
             )
-            return grid.schema, self._observed(execution)
+            stitched = self._observed(execution)
+            return grid.schema, self.inflight.track(
+                request_id, args.channels, args.start, args.end, stitched
+            )
         if isinstance(args, DescribeArgs):
             described = self.describe(args, request_id, authorization)
             return METADATA_SCHEMA, iter(metadata_batches([described[c] for c in args.channels]))
