@@ -122,13 +122,16 @@ def judge_time(
     probe: TimeProbe, channel: str, error: str | None, line: int, label: str = "retention"
 ) -> Finding:
     """``error`` None: the Describe was answered; else the refusal's text."""
-    said = "answered" if probe.answered else "refused"
-    got = "answered" if error is None else "refused"
-    detail = f"describe {channel} at {probe.label}: {got} (the map says {said})"
-    if error is not None:
-        detail += f": {shorten(error)}"
-    status = Status.OK if (error is None) == probe.answered else Status.DRIFT
-    return Finding("retention", status, line, label, detail)
+    head = f"describe {channel} at {probe.label}"
+    answered = error is None
+    if answered == probe.answered:
+        got = "answered" if answered else "refused"
+        return Finding("retention", Status.OK, line, label, f"{head}: {got}, as the map says")
+    if answered:
+        detail = f"{head}: answered, but the map says it is outside the window"
+    else:
+        detail = f"{head}: refused, but the map says it is retained: {shorten(error or '')}"
+    return Finding("retention", Status.DRIFT, line, label, detail)
 
 
 def judge_find(
