@@ -48,6 +48,41 @@ class _Entry:
         self.blocks = 0
 
 
+class _Tracked(Iterator[T]):
+    """An iterator (not a generator: no extra frame to unwind when the stream is closed)
+    counting the batches it passes and calling ``done`` once when the stream ends."""
+
+    __slots__ = ("_done", "_entry", "_it")
+
+    def __init__(self, it: Iterator[T], entry: _Entry, done: Callable[[], None]) -> None:
+        self._it = it
+        self._entry = entry
+        self._done: Callable[[], None] | None = done
+
+    def __next__(self) -> T:
+        try:
+            batch = next(self._it)
+        except BaseException:
+            self._finish()
+            raise
+        self._entry.blocks += 1
+        return batch
+
+    def _finish(self) -> None:
+        done, self._done = self._done, None
+        if done is not None:
+            done()
+
+    def close(self) -> None:
+        self._finish()
+        close = getattr(self._it, "close", None)
+        if close is not None:
+            close()
+
+    def __del__(self) -> None:
+        self._finish()
+
+
 class InFlight:
     def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._monotonic = monotonic
@@ -69,22 +104,17 @@ class InFlight:
         end: int | None,
         batches: Iterable[T],
     ) -> Iterator[T]:
-        """``batches`` passed through; the stream is listed while it is being read."""
-        key = next(self._ids)
+        """``batches`` passed through; the stream is listed until they end, fail or are
+        closed (``close()`` is passed on, so whoever closes the stream closes its source)."""
         entry = _Entry(request_id, tuple(channels), start, end, self._monotonic())
+        key = next(self._ids)
         with self._lock:
             self._open[key] = entry
-        it = iter(batches)
-        try:
-            for batch in it:
-                entry.blocks += 1
-                yield batch
-        finally:
-            with self._lock:
-                self._open.pop(key, None)
-            close = getattr(it, "close", None)
-            if close is not None:
-                close()
+        return _Tracked(iter(batches), entry, lambda: self._forget(key))
+
+    def _forget(self, key: int) -> None:
+        with self._lock:
+            self._open.pop(key, None)
 
     def snapshot(self) -> list[StreamView]:
         now = self._monotonic()

@@ -24,12 +24,15 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from router.inflight import StreamView
 from router.recenterrors import ErrorView
 from router.timefmt import age_text, gps_text, utc_text
 from scopemap import ScopeMap, replays_json, to_upstream_json
+
+if TYPE_CHECKING:
+    from router.service import RouterService
 
 NS = 1_000_000_000
 UNKNOWN = "unknown"
@@ -137,7 +140,7 @@ class StatusPage:
 
 
 def status_page_for(
-    service: Any, health: Callable[[], Mapping[str, object]] | None = None
+    service: RouterService, health: Callable[[], Mapping[str, object]] | None = None
 ) -> StatusPage:
     """The page of a ``RouterService``: its routing, clock, recent errors and streams."""
 

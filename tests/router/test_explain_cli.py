@@ -183,28 +183,40 @@ def test_every_example_map_prints_the_plan(
     assert code == 1 and out.count("\nslice ") == len(plan.slices)
 
 
-def test_console_script_runs(tmp_path: Path) -> None:
+def test_runs_as_a_command_without_pyarrow() -> None:
+    """Like ``router check``: explain never pays for (or needs) pyarrow."""
+    argv = ["explain", "--scope-map", str(DEMO), "--describe", "H1:A-B", "--format", "json"]
+    code = (
+        "import sys, runpy\n"
+        f"sys.argv = ['router', *{argv!r}]\n"
+        "try:\n    runpy.run_module('router.cli', run_name='__main__')\n"
+        "except SystemExit as e:\n    rc = e.code\n"
+        "assert 'pyarrow' not in sys.modules, 'pyarrow imported'\n"
+        "sys.exit(rc)\n"
+    )
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "router.cli",
-            "explain",
-            "--scope-map",
-            str(DEMO),
-            "--now",
-            str(NOW),
-            "--describe",
-            "H1:A-B",
-            "--format",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
-    assert doc["groups"][0]["endpoints"] == ["grpc://127.0.0.1:31207"]
-    assert "pyarrow" not in proc.stderr
+    assert doc["groups"][0]["endpoints"] == ["grpc://127.0.0.1:31207"]  # live: newest data
+
+
+def test_find_and_describe_requests(capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--scope-map", str(DEMO), "--now", str(NOW)]
+    code, out, _ = explain([*base, "--find", "H1:GDS-.*", "--time", str(NOW - 3600)], capsys)
+    assert code == 0
+    assert "find 'H1:GDS-.*' at 1399996400" in out
+    assert "target 1: grpc://127.0.0.1:31208" in out
+    assert "not asked: grpc://127.0.0.1:31207: retention does not hold the requested time" in out
+    iso = "2024-05-17T15:53:02Z"  # NOW - 3600
+    code, doc = explain_json([*base, "--describe", "H1:A-B", "--time", iso], capsys)
+    assert code == 0 and doc["request"]["time"]["gps"] == str(NOW - 3600)
+    (group,) = doc["groups"]
+    assert group["endpoints"] == ["grpc://127.0.0.1:31208"]
+    assert [c["lost"] for c in group["lost"]] == ["retention"]
+    nobody = ["--scope-map", str(CARVE), "--now", str(NOW), "--find", "V1:.*", "--time", "5"]
+    code, doc = explain_json(nobody, capsys)  # at GPS 5 only the forever-archive is active
+    assert code == 0 and [t["endpoints"] for t in doc["targets"]] == [
+        ["grpc://h1-general.example.org:31206"]
+    ]

@@ -5,6 +5,7 @@ page served next to ``/metrics``."""
 from __future__ import annotations
 
 import urllib.request
+from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -165,7 +166,7 @@ def test_inflight_lists_a_stream_while_it_is_read() -> None:
     clock = [0.0]
     inflight = InFlight(monotonic=lambda: clock[0])
     it = inflight.track("r", ["H1:A"], 5, None, iter(range(3)))
-    assert inflight.snapshot() == []  # listed from the first read
+    assert [v.blocks for v in inflight.snapshot()] == [0]  # listed once handed out
     assert next(it) == 0
     clock[0] = 2.5
     (view,) = inflight.snapshot()
@@ -175,6 +176,20 @@ def test_inflight_lists_a_stream_while_it_is_read() -> None:
     closed = inflight.track("q", ["H1:A"], None, None, iter(range(10)))
     next(closed)
     closed.close()  # a client leaving
+    assert len(inflight) == 0
+    dropped = inflight.track("d", ["H1:A"], None, None, iter(range(10)))
+    assert len(inflight) == 1
+    del dropped  # never read, then collected (a client gone before the first read)
+    assert len(inflight) == 0
+
+    def failing() -> Iterator[int]:
+        yield 1
+        raise RuntimeError("downstream died")
+
+    broken = inflight.track("f", ["H1:A"], None, None, failing())
+    assert next(broken) == 1
+    with pytest.raises(RuntimeError):
+        next(broken)
     assert len(inflight) == 0
 
 
