@@ -24,7 +24,9 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+import structlog
 
 from router.inflight import StreamView
 from router.recenterrors import ErrorView
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from router.service import RouterService
 
 NS = 1_000_000_000
+log = structlog.get_logger("router.statuspage")
 UNKNOWN = "unknown"
 CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
@@ -68,6 +71,23 @@ class StatusSnapshot:
     scope_map: ScopeMap
     endpoints: tuple[EndpointView, ...]
     streams: tuple[StreamView, ...]
+    problems: tuple[str, ...] = ()  # providers that failed: the page says so
+
+
+T = TypeVar("T")
+
+
+def _provided(what: str, provider: Callable[[], T] | None, default: T, problems: list[str]) -> T:
+    """``provider()``, or ``default`` when there is none; a failing provider is logged and
+    named on the page instead of failing the page."""
+    if provider is None:
+        return default
+    try:
+        return provider()
+    except Exception as exc:
+        log.warning("status_provider_failed", provider=what, error=str(exc)[:300])
+        problems.append(f"{what}: {type(exc).__name__}: {str(exc)[:200]}")
+        return default
 
 
 def fingerprint(scope_map: ScopeMap) -> str:
@@ -94,19 +114,25 @@ class StatusPage:
         self.health = health
         self.errors = errors
         self.streams = streams
-        self._fingerprints: dict[int, str] = {}
+        self._fingerprint: tuple[ScopeMap, str] | None = None  # of the map last shown
 
     def __repr__(self) -> str:
         return f"<StatusPage health={'yes' if self.health else 'unknown'}>"
 
+    def _fingerprint_of(self, sm: ScopeMap) -> str:
+        known = self._fingerprint
+        if known is None or known[0] is not sm:  # computed again after a reload only
+            known = self._fingerprint = (sm, fingerprint(sm))
+        return known[1]
+
     def snapshot(self) -> StatusSnapshot:
         info = self.current_map()
         sm = info.scope_map
-        key = id(sm)
-        if key not in self._fingerprints:  # one map at a time: recompute on reload only
-            self._fingerprints = {key: fingerprint(sm)}
-        health = self.health() if self.health is not None else {}
-        errors = self.errors() if self.errors is not None else {}
+        problems: list[str] = []
+        no_health: Mapping[str, object] = {}
+        no_errors: Mapping[str, Sequence[ErrorView]] = {}
+        health = _provided("health", self.health, no_health, problems)
+        errors = _provided("recent errors", self.errors, no_errors, problems)
         endpoints = tuple(
             EndpointView(
                 ep.url,
@@ -118,15 +144,17 @@ class StatusPage:
             )
             for ep in sm.endpoints
         )
-        streams = tuple(self.streams()) if self.streams is not None else ()
+        no_streams: Sequence[StreamView] = ()
+        streams = tuple(_provided("streams in flight", self.streams, no_streams, problems))
         return StatusSnapshot(
             sm.file,
-            self._fingerprints[key],
+            self._fingerprint_of(sm),
             info.loaded_at_ns,
             self.clock.now_ns(),
             sm,
             endpoints,
             streams,
+            tuple(problems),
         )
 
     def __call__(self) -> tuple[str, list[tuple[str, str]], bytes]:
@@ -261,6 +289,13 @@ def _streams_section(s: StatusSnapshot) -> str:
     )
 
 
+def _problems(problems: Sequence[str]) -> str:
+    if not problems:
+        return ""
+    items = "".join(f"<li>{_e(p)}</li>" for p in problems)
+    return f'<section id="problems"><h2>Not available</h2><ul>{items}</ul></section>'
+
+
 def render_html(s: StatusSnapshot) -> str:
     from router.timeline import render_timelines
 
@@ -269,6 +304,7 @@ def render_html(s: StatusSnapshot) -> str:
         '<meta http-equiv="refresh" content="15">'
         f"<title>arrakis-router status</title><style>{_STYLE}</style></head><body>"
         "<h1>arrakis-router status</h1>"
+        f"{_problems(s.problems)}"
         f"{_map_section(s)}{_endpoints_section(s)}"
         '<section id="coverage"><h2>Coverage by data age</h2>'
         f"{render_timelines(s.scope_map)}</section>"

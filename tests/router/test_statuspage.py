@@ -233,3 +233,20 @@ def test_served_next_to_metrics(path: str) -> None:
             assert "arrakis_router_open_streams" in body
     finally:
         server.close()
+
+
+def test_a_failing_provider_is_named_not_fatal() -> None:
+    from structlog.testing import capture_logs
+
+    def broken() -> dict[str, object]:
+        raise RuntimeError("registry <down>")
+
+    sm = _map(GAPPY)
+    with capture_logs() as logs:
+        status, _, body = page_for(sm, health=broken)()
+    assert status == "200 OK"
+    tree = Tree(body.decode())
+    assert "health: RuntimeError: registry <down>" in tree.all_text
+    assert len(tree.find("td", **{"class": "health-unknown"})) == 3
+    assert [e["event"] for e in logs] == ["status_provider_failed"]
+    assert logs[0]["provider"] == "health"
