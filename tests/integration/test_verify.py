@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -244,3 +245,44 @@ def test_invalid_map_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     )
     assert main(["verify", "--scope-map", str(path)]) == 2
     assert "SM101" in capsys.readouterr().err
+
+
+def test_tls_endpoint_is_verified_with_the_given_roots(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from router_backends.mock import MockBackend
+    from router_backends.testing import serve_backend
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            *[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "1",
+            ],
+            *("-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    pair = flight.CertKeyPair(cert.read_bytes(), key.read_bytes())
+    with serve_backend(MockBackend(), "grpc+tls://localhost:0", tls_certificates=[pair]) as srv:
+        url = f"grpc+tls://localhost:{srv.port}"
+        text = (
+            f"{url}:\n  scopes: {{H1: [{{all: true}}], L1: [{{all: true}}]}}\n  retention: {{}}\n"
+        )
+        code, doc = verify(tmp_path, text, capsys, "--tls-ca", str(cert))
+        assert code == 0, drifts(doc)
+        code, doc = verify(tmp_path, text, capsys, "--timeout", "5")  # system roots: refused
+    assert code == 1
+    assert drifts(doc) == {(1, "server-info", "endpoint")}
