@@ -27,7 +27,11 @@ from wsgiref.simple_server import WSGIServer, make_server
 
 import pyarrow.flight as flight
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
-from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
+from prometheus_client.exposition import (
+    ThreadingWSGIServer,
+    _get_best_family,
+    _SilentHandler,
+)
 
 from router.errors import CancelledError, to_flight_error
 from router.recenterrors import RecentErrors
@@ -112,8 +116,13 @@ class MetricsServer:
         app = make_wsgi_app(registry)
         if pages:
             app = _with_pages(app, pages)
+
+        class Server(ThreadingWSGIServer):  # the address family of ``addr`` (IPv4 or IPv6)
+            pass
+
+        Server.address_family, host = _get_best_family(addr, port)  # type: ignore[no-untyped-call]
         self._httpd: WSGIServer | None = make_server(
-            addr, port, app, ThreadingWSGIServer, handler_class=_SilentHandler
+            host, port, app, Server, handler_class=_SilentHandler
         )
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, name="metrics-http", daemon=True
