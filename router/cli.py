@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("router.check", "validate scope-map files (for CI)"),
     "serve": ("router.serve", "run the router Flight service"),
     "health": ("router.health", "exit 0 when a router/Arrakis server answers server-info"),
+    "explain": ("router.explain", "show where a request goes and why (no network)"),
+    "verify": ("router.verify", "check that the scope map matches what its endpoints do"),
 }
 
 

@@ -22,23 +22,22 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Protocol, TypeVar
-from wsgiref.simple_server import WSGIServer
+from typing import Any, Protocol, TypeVar
+from wsgiref.simple_server import WSGIServer, make_server
 
 import pyarrow.flight as flight
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    make_wsgi_app,
-    start_http_server,
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import (
+    ThreadingWSGIServer,
+    _get_best_family,
+    _SilentHandler,
 )
 
 from router.errors import CancelledError, to_flight_error
+from router.recenterrors import RecentErrors
 
-if TYPE_CHECKING:
-    from router.probes import Route
+log = structlog.get_logger("router.metrics")
 
 __all__ = ["MetricsServer", "RouterMetrics", "StitchCounts", "StreamReporter", "outcome_of"]
 
@@ -88,26 +87,54 @@ def outcome_of(exc: BaseException | None) -> str:
     return "server_error"
 
 
+# An extra page of the metrics port: () -> (status line, headers, body), e.g. the status page.
+Page = Callable[[], tuple[str, list[tuple[str, str]], bytes]]
+
+
+def _with_pages(metrics_app: Any, pages: Mapping[str, Page]) -> Any:
+    """A WSGI app serving ``pages`` by exact path and everything else as metrics."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        page = pages.get(environ.get("PATH_INFO") or "/")
+        if page is None:
+            return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+        try:
+            status, headers, body = page()
+        except Exception as exc:  # a broken page must not take the port down
+            log.error("http_page_failed", path=environ.get("PATH_INFO"), error=str(exc)[:300])
+            status, headers, body = "500 Internal Server Error", [], b"internal error\n"
+        start_response(status, [*headers, ("Content-Length", str(len(body)))])
+        return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else body]
+
+    return app
+
+
 class MetricsServer:
-    """The HTTP exposition of one registry; ``close()`` stops it (idempotent). ``routes``:
-    more pages on the same port by path (``/healthz``, ``/readyz``: :mod:`router.probes`)."""
+    """The HTTP exposition of one registry (plus extra ``pages`` by path, e.g. ``/``);
+    ``close()`` stops it (idempotent)."""
 
     def __init__(
         self,
         registry: CollectorRegistry,
         port: int,
         addr: str = "0.0.0.0",
-        routes: Mapping[str, Route] | None = None,
+        pages: Mapping[str, Page] | None = None,
     ) -> None:
-        self._httpd: WSGIServer | None
-        if routes:
-            from router.probes import routed, serve_wsgi
+        app = make_wsgi_app(registry)
+        if pages:
+            app = _with_pages(app, pages)
 
-            self._httpd, self._thread = serve_wsgi(
-                routed(make_wsgi_app(registry), routes), port, addr
-            )
-        else:
-            self._httpd, self._thread = start_http_server(port, addr, registry)
+        class Server(ThreadingWSGIServer):  # the address family of ``addr`` (IPv4 or IPv6)
+            pass
+
+        Server.address_family, host = _get_best_family(addr, port)  # type: ignore[no-untyped-call]
+        self._httpd: WSGIServer | None = make_server(
+            host, port, app, Server, handler_class=_SilentHandler
+        )
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="metrics-http", daemon=True
+        )
+        self._thread.start()
         self.port: int = self._httpd.server_port
 
     def __repr__(self) -> str:
@@ -165,6 +192,7 @@ class RouterMetrics:
             "arrakis_router_open_streams", "DoGet streams currently open", registry=r
         )
         self._lock = threading.Lock()
+        self.recent_errors = RecentErrors()  # shown on the status page
 
     def __repr__(self) -> str:
         return f"<RouterMetrics open_streams={self.open_streams._value.get():g}>"
@@ -174,6 +202,8 @@ class RouterMetrics:
 
     def downstream_call(self, endpoint: str, call: str, exc: BaseException | None) -> None:
         self.downstream_calls.labels(endpoint, call, outcome_of(exc)).inc()
+        if exc is not None and not isinstance(exc, CancelledError | GeneratorExit):
+            self.recent_errors.record(endpoint, call, exc)
 
     def stitched(self, gap_blocks: int, duplicates_dropped: int) -> None:
         """Count gap blocks and dropped duplicates (increments, never negative)."""
@@ -188,10 +218,10 @@ class RouterMetrics:
         return StreamReporter(self, stream)
 
     def serve(
-        self, port: int, addr: str = "0.0.0.0", routes: Mapping[str, Route] | None = None
+        self, port: int, addr: str = "0.0.0.0", pages: Mapping[str, Page] | None = None
     ) -> MetricsServer:
-        """Expose this registry over HTTP (port 0 picks a free port), with ``routes``."""
-        return MetricsServer(self.registry, port, addr, routes)
+        """Expose this registry over HTTP (port 0 picks a free port), plus ``pages``."""
+        return MetricsServer(self.registry, port, addr, pages)
 
 
 class StitchCounts(Protocol):

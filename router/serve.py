@@ -164,9 +164,11 @@ def run(args: argparse.Namespace) -> int:
     import pyarrow.flight as flight
 
     from router.downstream import DownstreamPool
-    from router.probes import health_routes
+    from router.metrics import Page
+    from router.probes import health_pages
     from router.reload import Reloader
     from router.server import RouterFlightServer
+    from router.statuspage import status_page_for
     from scopemap import load_path
 
     router_logging.configure(args.log_format, args.log_level)
@@ -237,9 +239,9 @@ def run(args: argparse.Namespace) -> int:
     metrics_server = None
     if args.metrics_port:
         try:
-            metrics_server = service.metrics.serve(
-                args.metrics_port, host, routes=health_routes(service.health)
-            )
+            pages: dict[str, Page] = {"/": status_page_for(service)}
+            pages.update(health_pages(service.health))
+            metrics_server = service.metrics.serve(args.metrics_port, host, pages)
         except OSError as exc:
             print(
                 f"router serve: cannot serve metrics on port {args.metrics_port}: {exc}",
@@ -252,6 +254,7 @@ def run(args: argparse.Namespace) -> int:
             "metrics_serving",
             url=f"http://{host}:{metrics_server.port}/metrics",
             probes=["/healthz", "/readyz"],
+            status_page=f"http://{host}:{metrics_server.port}/",
         )
     checker = service.health_checker()
     if checker is not None:

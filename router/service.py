@@ -34,6 +34,7 @@ from router.healthcheck import HealthChecker
 from router.healthpolicy import Policy
 from router.healthpool import HealthPool, call_histogram
 from router.healthregistry import HealthCollector, HealthRegistry
+from router.inflight import InFlight
 from router.live import LiveExecution, max_latency_ns
 from router.metadata import DescribeCache, describe_groups, find_targets
 from router.metrics import RouterMetrics
@@ -141,10 +142,11 @@ class Routing:
 
     scope_map: ScopeMap
     index: RoutingIndex
+    loaded_at_ns: int = 0  # GPS ns, shown on the status page
 
     @classmethod
-    def of(cls, scope_map: ScopeMap) -> Routing:
-        return cls(scope_map, RoutingIndex(scope_map))
+    def of(cls, scope_map: ScopeMap, loaded_at_ns: int = 0) -> Routing:
+        return cls(scope_map, RoutingIndex(scope_map), loaded_at_ns)
 
 
 def _reuse(command: bytes) -> flight.FlightEndpoint:
@@ -185,9 +187,10 @@ class RouterService:
         self.settings = settings or Settings()
         if self.settings.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.settings.mode!r}")
-        self._routing = Routing.of(scope_map)
-        self._swap_lock = threading.Lock()
         self.clock: Clock = clock or SystemClock()
+        self._routing = Routing.of(scope_map, self.clock.now_ns())
+        self._swap_lock = threading.Lock()
+        self.inflight = InFlight()  # streams being served, for the status page
         self.metrics = metrics if metrics is not None else RouterMetrics()
         self.health = HealthRegistry(
             self.settings.health_policy(), max_calls=self.settings.max_downstream_calls
@@ -220,7 +223,7 @@ class RouterService:
     def replace_map(self, scope_map: ScopeMap) -> None:
         """Make a validated map active (atomic swap); cached metadata is dropped, and so are
         the answers of Describes still running against the old map (cache generation)."""
-        routing = Routing.of(scope_map)
+        routing = Routing.of(scope_map, self.clock.now_ns())
         with self._swap_lock:
             self._routing = routing
         self.health.track(scope_map)
@@ -375,7 +378,10 @@ class RouterService:
                 live=args.start is None,
                 open_ended=args.end is None,
             )
-            return grid.schema, self._observed(execution)
+            stitched = self._observed(execution)
+            return grid.schema, self.inflight.track(
+                ctx.request_id, args.channels, args.start, args.end, stitched
+            )
         if isinstance(args, DescribeArgs):
             described = self.describe(args, ctx)
             return METADATA_SCHEMA, iter(metadata_batches([described[c] for c in args.channels]))

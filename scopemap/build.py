@@ -210,7 +210,7 @@ class Builder:
             msg = f"retention newest ({newest}) is greater than oldest ({oldest}): empty window"
             self.error("SM101", msg, (url, "retention"), False)
             return None
-        return Retention(newest, oldest)
+        return Retention(newest, oldest, self.pos((url, "retention"), True))
 
     def _scopes(self, path: Path, raw: Any) -> tuple[ScopeEntry, ...]:
         out: list[ScopeEntry] = []

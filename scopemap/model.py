@@ -174,6 +174,7 @@ class Retention:
 
     newest_s: float = 0
     oldest_s: float = math.inf
+    source: SourcePos | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_live(self) -> bool:

@@ -24,7 +24,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from router.cli import main as router_main
-from router.probes import health_routes
+from router.probes import health_pages
 from router.service import RouterService
 from tests.integration.servers import running_router
 
@@ -168,7 +168,7 @@ def wait_for(port: int, status: int, limit: float) -> float:
 def probes(service: RouterService) -> Iterator[int]:
     checker = service.health_checker()
     assert checker is not None
-    server = service.metrics.serve(0, "127.0.0.1", routes=health_routes(service.health))
+    server = service.metrics.serve(0, "127.0.0.1", health_pages(service.health))
     checker.start()
     try:
         yield server.port
