@@ -29,8 +29,10 @@ from router.protocol.reqid import REQUEST_ID_HEADER
 
 REUSE_MARKER = "arrow-flight-reuse-connection://?"
 
-# (endpoint URL, call kind, error or None) -> None: how a downstream call ended (metrics)
-Observer = Callable[[str, str, BaseException | None], None]
+# (endpoint URL, call kind) -> ended: called as a downstream call starts; ``ended(error or
+# None)`` once as it ends (metrics: in-flight calls, latency, outcome)
+Ended = Callable[[BaseException | None], None]
+Observer = Callable[[str, str], Ended]
 
 
 @dataclass(frozen=True)
@@ -114,12 +116,13 @@ def observed(call: Call, url: str, kind: str) -> Iterator[None]:
     if call.observe is None:
         yield
         return
+    ended = call.observe(url, kind)
     try:
         yield
     except BaseException as exc:
-        call.observe(url, kind, exc)
+        ended(exc)
         raise
-    call.observe(url, kind, None)
+    ended(None)
 
 
 class FlightStream:
@@ -137,12 +140,12 @@ class FlightStream:
         self._reader = reader
         self._cancelled = threading.Event()
         self._closed = False
-        self._observe = observe
+        self._observe = observe(url, "stream") if observe is not None else None
 
     def _ended(self, exc: BaseException | None) -> None:
-        observe, self._observe = self._observe, None  # report once
-        if observe is not None:
-            observe(self.url, "stream", exc)
+        ended, self._observe = self._observe, None  # report once
+        if ended is not None:
+            ended(exc)
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         read = self._reader.read_chunk

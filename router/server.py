@@ -21,16 +21,17 @@ import structlog
 
 from router.actions import ACTIONS
 from router.errors import ArrakisError, CancelledError, UnsupportedError, to_flight_error
-from router.metrics import RouterMetrics
+from router.metrics import RouterMetrics, stream_kind
 from router.protocol.auth import (
     AUTHORIZATION_MIDDLEWARE_KEY,
     AuthorizationMiddlewareFactory,
     authorization_from_context,
 )
-from router.protocol.envelope import parse_envelope
+from router.protocol.envelope import Envelope, StreamArgs, parse_envelope
 from router.protocol.reqid import (
     REQUEST_ID_MIDDLEWARE_KEY,
     RequestIdMiddlewareFactory,
+    correlate,
     request_id_from_context,
 )
 from router.service import RouterService
@@ -76,22 +77,26 @@ def guarded(
     request_id: str,
     op: str,
     on_close: Callable[[BaseException | None], None],
-    on_batches: Callable[[int], None] | None = None,
+    on_batches: Callable[[int, int], None] | None = None,
+    on_first: Callable[[], None] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Iterate ``batches`` translating errors at the edge; always close the source.
     ``on_close`` gets how the stream ended (None: complete; GeneratorExit: the client left);
-    ``on_batches(n)``: ``n`` more batches were sent (reported every ``BLOCKS_PER_UPDATE``
-    and at the end)."""
+    ``on_batches(n, nbytes)``: ``n`` more batches of ``nbytes`` bytes were sent (reported
+    every ``BLOCKS_PER_UPDATE`` and at the end); ``on_first()``: the first batch is ready."""
     started = time.monotonic()
-    count = reported = 0
+    count = reported = nbytes = 0
     failure: BaseException | None = None
     try:
         with edge(request_id, op):
             for batch in batches:
+                if not count and on_first is not None:
+                    on_first()
                 count += 1
+                nbytes += batch.nbytes
                 if on_batches is not None and count - reported >= BLOCKS_PER_UPDATE:
-                    on_batches(count - reported)
-                    reported = count
+                    on_batches(count - reported, nbytes)
+                    reported, nbytes = count, 0
                 yield batch
         log.info(
             "stream_done",
@@ -105,7 +110,7 @@ def guarded(
         raise
     finally:
         if on_batches is not None and count > reported:
-            on_batches(count - reported)
+            on_batches(count - reported, nbytes)
         close = getattr(batches, "close", None)
         if close is not None:
             close()
@@ -113,26 +118,27 @@ def guarded(
 
 
 class Meter:
-    """Reports one call to the metrics when its ``with`` block ends: the outcome (the
-    translated error, if any) and, for GetFlightInfo, the latency. ``deferred``: a DoGet
-    whose stream was handed out reports when the stream ends instead."""
+    """Reports one client call to the metrics: in flight from construction; when its ``with``
+    block ends, the outcome (the translated error, if any) and the duration. ``deferred``: a
+    DoGet whose stream was handed out reports with :meth:`end` when the stream ends."""
 
     def __init__(self, metrics: RouterMetrics, rpc: str) -> None:
         self.metrics = metrics
         self.rpc = rpc
         self.kind = "invalid"  # until the envelope is parsed
         self.deferred = False
-        self._started = time.perf_counter()
+        self.started = time.perf_counter()
+        metrics.started(rpc)
 
     def __enter__(self) -> Meter:
         return self
 
     def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
-        if self.rpc == "GetFlightInfo":
-            elapsed = time.perf_counter() - self._started
-            self.metrics.flight_info_seconds.labels(self.kind).observe(elapsed)
         if exc is not None or not self.deferred:
-            self.metrics.request(self.rpc, self.kind, exc)
+            self.end(exc)
+
+    def end(self, exc: BaseException | None) -> None:
+        self.metrics.ended(self.rpc, self.kind, exc, time.perf_counter() - self.started)
 
 
 class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
@@ -171,42 +177,66 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     ) -> flight.FlightDataStream:
         rid = request_id_from_context(context)
         metrics = self.service.metrics
-        with Meter(metrics, "DoGet") as meter, edge(rid, "do_get"):
-            envelope = parse_envelope(ticket.ticket)
-            meter.kind = envelope.request
-            auth = authorization_from_context(context)
-            log.info("do_get", request=envelope.request, auth=auth is not None)
+        with Meter(metrics, "DoGet") as meter:
+            with edge(rid, "do_get"):
+                envelope = parse_envelope(ticket.ticket)
+            # one request id for GetFlightInfo and the DoGet of the ticket it issued
+            rid = correlate(context, rid, envelope.request_id)
+            with edge(rid, "do_get"):
+                return self._do_get(context, envelope, rid, meter)
+        raise AssertionError("unreachable")  # pragma: no cover (mypy: edge may swallow)
 
-            checked = [0.0]
+    def _do_get(
+        self,
+        context: flight.ServerCallContext,
+        envelope: Envelope,
+        rid: str,
+        meter: Meter,
+    ) -> flight.FlightDataStream:
+        metrics = self.service.metrics
+        meter.kind = envelope.request
+        auth = authorization_from_context(context)
+        log.info("do_get", request=envelope.request, auth=auth is not None)
 
-            def should_stop() -> bool:
-                # Polled per block: ask gRPC (a GIL-releasing call) at most every 20 ms.
-                if self.service.stopping.is_set():
-                    return True
-                now = time.monotonic()
-                if now - checked[0] < 0.02:
-                    return False
-                checked[0] = now
-                return bool(context.is_cancelled())
+        checked = [0.0]
 
-            schema, batches = self.service.do_get(envelope, rid, should_stop, auth)
-            metrics.open_streams.inc()
-            meter.deferred = True
+        def should_stop() -> bool:
+            # Polled per block: ask gRPC (a GIL-releasing call) at most every 20 ms.
+            if self.service.stopping.is_set():
+                return True
+            now = time.monotonic()
+            if now - checked[0] < 0.02:
+                return False
+            checked[0] = now
+            return bool(context.is_cancelled())
 
-            ended = threading.Lock()
+        schema, batches = self.service.do_get(envelope, rid, should_stop, auth)
+        args = envelope.args
+        live = isinstance(args, StreamArgs) and (args.start is None or args.end is None)
+        kind = stream_kind(envelope.request, live)
+        metrics.open_streams.inc()
+        meter.deferred = True
 
-            def closed(failure: BaseException | None) -> None:
-                if not ended.acquire(blocking=False):
-                    return  # already accounted for
-                metrics.open_streams.dec()
-                metrics.request("DoGet", envelope.request, failure)
+        ended = threading.Lock()
 
-            on_batches = metrics.stream_blocks.inc if envelope.request == "Stream" else None
-            stream = guarded(batches, rid, f"do_get {envelope.request}", closed, on_batches)
-            # `guarded` accounts for the stream on every exit once gRPC starts reading it; a
-            # client gone before the first read never starts it: account when it is collected.
-            weakref.finalize(stream, closed, GeneratorExit())
-            return flight.GeneratorStream(schema, stream)
+        def closed(failure: BaseException | None) -> None:
+            if not ended.acquire(blocking=False):
+                return  # already accounted for
+            metrics.open_streams.dec()
+            metrics.stream_seconds.labels(kind).observe(time.perf_counter() - meter.started)
+            meter.end(failure)
+
+        def first() -> None:
+            metrics.first_block_seconds.labels(kind).observe(time.perf_counter() - meter.started)
+
+        def sent(blocks: int, nbytes: int) -> None:
+            metrics.stream_sent(kind, blocks, nbytes)
+
+        stream = guarded(batches, rid, f"do_get {envelope.request}", closed, sent, first)
+        # `guarded` accounts for the stream on every exit once gRPC starts reading it; a
+        # client gone before the first read never starts it: account when it is collected.
+        weakref.finalize(stream, closed, GeneratorExit())
+        return flight.GeneratorStream(schema, stream)
 
     def do_action(
         self, context: flight.ServerCallContext, action: flight.Action

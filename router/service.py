@@ -21,11 +21,13 @@ import structlog
 from router.actions import ACTIONS, action_body
 from router.downstream import REUSE_MARKER, Call, DownstreamPool
 from router.errors import (
+    CancelledError,
     CannotServeError,
     ChannelsNotAvailableError,
     InvalidRequestError,
     PlanIncompleteError,
     ServerError,
+    ShuttingDownError,
     UnsupportedError,
 )
 from router.fanout import fetch_first
@@ -96,8 +98,8 @@ class Routing:
         return cls(scope_map, RoutingIndex(scope_map))
 
 
-def _reuse(command: bytes) -> flight.FlightEndpoint:
-    return flight.FlightEndpoint(command, [flight.Location(REUSE_MARKER)])
+def _reuse(ticket: bytes) -> flight.FlightEndpoint:
+    return flight.FlightEndpoint(ticket, [flight.Location(REUSE_MARKER)])
 
 
 def _credential_scope(authorization: str | None) -> str | None:
@@ -135,6 +137,9 @@ class RouterService:
             raise ValueError(f"mode must be one of {MODES}, got {self.settings.mode!r}")
         self._routing = Routing.of(scope_map)
         self._swap_lock = threading.Lock()
+        # drain (router.drain): ``draining`` refuses new calls and ends live streams at a
+        # block boundary; ``stopping`` (the drain deadline) ends every stream
+        self.draining = threading.Event()
         self.stopping = threading.Event()
         self.pool = pool or DownstreamPool()
         self.clock: Clock = clock or SystemClock()
@@ -173,6 +178,17 @@ class RouterService:
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.pool.close()
 
+    def begin_drain(self) -> None:
+        """Start draining: every new call is refused (UNAVAILABLE "server shutting down"),
+        live streams end at their next block boundary with :class:`ShuttingDownError`;
+        bounded streams run on until :attr:`stopping` is set (the drain deadline)."""
+        self.draining.set()
+
+    def admit(self) -> None:
+        """Refuse a new call once draining (the client retries on another router)."""
+        if self.draining.is_set():
+            raise ShuttingDownError()
+
     def call(self, request_id: str, what: str = "", authorization: str | None = None) -> Call:
         """The downstream call context; ``authorization`` (the client's header) is forwarded
         unchanged on every downstream call of the request."""
@@ -188,8 +204,11 @@ class RouterService:
     def flight_info(
         self, envelope: Envelope, request_id: str, authorization: str | None = None
     ) -> list[flight.FlightEndpoint]:
+        self.admit()
         args = envelope.args
         command = envelope.encode()
+        # the DoGet of a router-issued ticket logs under this call's request id
+        ticket = envelope.ticket(request_id)
         redirect = self.settings.mode == "redirect"
         if isinstance(args, StreamArgs):
             plan, grid, _ = self._stream_plan(args, request_id, authorization)
@@ -204,7 +223,7 @@ class RouterService:
                     )
                     for g in plan.slices[0].groups
                 ]
-            return [_reuse(command)]
+            return [_reuse(ticket)]
         if isinstance(args, DescribeArgs):
             routing = self.routing
             dplan = plan_describe(
@@ -221,15 +240,15 @@ class RouterService:
                     )
                     for g, t in zip(dplan.groups, times, strict=True)
                 ]
-            return [_reuse(command)]
+            return [_reuse(ticket)]
         if isinstance(args, FindArgs):
             self._find_plan(args)
-            return [_reuse(command)]
+            return [_reuse(ticket)]
         if isinstance(args, PublishArgs):
             url = self._publish_endpoint(envelope)
             if redirect:
                 return [flight.FlightEndpoint(command, [url])]
-            return [_reuse(command)]
+            return [_reuse(ticket)]
         raise InvalidRequestError(f"unsupported request {envelope.request}")  # pragma: no cover
 
     # ------------------------------------------------------------------ DoGet
@@ -240,12 +259,18 @@ class RouterService:
         should_stop: Callable[[], bool],
         authorization: str | None = None,
     ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        self.admit()
         args = envelope.args
         if isinstance(args, StreamArgs):
             plan, grid, metas = self._stream_plan(args, request_id, authorization)
             call = self.call(request_id, "Stream", authorization)
             execution: StreamExecution | LiveExecution
             if args.start is None or args.end is None:
+                draining = self.draining
+
+                def live_should_stop() -> bool:
+                    return draining.is_set() or should_stop()
+
                 execution = LiveExecution(
                     plan,
                     grid,
@@ -253,7 +278,7 @@ class RouterService:
                     self.pool,
                     call,
                     self.stream_options,
-                    should_stop,
+                    live_should_stop,
                     clock=self.clock,
                     max_latency=max_latency_ns(metas),
                     plan_at=lambda start: self._replan(args, start),
@@ -296,7 +321,17 @@ class RouterService:
     def _observed(self, execution: StreamExecution | LiveExecution) -> Iterator[pa.RecordBatch]:
         """``execution``'s batches; its stitching counters go to the metrics as they grow
         (a live stream may never end) and once more at the end."""
-        return self.metrics.stream_reporter(execution).relay(execution)
+        return self._shutdown_aware(self.metrics.stream_reporter(execution).relay(execution))
+
+    def _shutdown_aware(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """A stream ended by the drain (not by its client) ends with ShuttingDownError: the
+        client reconnects instead of mistaking it for its own cancellation or for the end."""
+        try:
+            yield from batches
+        except CancelledError:
+            if self.draining.is_set():
+                raise ShuttingDownError() from None
+            raise
 
     # ------------------------------------------------------------------ DoExchange / actions
     def exchange(
@@ -306,6 +341,7 @@ class RouterService:
         request_id: str,
         authorization: str | None = None,
     ) -> list[pa.RecordBatch]:
+        self.admit()
         if envelope.request != "Partition":
             raise UnsupportedError(f"DoExchange is only used for Partition, not {envelope.request}")
         url = self._publish_endpoint(envelope)
@@ -314,6 +350,7 @@ class RouterService:
         )
 
     def action(self, kind: str) -> bytes:
+        self.admit()
         body = action_body(kind, self.routing.scope_map, self.settings.mode)
         if body is None:
             raise ServerError("action not valid")
