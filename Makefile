@@ -4,14 +4,14 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test lint bench demo clean
+.PHONY: venv test lint bench demo clean image image-test
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml backends/pyproject.toml
+$(STAMP): pyproject.toml backends/pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test,bench]" -e ./backends
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test,bench]" -e ./backends
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -31,6 +31,15 @@ bench: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) examples/demo.py
+
+# The container image (Dockerfile), built without any registry: see deploy/docker/.
+IMAGE ?= arrakis-router:dev
+image: $(STAMP)
+	PY=$(PY) IMAGE=$(IMAGE) deploy/docker/build-image.sh
+
+# Runs the image as an operator would and checks it (deploy/docker/image_test.py).
+image-test: image
+	$(PY) deploy/docker/image_test.py --image $(IMAGE)
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis
