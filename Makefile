@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml backends/pyproject.toml constraints.txt
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-LINT_PATHS := scopemap router backends/router_backends tests bench examples
+LINT_PATHS := scopemap router backends/router_backends tests bench examples deploy
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
