@@ -4,12 +4,14 @@
 #   systemd-analyze (systemd): tests/test_deploy.py verifies the systemd unit
 #   promtool (prometheus):     tests/integration/test_sre_metrics.py checks the exposition
 #   docker.io, debootstrap:    make image / make image-test (base image built from Debian)
+#   docker-compose:            make image-test runs the compose demo (deploy/compose)
 set -euo pipefail
 need=()
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || need+=(docker-compose)
 if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq

@@ -7,7 +7,9 @@
 - numeric non-root uid, read-only root filesystem, no capabilities (effective set empty);
 - an atomic rename of the map in the mounted directory is reloaded;
 - ``docker stop`` with a live stream open: exit code 0, well before SIGKILL, the client
-  told to reconnect; every log line JSON.
+  told to reconnect; every log line JSON;
+- the compose demo (deploy/compose): the router in front of two mock downstreams, a fetch
+  stitched across their retention boundary, ``stop`` exit code 0.
 
 Exits non-zero with the reason on the first failure; the container and the mock are always
 removed. Needs docker (see .ci/ops.sh) and the image (`make image`).
@@ -204,6 +206,54 @@ def exercise(name: str, port: int, metrics: int, mock_url: str, maps: Path) -> N
     check({"serving", "drain_started", "drain_done", "router_stopped"} <= events, "drain logged")
 
 
+def compose_command() -> list[str]:
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    if subprocess.run(["docker-compose", "version"], capture_output=True).returncode == 0:
+        return ["docker-compose"]
+    raise Failed("neither `docker compose` nor docker-compose is installed (.ci/ops.sh)")
+
+
+def compose_demo(image: str) -> None:
+    project = f"arrakis-image-test-{os.getpid()}"
+    file = Path(__file__).resolve().parents[1] / "compose" / "compose.yaml"
+    port, metrics = free_port(), free_port()
+    env = dict(os.environ, ROUTER_IMAGE=image, ROUTER_PORT=str(port), METRICS_PORT=str(metrics))
+    base = [*compose_command(), "-f", str(file), "-p", project]
+
+    def compose(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*base, *args], capture_output=True, text=True, timeout=300, env=env)
+
+    try:
+        up = compose("up", "--detach", "--build")
+        if up.returncode != 0:
+            raise Failed(f"compose up: {up.stderr.strip()[-2000:]}")
+        client = arrakis.Client(f"grpc://127.0.0.1:{port}")
+
+        def answers() -> bool:
+            try:
+                return bool(client.count("H1:*") == 2)
+            except flight.FlightError:
+                return False
+
+        wait_for(answers, 60, "the compose router to answer")
+        now = int(time.time()) - 315_964_782  # GPS seconds (leap seconds do not matter here)
+        block = client.fetch([CHANNEL], now - 605, now - 595)  # across the 600 s boundary
+        data = block.data[CHANNEL]
+        check(data.size == 10 * 4096 and not block.has_gaps, "compose demo: stitched fetch")
+        stop = compose("stop", "router")
+        if stop.returncode != 0:
+            raise Failed(f"compose stop: {stop.stderr.strip()[-2000:]}")
+        ps = compose("ps", "-q", "router").stdout.strip()
+        code = inspect(ps, ".State.ExitCode") if ps else None
+        check(code == 0, f"compose demo: router stopped with exit code {code}")
+    except BaseException:
+        print(compose("logs", "--no-color").stdout[-4000:], file=sys.stderr)
+        raise
+    finally:
+        compose("down", "--volumes")
+
+
 def _is_json(line: str) -> bool:
     try:
         return isinstance(json.loads(line), dict)
@@ -217,6 +267,7 @@ def main() -> int:
     args = parser.parse_args()
     try:
         run(args.image)
+        compose_demo(args.image)
     except Failed as exc:
         print(f"image-test: FAILED: {exc}", file=sys.stderr)
         return 1
