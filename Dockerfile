@@ -18,6 +18,9 @@
 # Python packages are installed offline from the wheels `make image` collects into
 # build/image-wheels, pinned by constraints.txt (the file `make venv` uses too).
 
+# Any image with python3.11 and python3-venv at /usr/bin works; with a registry, pin it by
+# digest (--build-arg BASE_IMAGE=registry/image@sha256:...). The local base has no registry
+# digest: deploy/docker/base-image.sh pins its content to the Debian bookworm archive.
 ARG BASE_IMAGE=arrakis-router-base:bookworm
 
 FROM ${BASE_IMAGE} AS build

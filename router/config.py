@@ -67,6 +67,8 @@ class Resolved:
     origins: dict[str, str]
     options: dict[str, argparse.Action]
     missing: tuple[str, ...]
+    #: ``ARRAKIS_ROUTER_*`` variables that name no option (typos: warned about at start)
+    unknown_env: tuple[str, ...] = ()
 
 
 def env_name(dest: str) -> str:
@@ -197,7 +199,9 @@ def resolve(
         setattr(out, dest, value)
     if config_path:
         out.config = config_path
-    return Resolved(out, origins, options, tuple(missing))
+    known = {env_name(dest) for dest in options} | {env_name(meta) for meta in _META}
+    unknown = sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
+    return Resolved(out, origins, options, tuple(missing), tuple(unknown))
 
 
 def _toml_value(value: Any) -> str:

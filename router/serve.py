@@ -179,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
         print(render(resolved), end="")
         return 2 if resolved.missing else 0
     router_logging.configure(args.log_format, args.log_level)
+    if resolved.unknown_env:
+        log.warning("unknown_settings_ignored", variables=list(resolved.unknown_env))
     if resolved.missing:
         router_logging.startup_error(
             f"missing required setting(s) {', '.join(resolved.missing)} (flag, "

@@ -194,3 +194,10 @@ def test_local_url_follows_the_configured_port(tmp_path: Path) -> None:
 def test_the_cli_parser_layers_serve_options() -> None:
     args = build_parser(["serve"]).parse_args(["serve"])
     assert isinstance(args.scope_map, Unset) and args.scope_map.required
+
+
+def test_unknown_prefixed_variables_are_reported() -> None:
+    r = settle(["--scope-map", "m"], {"ARRAKIS_ROUTER_DRAIN_TIMOUT": "5", "OTHER": "x"})
+    assert r.unknown_env == ("ARRAKIS_ROUTER_DRAIN_TIMOUT",)
+    assert r.args.drain_timeout == 20.0
+    assert settle(["--scope-map", "m"], {env_name("config"): ""}).unknown_env == ()
