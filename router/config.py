@@ -199,8 +199,8 @@ def resolve(
         setattr(out, dest, value)
     if config_path:
         out.config = config_path
-    known = {env_name(dest) for dest in options} | {env_name(meta) for meta in _META}
-    unknown = sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
+    variables = {env_name(dest) for dest in options} | {env_name(meta) for meta in _META}
+    unknown = sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in variables)
     return Resolved(out, origins, options, tuple(missing), tuple(unknown))
 
 
