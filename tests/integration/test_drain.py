@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -136,7 +137,7 @@ def test_sigterm_lets_a_bounded_stream_finish_and_refuses_new_calls(
     tmp_path: Path, slow_mock_url: str
 ) -> None:
     start = (gps_now_ns() // NS - 3600) * NS
-    blocks = 40  # 2.5 s of data at 1/16 s blocks, 4 s at 0.1 s per block
+    blocks = 80  # 5 s of data at 1/16 s blocks, 8 s at 0.1 s per block
     end = start + blocks * NS // 16
     with _router(_map(tmp_path, slow_mock_url), "--drain-timeout", "20") as proc:
         client = arrakis.Client(proc.url)
@@ -149,6 +150,15 @@ def test_sigterm_lets_a_bounded_stream_finish_and_refuses_new_calls(
         # draining: a new call is refused with a retryable status naming the reason
         with pytest.raises(flight.FlightUnavailableError, match="server shutting down"):
             client.count("H1:*")
+        # and the health probe fails: load balancers and readiness take the router out
+        health = subprocess.run(
+            [sys.executable, "-m", "router.cli", "health", proc.url, "--timeout", "5"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert health.returncode == 1 and "server shutting down" in health.stderr
+        assert reader.is_alive()  # all this while the stream was still being served
         rc = proc.process.wait(timeout=30)
         reader.join(10)
         events = _events(proc)
