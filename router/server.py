@@ -27,7 +27,7 @@ from router.protocol.auth import (
     AuthorizationMiddlewareFactory,
     authorization_from_context,
 )
-from router.protocol.envelope import Envelope, StreamArgs, parse_envelope
+from router.protocol.envelope import StreamArgs, parse_envelope
 from router.protocol.reqid import (
     REQUEST_ID_MIDDLEWARE_KEY,
     RequestIdMiddlewareFactory,
@@ -45,15 +45,29 @@ def _level(exc: BaseException) -> str:
     return "warning" if isinstance(exc, ArrakisError) else "error"
 
 
+class Call:
+    """The request id of a call at the edge; :meth:`rebind` moves the call to another id
+    (a DoGet adopting the id of the GetFlightInfo that issued its ticket)."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+
+    def rebind(self, request_id: str) -> str:
+        self.request_id = request_id
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        return request_id
+
+
 @contextmanager
-def edge(request_id: str, op: str) -> Iterator[None]:
+def edge(request_id: str, op: str) -> Iterator[Call]:
     """Bind the request id; translate whatever escapes into a tagged Flight error."""
+    call = Call(request_id)
     with structlog.contextvars.bound_contextvars(request_id=request_id):
         try:
-            yield
+            yield call
         except flight.FlightError as exc:  # already translated (or raised on purpose)
             log.warning("request_failed", op=op, error=str(exc))
-            raise to_flight_error(exc, request_id) from None
+            raise to_flight_error(exc, call.request_id) from None
         except Exception as exc:
             getattr(log, _level(exc))(
                 "request_failed",
@@ -62,7 +76,7 @@ def edge(request_id: str, op: str) -> Iterator[None]:
                 error_type=type(exc).__name__,
                 exc_info=not isinstance(exc, ArrakisError),
             )
-            raise to_flight_error(exc, request_id) from None
+            raise to_flight_error(exc, call.request_id) from None
 
 
 # Blocks counted per metrics update: the serving thread of a stream is a gRPC thread, and
@@ -177,66 +191,54 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     ) -> flight.FlightDataStream:
         rid = request_id_from_context(context)
         metrics = self.service.metrics
-        with Meter(metrics, "DoGet") as meter:
-            with edge(rid, "do_get"):
-                envelope = parse_envelope(ticket.ticket)
+        with Meter(metrics, "DoGet") as meter, edge(rid, "do_get") as call:
+            envelope = parse_envelope(ticket.ticket)
             # one request id for GetFlightInfo and the DoGet of the ticket it issued
-            rid = correlate(context, rid, envelope.request_id)
-            with edge(rid, "do_get"):
-                return self._do_get(context, envelope, rid, meter)
-        raise AssertionError("unreachable")  # pragma: no cover (mypy: edge may swallow)
+            rid = call.rebind(correlate(context, rid, envelope.request_id))
+            meter.kind = envelope.request
+            auth = authorization_from_context(context)
+            log.info("do_get", request=envelope.request, auth=auth is not None)
 
-    def _do_get(
-        self,
-        context: flight.ServerCallContext,
-        envelope: Envelope,
-        rid: str,
-        meter: Meter,
-    ) -> flight.FlightDataStream:
-        metrics = self.service.metrics
-        meter.kind = envelope.request
-        auth = authorization_from_context(context)
-        log.info("do_get", request=envelope.request, auth=auth is not None)
+            checked = [0.0]
 
-        checked = [0.0]
+            def should_stop() -> bool:
+                # Polled per block: ask gRPC (a GIL-releasing call) at most every 20 ms.
+                if self.service.stopping.is_set():
+                    return True
+                now = time.monotonic()
+                if now - checked[0] < 0.02:
+                    return False
+                checked[0] = now
+                return bool(context.is_cancelled())
 
-        def should_stop() -> bool:
-            # Polled per block: ask gRPC (a GIL-releasing call) at most every 20 ms.
-            if self.service.stopping.is_set():
-                return True
-            now = time.monotonic()
-            if now - checked[0] < 0.02:
-                return False
-            checked[0] = now
-            return bool(context.is_cancelled())
+            schema, batches = self.service.do_get(envelope, rid, should_stop, auth)
+            args = envelope.args
+            live = isinstance(args, StreamArgs) and (args.start is None or args.end is None)
+            kind = stream_kind(envelope.request, live)
+            metrics.open_streams.inc()
+            meter.deferred = True
 
-        schema, batches = self.service.do_get(envelope, rid, should_stop, auth)
-        args = envelope.args
-        live = isinstance(args, StreamArgs) and (args.start is None or args.end is None)
-        kind = stream_kind(envelope.request, live)
-        metrics.open_streams.inc()
-        meter.deferred = True
+            ended = threading.Lock()
 
-        ended = threading.Lock()
+            def closed(failure: BaseException | None) -> None:
+                if not ended.acquire(blocking=False):
+                    return  # already accounted for
+                metrics.open_streams.dec()
+                metrics.stream_seconds.labels(kind).observe(time.perf_counter() - meter.started)
+                meter.end(failure)
 
-        def closed(failure: BaseException | None) -> None:
-            if not ended.acquire(blocking=False):
-                return  # already accounted for
-            metrics.open_streams.dec()
-            metrics.stream_seconds.labels(kind).observe(time.perf_counter() - meter.started)
-            meter.end(failure)
+            def first() -> None:
+                elapsed = time.perf_counter() - meter.started
+                metrics.first_block_seconds.labels(kind).observe(elapsed)
 
-        def first() -> None:
-            metrics.first_block_seconds.labels(kind).observe(time.perf_counter() - meter.started)
+            def sent(blocks: int, nbytes: int) -> None:
+                metrics.stream_sent(kind, blocks, nbytes)
 
-        def sent(blocks: int, nbytes: int) -> None:
-            metrics.stream_sent(kind, blocks, nbytes)
-
-        stream = guarded(batches, rid, f"do_get {envelope.request}", closed, sent, first)
-        # `guarded` accounts for the stream on every exit once gRPC starts reading it; a
-        # client gone before the first read never starts it: account when it is collected.
-        weakref.finalize(stream, closed, GeneratorExit())
-        return flight.GeneratorStream(schema, stream)
+            stream = guarded(batches, rid, f"do_get {envelope.request}", closed, sent, first)
+            # `guarded` accounts for the stream on every exit once gRPC starts reading it; a
+            # client gone before the first read never starts it: account when it is collected.
+            weakref.finalize(stream, closed, GeneratorExit())
+            return flight.GeneratorStream(schema, stream)
 
     def do_action(
         self, context: flight.ServerCallContext, action: flight.Action

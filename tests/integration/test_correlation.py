@@ -13,7 +13,7 @@ import pyarrow.flight as flight
 import pytest
 
 from router import logging as router_logging
-from router.protocol.envelope import Envelope, FindArgs, parse_envelope
+from router.protocol.envelope import DescribeArgs, Envelope, FindArgs, parse_envelope
 from router_backends.testing import serve_mock
 from tests.integration.servers import running_router
 
@@ -90,6 +90,21 @@ def test_the_ticket_carries_the_request_id_of_its_get_flight_info(
         client.do_get(endpoint.ticket, own).read_all()
         assert headers.seen[-1] == "client-op-7"
         assert _ids(json_log, "do_get")[-1] == "client-op-7"
+    finally:
+        client.close()
+
+
+def test_a_failing_do_get_names_the_operation_id(router_url: str) -> None:
+    headers = Headers()
+    client = flight.connect(router_url, middleware=[headers])
+    try:
+        # in the map's scope, unknown downstream: GetFlightInfo plans, the DoGet fails
+        command = Envelope("Describe", DescribeArgs(channels=("H1:NOPE-X",))).encode()
+        info = client.get_flight_info(flight.FlightDescriptor.for_command(command))
+        operation = headers.seen[-1]
+        with pytest.raises(flight.FlightUnavailableError) as err:
+            client.do_get(info.endpoints[0].ticket).read_all()
+        assert f"[request: {operation}]" in str(err.value)
     finally:
         client.close()
 
