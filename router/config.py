@@ -6,10 +6,12 @@ covered without a second list:
 - :func:`layered` (called last in ``configure``) turns each option's default into a
   :class:`Unset` marker and makes required options optional at parse time, so that after
   parsing a value that is not ``Unset`` came from the command line;
-- :func:`resolve` fills every ``Unset`` from ``ARRAKIS_ROUTER_<DEST>`` (the option's name in
-  upper case, ``-`` as ``_``), then from the TOML file (``--config``; keys are option names
-  without the leading dashes, ``scope-map`` or ``scope_map``), then the default, checks the
-  value with the option's own ``type`` and ``choices``, and records where each came from.
+- :func:`resolve` fills every ``Unset`` from ``ARRAKIS_ROUTER_<OPTION>`` (the option's long
+  name in upper case, ``-`` as ``_``), then from the TOML file (``--config``; keys are option
+  names without the leading dashes, ``scope-map`` or ``scope_map``), then the default, checks
+  the value with the option's own ``type`` and ``choices``, and records where each came from.
+  A flag (``store_true``/``store_false``) set to true in either place acts as if given on the
+  command line.
 
 A bad value anywhere raises :class:`ConfigError` naming the source, the option and the value.
 """
@@ -71,8 +73,10 @@ class Resolved:
     unknown_env: tuple[str, ...] = ()
 
 
-def env_name(dest: str) -> str:
-    return ENV_PREFIX + dest.upper()
+def env_name(option: str) -> str:
+    """``ARRAKIS_ROUTER_<OPTION>``: the option's long name (or dest) in upper case, ``-`` as
+    ``_`` (``--scope-map`` -> ``ARRAKIS_ROUTER_SCOPE_MAP``, ``--no-cache`` -> ``..._NO_CACHE``)."""
+    return ENV_PREFIX + option.lstrip("-").replace("-", "_").upper()
 
 
 def _option_name(action: argparse.Action) -> str:
@@ -183,7 +187,7 @@ def resolve(
         if not isinstance(current, Unset):
             origins[dest] = "flag"
             continue
-        name = env_name(dest)
+        name = env_name(_option_name(action))
         if name in environ:
             value = _convert(action, environ[name], f"environment {name}")
             origins[dest] = f"env {name}"
@@ -199,7 +203,8 @@ def resolve(
         setattr(out, dest, value)
     if config_path:
         out.config = config_path
-    variables = {env_name(dest) for dest in options} | {env_name(meta) for meta in _META}
+    variables = {env_name(_option_name(a)) for a in options.values()}
+    variables |= {env_name(meta) for meta in _META}
     unknown = sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in variables)
     return Resolved(out, origins, options, tuple(missing), tuple(unknown))
 
@@ -224,7 +229,7 @@ def render(resolved: Resolved) -> str:
         origin = resolved.origins[dest]
         if value is None:
             note = "required, not set" if f"--{name}" in resolved.missing else "unset"
-            lines.append(f"# {name} = ({note})  # {origin}; env {env_name(dest)}")
+            lines.append(f"# {name} = ({note})  # {origin}; env {env_name(name)}")
         else:
             lines.append(f"{name} = {_toml_value(value)}  # {origin}")
     return "\n".join(lines) + "\n"

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from router.cli import build_parser
-from router.config import ConfigError, Resolved, Unset, env_name, render, resolve
+from router.config import ConfigError, Resolved, Unset, env_name, layered, render, resolve
 from router.serve import configure, local_url
 
 ROUTER = [sys.executable, "-m", "router.cli"]
@@ -201,3 +201,39 @@ def test_unknown_prefixed_variables_are_reported() -> None:
     assert r.unknown_env == ("ARRAKIS_ROUTER_DRAIN_TIMOUT",)
     assert r.args.drain_timeout == 20.0
     assert settle(["--scope-map", "m"], {env_name("config"): ""}).unknown_env == ()
+
+
+def _synthetic() -> argparse.ArgumentParser:
+    """Option shapes other sub-commands or later options may use."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--no-cache", dest="cache", action="store_false")
+    parser.add_argument("--peer", action="append", default=[])
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--level", choices=["a", "b"], default="a")
+    parser.add_argument("--config")
+    layered(parser)
+    return parser
+
+
+def test_any_option_shape_is_layered(tmp_path: Path) -> None:
+    parser = _synthetic()
+    env = {
+        env_name("verbose"): "yes",
+        env_name("no-cache"): "true",  # as if --no-cache were given: caching off
+        env_name("peer"): "grpc://a:1, grpc://b:2",
+        env_name("workers"): "8",
+    }
+    r = resolve(parser.parse_args([]), parser, env)
+    assert r.args.verbose is True and r.args.cache is False
+    assert r.args.peer == ["grpc://a:1", "grpc://b:2"] and r.args.workers == 8
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('verbose = false\npeer = ["grpc://c:3"]\nworkers = 2\nlevel = "b"\n')
+    assert env_name("--no-cache") == "ARRAKIS_ROUTER_NO_CACHE"
+    r = resolve(parser.parse_args(["--config", str(cfg), "--workers", "16"]), parser, {})
+    assert r.args.verbose is False and r.args.peer == ["grpc://c:3"]
+    assert r.args.workers == 16 and r.args.level == "b" and r.args.cache is True
+    with pytest.raises(ConfigError, match="expected true or false"):
+        resolve(parser.parse_args([]), parser, {env_name("verbose"): "maybe"})
+    with pytest.raises(ConfigError, match="--workers"):
+        resolve(parser.parse_args([]), parser, {env_name("workers"): "many"})
