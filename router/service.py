@@ -206,7 +206,6 @@ class RouterService:
     ) -> list[flight.FlightEndpoint]:
         self.admit()
         args = envelope.args
-        command = envelope.encode()
         # the DoGet of a router-issued ticket logs under this call's request id
         ticket = envelope.ticket(request_id)
         redirect = self.settings.mode == "redirect"
@@ -247,7 +246,7 @@ class RouterService:
         if isinstance(args, PublishArgs):
             url = self._publish_endpoint(envelope)
             if redirect:
-                return [flight.FlightEndpoint(command, [url])]
+                return [flight.FlightEndpoint(envelope.encode(), [url])]
             return [_reuse(ticket)]
         raise InvalidRequestError(f"unsupported request {envelope.request}")  # pragma: no cover
 
