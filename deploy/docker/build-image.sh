@@ -11,11 +11,11 @@ IMAGE="${IMAGE:-arrakis-router:dev}"
 BASE_IMAGE="${BASE_IMAGE:-arrakis-router-base:bookworm}"
 
 if ! command -v docker >/dev/null; then
-    echo "make image: docker is not installed (Debian: apt-get install docker.io debootstrap)" >&2
+    echo "make image: docker is not installed (Debian: apt-get install docker.io debootstrap; .ci/ops.sh does)" >&2
     exit 1
 fi
 if ! docker info >/dev/null 2>&1; then
-    echo "make image: the docker daemon does not answer (start dockerd; .ci/docker.sh does)" >&2
+    echo "make image: the docker daemon does not answer (start dockerd; .ci/ops.sh does)" >&2
     exit 1
 fi
 started=$(date +%s)
