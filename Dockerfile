@@ -16,7 +16,8 @@
 # No container registry is needed: BASE_IMAGE is built from Debian packages by
 # deploy/docker/base-image.sh (debootstrap bookworm minbase + python3 3.11 + python3-venv).
 # Python packages are installed offline from the wheels `make image` collects into
-# build/image-wheels, pinned by constraints.txt (the file `make venv` uses too).
+# build/image-wheels, pinned by constraints.txt (the file `make venv` uses too). What the
+# router never loads is left out: headers, tests, Cython sources, pyarrow's S3 filesystem.
 
 # Any image with python3.11 and python3-venv at /usr/bin works; with a registry, pin it by
 # digest (--build-arg BASE_IMAGE=registry/image@sha256:...). The local base has no registry
@@ -41,6 +42,8 @@ RUN python3 -m venv /opt/router \
     && cd /opt/router/lib/python3.11/site-packages \
     && rm -rf pyarrow/include pyarrow/src pyarrow/tests numpy/*/tests numpy/tests \
         numpy/_core/include numpy/f2py pyarrow/*.pxd pyarrow/*.pyx pyarrow/includes \
+        pyarrow/libarrow_s3.so* pyarrow/_s3fs.*.so \
+    && /opt/router/bin/python -c "import pyarrow.flight, pyarrow.fs, numpy, router.serve" \
     && /opt/router/bin/python -m compileall -q -j 0 /opt/router/lib
 
 FROM ${BASE_IMAGE}
