@@ -95,6 +95,10 @@ def layered(parser: argparse.ArgumentParser) -> None:
         if not _layerable(action) or isinstance(action.default, Unset):
             continue
         action.default = Unset(action.default, action.required)
+        if action.help != argparse.SUPPRESS:
+            required = "required; " if action.required else ""
+            env = env_name(_option_name(action))
+            action.help = f"{action.help or ''} [{required}env {env}]".lstrip()
         action.required = False
 
 

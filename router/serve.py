@@ -122,6 +122,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print the effective settings and where each came from, then exit",
     )
+    parser.epilog = (
+        f"Every option may also be set by an environment variable {ENV_PREFIX}<OPTION> or in "
+        "the --config TOML file; precedence: flag > environment > file > default "
+        "(--print-config shows the result)."
+    )
     # last: every option above (and any added before this line) is layered
     layered(parser)
     parser.set_defaults(_parser=parser)

@@ -237,3 +237,11 @@ def test_any_option_shape_is_layered(tmp_path: Path) -> None:
         resolve(parser.parse_args([]), parser, {env_name("verbose"): "maybe"})
     with pytest.raises(ConfigError, match="--workers"):
         resolve(parser.parse_args([]), parser, {env_name("workers"): "many"})
+
+
+def test_help_names_each_variable() -> None:
+    text = serve_parser().format_help()
+    for action in serve_parser()._actions:
+        if action.option_strings and action.dest not in ("help", "config", "print_config"):
+            name = env_name(action.option_strings[-1])
+            assert name in text.replace("\n", " ").replace("  ", " "), name
