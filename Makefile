@@ -4,20 +4,20 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test lint bench demo docs docs-serve clean
+.PHONY: venv test lint bench demo docs docs-serve clean image image-test
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml backends/pyproject.toml examples/backend-plugin/pyproject.toml
+$(STAMP): pyproject.toml backends/pyproject.toml examples/backend-plugin/pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test,bench]" -e ./backends -e ./examples/backend-plugin
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test,bench]" -e ./backends -e ./examples/backend-plugin
 	touch $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-LINT_PATHS := scopemap router backends/router_backends tests bench examples docs/_hooks
+LINT_PATHS := scopemap router backends/router_backends tests bench examples docs/_hooks deploy
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
@@ -45,6 +45,15 @@ docs: $(DOCS_STAMP)
 
 docs-serve: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve --strict
+
+# The container image (Dockerfile), built without any registry: see deploy/docker/.
+IMAGE ?= arrakis-router:dev
+image: $(STAMP)
+	PY=$(PY) IMAGE=$(IMAGE) deploy/docker/build-image.sh
+
+# Runs the image as an operator would and checks it (deploy/docker/image_test.py).
+image-test: image
+	$(PY) deploy/docker/image_test.py --image $(IMAGE)
 
 clean:
 	rm -rf $(VENV) build dist site .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -21,7 +21,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from router.errors import ArrakisError, CancelledError, TimedOutError, UnavailableError
+from router.errors import (
+    ArrakisError,
+    CancelledError,
+    ShuttingDownError,
+    TimedOutError,
+    UnavailableError,
+)
 
 Monotonic = Callable[[], float]
 
@@ -149,6 +155,8 @@ class RequestContext:
             return TimedOutError(text)
         if reason in (CLIENT_LEFT, FINISHED):
             return CancelledError(text)
+        if reason == SERVER_STOPPING:  # the client should reconnect, to another router
+            return ShuttingDownError(f"{what}: {ShuttingDownError.TEXT}" if what else None)
         return UnavailableError(text)
 
     def check(self, what: str = "") -> None:

@@ -32,8 +32,10 @@ REUSE_MARKER = "arrow-flight-reuse-connection://?"
 # must serve within a health interval of coming back, so the wait is capped at 1 s.
 RECONNECT = [("grpc.initial_reconnect_backoff_ms", 250), ("grpc.max_reconnect_backoff_ms", 1000)]
 
-# (endpoint URL, call kind, error or None) -> None: how a downstream call ended (metrics)
-Observer = Callable[[str, str, BaseException | None], None]
+# (endpoint URL, call kind) -> ended: called as a downstream call starts; ``ended(error or
+# None)`` once as it ends (metrics: in-flight calls, latency, outcome)
+Ended = Callable[[BaseException | None], None]
+Observer = Callable[[str, str], Ended]
 
 
 @dataclass(frozen=True)
@@ -117,12 +119,13 @@ def observed(call: Call, url: str, kind: str) -> Iterator[None]:
     if call.observe is None:
         yield
         return
+    ended = call.observe(url, kind)
     try:
         yield
     except BaseException as exc:
-        call.observe(url, kind, exc)
+        ended(exc)
         raise
-    call.observe(url, kind, None)
+    ended(None)
 
 
 class FlightStream:
@@ -141,7 +144,7 @@ class FlightStream:
         self._reader = reader
         self._cancelled = threading.Event()
         self._closed = False
-        self._observe = observe
+        self._observe = observe(url, "stream") if observe is not None else None
         self._calls = calls
         if calls is not None:
             calls.opened()
@@ -150,9 +153,9 @@ class FlightStream:
         calls, self._calls = self._calls, None  # count once
         if calls is not None:
             calls.ended()
-        observe, self._observe = self._observe, None  # report once
-        if observe is not None:
-            observe(self.url, "stream", exc)
+        ended, self._observe = self._observe, None  # report once
+        if ended is not None:
+            ended(exc)
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         read = self._reader.read_chunk

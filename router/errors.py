@@ -37,6 +37,7 @@ __all__ = [
     "PlanIncompleteError",
     "ReplayError",
     "ServerError",
+    "ShuttingDownError",
     "TimedOutError",
     "UnauthenticatedError",
     "UnauthorizedError",
@@ -59,6 +60,16 @@ def is_retryable(exc: ArrakisError) -> bool:
 
 class PlanIncompleteError(UnavailableError):
     """Part of the request (channels x time) has no endpoint; the text lists what and why."""
+
+
+class ShuttingDownError(UnavailableError):
+    """The router is draining (SIGTERM): no new calls; live streams end at a block boundary
+    with this error, which tells the client to reconnect (to another router)."""
+
+    TEXT = "server shutting down, reconnect"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.TEXT)
 
 
 def all_replicas_failed(what: str, errors: Sequence[ArrakisError]) -> ArrakisError:

@@ -14,8 +14,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "url",
         nargs="?",
-        default="grpc://127.0.0.1:31206",
-        help="router / Arrakis server URL (default grpc://127.0.0.1:31206)",
+        default=None,
+        help="router / Arrakis server URL (default: the local address `router serve` binds "
+        "with the same environment and config file, e.g. grpc://127.0.0.1:31206)",
     )
     parser.add_argument(
         "--timeout",
@@ -39,8 +40,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import pyarrow.flight as flight
 
+    from router.serve import local_url
     from router.tls import TlsError, read_pem
 
+    if args.url is None:
+        try:
+            args.url = local_url()
+        except ValueError as exc:
+            print(f"router health: {exc}", file=sys.stderr)
+            return 1
     url = args.url if "://" in args.url else f"grpc://{args.url}"
     try:
         roots = read_pem("--tls-ca", args.tls_ca) if args.tls_ca else None

@@ -288,7 +288,6 @@ class HealthCollector(Collector):
     | ``arrakis_router_endpoint_state`` | gauge | ``endpoint`` (0 ok 1 suspect 2 down 3 out) |
     | ``arrakis_router_endpoint_consecutive_failures`` | gauge | ``endpoint`` |
     | ``arrakis_router_endpoint_ejections_total`` | counter | ``endpoint`` |
-    | ``arrakis_router_downstream_in_flight`` | gauge | ``endpoint`` |
     | ``arrakis_router_downstream_overflows_total`` | counter | ``endpoint`` |
     | ``arrakis_router_ready`` | gauge | (1: ``/readyz`` says 200) |
     """
@@ -318,11 +317,6 @@ class HealthCollector(Collector):
             "Times the endpoint was ejected (outlier detection)",
             labels=["endpoint"],
         )
-        in_flight = GaugeMetricFamily(
-            "arrakis_router_downstream_in_flight",
-            "Downstream calls in flight (open streams included)",
-            labels=["endpoint"],
-        )
         overflows = CounterMetricFamily(
             "arrakis_router_downstream_overflows",
             "Calls refused at once because the endpoint was at --max-downstream-calls",
@@ -333,9 +327,8 @@ class HealthCollector(Collector):
             st.add_metric([e.url], float(_STATE_VALUE[e.state]))
             fails.add_metric([e.url], float(e.failures))
             ejections.add_metric([e.url], float(e.ejections))
-            in_flight.add_metric([e.url], float(e.in_flight))
             overflows.add_metric([e.url], float(e.overflows))
         ready = GaugeMetricFamily(
             "arrakis_router_ready", "1 when /readyz answers 200", value=1.0 if snap.ready else 0.0
         )
-        yield from (up, st, fails, ejections, in_flight, overflows, ready)
+        yield from (up, st, fails, ejections, overflows, ready)

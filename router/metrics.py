@@ -7,43 +7,80 @@ exposes it over HTTP at ``http://HOST:N/metrics``; port 0 (the default) means of
 | metric | type | labels |
 | --- | --- | --- |
 | ``arrakis_router_requests_total`` | counter | ``rpc``, ``kind`` (Find, Stream, ...), ``outcome`` |
-| ``arrakis_router_get_flight_info_seconds`` | histogram | ``kind`` |
-| ``arrakis_router_downstream_calls_total`` | counter | ``endpoint``, ``call``, ``outcome`` |
-| ``arrakis_router_stream_blocks_total`` | counter | |
+| ``arrakis_router_rpc_duration_seconds`` | histogram | ``rpc``, ``kind`` |
+| ``arrakis_router_in_flight_requests`` | gauge | ``rpc`` |
+| ``arrakis_router_open_streams`` | gauge | |
+| ``arrakis_router_stream_duration_seconds`` | histogram | ``stream`` |
+| ``arrakis_router_stream_first_block_seconds`` | histogram | ``stream`` |
+| ``arrakis_router_stream_blocks_total`` | counter | ``stream`` |
+| ``arrakis_router_stream_bytes_total`` | counter | ``stream`` |
 | ``arrakis_router_gap_blocks_total`` | counter | |
 | ``arrakis_router_boundary_duplicates_dropped_total`` | counter | |
-| ``arrakis_router_open_streams`` | gauge | |
+| ``arrakis_router_downstream_calls_total`` | counter | ``endpoint``, ``call``, ``outcome`` |
+| ``arrakis_router_downstream_call_duration_seconds`` | histogram | ``endpoint``, ``call`` |
+| ``arrakis_router_downstream_in_flight`` | gauge | ``endpoint`` |
+| ``arrakis_router_reloads_total`` | counter | ``result`` (success, failure) |
+| ``arrakis_router_last_reload_success_timestamp_seconds`` | gauge | |
+| ``arrakis_router_scope_map_info`` | gauge (info) | ``fingerprint``, ``endpoints`` |
+| ``arrakis_router_draining`` | gauge | |
+| ``arrakis_router_build_info`` | gauge (info) | ``version``, ``python``, ``pyarrow`` |
+| ``process_*`` | (prometheus_client) | CPU, memory, open fds, start time |
 
-``outcome`` is ``ok``, ``cancelled`` or the error kind (``unavailable``, ``server_error``,
-``internal``, ``timed_out``, ``unauthorized``, ...): the gRPC status family the client sees.
+``outcome`` is the gRPC status name the client receives: ``OK``, ``CANCELLED``,
+``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, ``INVALID_ARGUMENT``, ``UNAUTHENTICATED``,
+``PERMISSION_DENIED``, ``UNIMPLEMENTED``, ``INTERNAL`` or ``UNKNOWN`` (a generic server
+refusal). ``rpc`` is the Flight method (``GetFlightInfo``, ``DoGet``, ``DoAction``,
+``DoExchange``); a DoGet lasts until its stream ends. ``stream`` names what a DoGet sends:
+``bounded`` or ``live`` (Stream requests; live = open start or end) or the request kind in
+lower case (``describe``, ``find``, ``count``, ``publish``).
 """
 
 from __future__ import annotations
 
+import platform
 import threading
+import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from typing import Any, Protocol, TypeVar
 from wsgiref.simple_server import WSGIServer, make_server
 
+import pyarrow as pa
 import pyarrow.flight as flight
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+    make_wsgi_app,
+)
 from prometheus_client.exposition import (
     ThreadingWSGIServer,
     _get_best_family,
     _SilentHandler,
 )
 
+from router import __version__
 from router.errors import CancelledError, to_flight_error
 from router.recenterrors import RecentErrors
 
 log = structlog.get_logger("router.metrics")
 
-__all__ = ["MetricsServer", "RouterMetrics", "StitchCounts", "StreamReporter", "outcome_of"]
+__all__ = [
+    "MetricsServer",
+    "RouterMetrics",
+    "StitchCounts",
+    "StreamReporter",
+    "outcome_of",
+    "stream_kind",
+]
 
 T = TypeVar("T")
 
-# GetFlightInfo is planned in-process: sub-millisecond buckets matter (target median < 2 ms).
+# GetFlightInfo is planned in-process: sub-millisecond buckets matter (target median < 2 ms);
+# a DoGet lasts as long as its stream (minutes for a large fetch, days for a live one).
 LATENCY_BUCKETS = (
     0.0005,
     0.001,
@@ -58,33 +95,58 @@ LATENCY_BUCKETS = (
     1.0,
     2.5,
     10.0,
+    30.0,
+    120.0,
+    600.0,
+    3600.0,
 )
+STREAM_BUCKETS = (0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0)
 
 _FLIGHT_OUTCOMES: tuple[tuple[type[BaseException], str], ...] = (
-    (flight.FlightCancelledError, "cancelled"),
-    (flight.FlightUnavailableError, "unavailable"),
-    (flight.FlightTimedOutError, "timed_out"),
-    (flight.FlightUnauthenticatedError, "unauthenticated"),
-    (flight.FlightUnauthorizedError, "unauthorized"),
-    (flight.FlightInternalError, "internal"),
-    (flight.FlightServerError, "server_error"),
+    (flight.FlightCancelledError, "CANCELLED"),
+    (flight.FlightUnavailableError, "UNAVAILABLE"),
+    (flight.FlightTimedOutError, "DEADLINE_EXCEEDED"),
+    (flight.FlightUnauthenticatedError, "UNAUTHENTICATED"),
+    (flight.FlightUnauthorizedError, "PERMISSION_DENIED"),
+    (flight.FlightInternalError, "INTERNAL"),
+    (flight.FlightServerError, "UNKNOWN"),
+)
+# what pyarrow sends for exceptions that are not Flight errors (see pyarrow's
+# ConvertStatus / Status::ToGrpcStatus)
+_ARROW_OUTCOMES: tuple[tuple[type[BaseException], str], ...] = (
+    (pa.ArrowNotImplementedError, "UNIMPLEMENTED"),
+    (pa.ArrowInvalid, "INVALID_ARGUMENT"),
+)
+OUTCOMES = (
+    "OK",
+    *sorted({label for _, label in _FLIGHT_OUTCOMES + _ARROW_OUTCOMES}),
 )
 
 
 def outcome_of(exc: BaseException | None) -> str:
-    """The ``outcome`` label of a call that ended with ``exc`` (None: success)."""
+    """The ``outcome`` label (gRPC status name) of a call that ended with ``exc``."""
     if exc is None:
-        return "ok"
+        return "OK"
     if isinstance(exc, CancelledError | GeneratorExit):
-        return "cancelled"
+        return "CANCELLED"
     if not isinstance(exc, Exception):
-        return "internal"
+        return "INTERNAL"
     if not isinstance(exc, flight.FlightError):
+        for cls, label in _ARROW_OUTCOMES:
+            if isinstance(exc, cls):
+                return label
         exc = to_flight_error(exc, None)
     for cls, label in _FLIGHT_OUTCOMES:
         if isinstance(exc, cls):
             return label
-    return "server_error"
+    return "UNKNOWN"
+
+
+def stream_kind(request: str, live: bool) -> str:
+    """The ``stream`` label of a DoGet of ``request`` (``live``: a Stream with an open end)."""
+    if request == "Stream":
+        return "live" if live else "bounded"
+    return request.lower()
 
 
 # An extra page of the metrics port: () -> (status line, headers, body), e.g. the status page.
@@ -156,25 +218,52 @@ class RouterMetrics:
         r = self.registry
         self.requests = Counter(
             "arrakis_router_requests",
-            "Client calls by RPC, request kind and outcome",
+            "Client calls by RPC, request kind and outcome (gRPC status name)",
             ["rpc", "kind", "outcome"],
             registry=r,
         )
-        self.flight_info_seconds = Histogram(
-            "arrakis_router_get_flight_info_seconds",
-            "GetFlightInfo latency (parse, plan, metadata fan-out), seconds",
-            ["kind"],
+        self.rpc_seconds = Histogram(
+            "arrakis_router_rpc_duration_seconds",
+            "Client call duration by RPC and request kind, seconds (a DoGet: until its "
+            "stream ends)",
+            ["rpc", "kind"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.downstream_calls = Counter(
-            "arrakis_router_downstream_calls",
-            "Calls to downstream servers by endpoint, call and outcome",
-            ["endpoint", "call", "outcome"],
+        self.in_flight = Gauge(
+            "arrakis_router_in_flight_requests",
+            "Client calls being served (a DoGet until its stream ends)",
+            ["rpc"],
+            registry=r,
+        )
+        self.open_streams = Gauge(
+            "arrakis_router_open_streams", "DoGet streams currently open", registry=r
+        )
+        self.stream_seconds = Histogram(
+            "arrakis_router_stream_duration_seconds",
+            "DoGet stream duration from the call to its end, seconds",
+            ["stream"],
+            buckets=STREAM_BUCKETS,
+            registry=r,
+        )
+        self.first_block_seconds = Histogram(
+            "arrakis_router_stream_first_block_seconds",
+            "Time from a DoGet call to its first record batch, seconds",
+            ["stream"],
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.stream_blocks = Counter(
-            "arrakis_router_stream_blocks", "Stream blocks sent to clients", registry=r
+            "arrakis_router_stream_blocks",
+            "Record batches (stream blocks) sent to clients",
+            ["stream"],
+            registry=r,
+        )
+        self.stream_bytes = Counter(
+            "arrakis_router_stream_bytes",
+            "Arrow buffer bytes of the record batches sent to clients",
+            ["stream"],
+            registry=r,
         )
         self.gap_blocks = Counter(
             "arrakis_router_gap_blocks",
@@ -188,9 +277,56 @@ class RouterMetrics:
             "e.g. at slice boundaries",
             registry=r,
         )
-        self.open_streams = Gauge(
-            "arrakis_router_open_streams", "DoGet streams currently open", registry=r
+        self.downstream_calls = Counter(
+            "arrakis_router_downstream_calls",
+            "Calls to downstream servers by endpoint, call and outcome (gRPC status name)",
+            ["endpoint", "call", "outcome"],
+            registry=r,
         )
+        self.downstream_seconds = Histogram(
+            "arrakis_router_downstream_call_duration_seconds",
+            "Downstream call duration by endpoint and call (stream: the whole read)",
+            ["endpoint", "call"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.downstream_in_flight = Gauge(
+            "arrakis_router_downstream_in_flight",
+            "Downstream calls in progress by endpoint",
+            ["endpoint"],
+            registry=r,
+        )
+        self.reloads = Counter(
+            "arrakis_router_reloads",
+            "Scope-map reload attempts by result (success, failure)",
+            ["result"],
+            registry=r,
+        )
+        for result in ("success", "failure"):
+            self.reloads.labels(result)
+        self.last_reload = Gauge(
+            "arrakis_router_last_reload_success_timestamp_seconds",
+            "Unix time the active scope map was loaded (at start or by the last good reload)",
+            registry=r,
+        )
+        self.scope_map = Info(
+            "arrakis_router_scope_map",
+            "The active scope map: sha256 fingerprint of the file and its endpoint count",
+            registry=r,
+        )
+        self.draining = Gauge(
+            "arrakis_router_draining",
+            "1 while the router drains (after SIGTERM): new calls are refused",
+            registry=r,
+        )
+        Info("arrakis_router_build", "Router build", registry=r).info(
+            {
+                "version": __version__,
+                "python": platform.python_version(),
+                "pyarrow": pa.__version__,
+            }
+        )
+        ProcessCollector(registry=r)
         self._lock = threading.Lock()
         self.recent_errors = RecentErrors()  # shown on the status page
 
@@ -200,10 +336,52 @@ class RouterMetrics:
     def request(self, rpc: str, kind: str, exc: BaseException | None) -> None:
         self.requests.labels(rpc, kind, outcome_of(exc)).inc()
 
-    def downstream_call(self, endpoint: str, call: str, exc: BaseException | None) -> None:
-        self.downstream_calls.labels(endpoint, call, outcome_of(exc)).inc()
-        if exc is not None and not isinstance(exc, CancelledError | GeneratorExit):
-            self.recent_errors.record(endpoint, call, exc)
+    def started(self, rpc: str) -> None:
+        self.in_flight.labels(rpc).inc()
+
+    def ended(self, rpc: str, kind: str, exc: BaseException | None, seconds: float) -> None:
+        """A client call ended (``exc``: how; None: success) after ``seconds``."""
+        self.in_flight.labels(rpc).dec()
+        self.rpc_seconds.labels(rpc, kind).observe(seconds)
+        self.requests.labels(rpc, kind, outcome_of(exc)).inc()
+
+    def calls_in_flight(self) -> int:
+        """Client calls being served, all RPCs together (the drain waits for 0)."""
+        total = 0.0
+        for metric in self.in_flight.collect():
+            total += sum(s.value for s in metric.samples)
+        return int(total)
+
+    def downstream_call(self, endpoint: str, call: str) -> Callable[[BaseException | None], None]:
+        """A downstream call starts: the returned function reports how it ended (once)."""
+        gauge = self.downstream_in_flight.labels(endpoint)
+        gauge.inc()
+        started = time.perf_counter()
+        done = threading.Lock()
+
+        def ended(exc: BaseException | None) -> None:
+            if not done.acquire(blocking=False):
+                return
+            gauge.dec()
+            self.downstream_seconds.labels(endpoint, call).observe(time.perf_counter() - started)
+            self.downstream_calls.labels(endpoint, call, outcome_of(exc)).inc()
+            if exc is not None and not isinstance(exc, CancelledError | GeneratorExit):
+                self.recent_errors.record(endpoint, call, exc)
+
+        return ended
+
+    def stream_sent(self, stream: str, blocks: int, nbytes: int) -> None:
+        if blocks:
+            self.stream_blocks.labels(stream).inc(blocks)
+        if nbytes:
+            self.stream_bytes.labels(stream).inc(nbytes)
+
+    def reloaded(self, ok: bool, fingerprint: str = "", endpoints: int = 0) -> None:
+        """A scope map was loaded (``ok``; at start too) or a reload was rejected."""
+        self.reloads.labels("success" if ok else "failure").inc()
+        if ok:
+            self.last_reload.set(time.time())
+            self.scope_map.info({"fingerprint": fingerprint, "endpoints": str(endpoints)})
 
     def stitched(self, gap_blocks: int, duplicates_dropped: int) -> None:
         """Count gap blocks and dropped duplicates (increments, never negative)."""
@@ -276,4 +454,4 @@ class StreamReporter:
         self.gap_blocks, self.duplicates_dropped = gaps, dups
 
 
-DownstreamObserver = Callable[[str, str, BaseException | None], None]
+DownstreamObserver = Callable[[str, str], Callable[[BaseException | None], None]]

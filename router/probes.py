@@ -13,6 +13,7 @@ Each is a :data:`router.metrics.Page` registered by path next to the status page
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from router.healthregistry import HealthRegistry
 from router.metrics import Page
@@ -23,16 +24,22 @@ JSON = "application/json"
 _NO_STORE = ("Cache-Control", "no-store")
 
 
-def health_pages(registry: HealthRegistry) -> dict[str, Page]:
-    """``/healthz`` and ``/readyz`` over ``registry``."""
+def health_pages(
+    registry: HealthRegistry, draining: Callable[[], bool] = lambda: False
+) -> dict[str, Page]:
+    """``/healthz`` and ``/readyz`` over ``registry``; a draining router is not ready."""
 
     def healthz() -> tuple[str, list[tuple[str, str]], bytes]:
         return "200 OK", [("Content-Type", "text/plain; charset=utf-8"), _NO_STORE], b"ok\n"
 
     def readyz() -> tuple[str, list[tuple[str, str]], bytes]:
         snap = registry.snapshot()
-        body = json.dumps(snap.readiness_json(), indent=1).encode() + b"\n"
-        status = "200 OK" if snap.ready else "503 Service Unavailable"
+        document = snap.readiness_json()
+        ready = snap.ready and not draining()
+        if draining():
+            document = {**document, "ready": False, "draining": True}
+        body = json.dumps(document, indent=1).encode() + b"\n"
+        status = "200 OK" if ready else "503 Service Unavailable"
         return status, [("Content-Type", JSON), _NO_STORE], body
 
     return {"/healthz": healthz, "/readyz": readyz}

@@ -37,6 +37,11 @@ class Reloader:
     def __repr__(self) -> str:
         return f"<Reloader {self.path} reloads={self.reloads} rejected={self.rejected}>"
 
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the file content last loaded (or tried), "" when unreadable."""
+        return self._digest or ""
+
     def reload(self, reason: str = "signal") -> bool:
         """Load and validate the file; swap it in when valid. Returns True when swapped."""
         with self._lock:
@@ -47,6 +52,7 @@ class Reloader:
             errors = [d for d in result.diagnostics if d.severity.value == "error"]
             if not result.ok or result.scope_map is None:
                 self.rejected += 1
+                self.service.metrics.reloaded(False)
                 log.error(
                     "scope_map_rejected",
                     file=str(self.path),
@@ -58,6 +64,7 @@ class Reloader:
             self.service.replace_map(result.scope_map)
             self._digest = digest
             self.reloads += 1
+            self.service.metrics.reloaded(True, digest or "", len(result.scope_map.endpoints))
             log.info(
                 "scope_map_reloaded",
                 file=str(self.path),

@@ -1,12 +1,16 @@
 """``router serve``: load and validate the scope map, start the Flight service, serve until
-SIGTERM/SIGINT (graceful), reload on SIGHUP and when the file changes."""
+SIGTERM/SIGINT, then drain (:mod:`router.drain`: bounded by ``--drain-timeout``); reload on
+SIGHUP and when the file changes. Every option may also come from the environment
+(``ARRAKIS_ROUTER_<OPTION>``) or a TOML ``--config`` file (:mod:`router.config`)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
+from collections.abc import Mapping
 from types import FrameType
 from urllib.parse import urlparse
 
@@ -14,6 +18,7 @@ import structlog
 
 from router import __version__
 from router import logging as router_logging
+from router.config import ENV_PREFIX, ConfigError, env_name, layered, render, resolve
 from router.service import MODES, RouterService, Settings
 from router.tls import TlsError, read_pem, tls_certificates
 
@@ -147,6 +152,33 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="check the scope-map file for changes every S seconds (0: only SIGHUP)",
     )
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=20.0,
+        metavar="S",
+        help="on SIGTERM/SIGINT: refuse new calls, end live streams (clients reconnect), let "
+        "bounded streams finish for up to S seconds, then stop (default 20)",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help='TOML file of settings (keys: option names, e.g. scope-map = "..."); '
+        f"precedence: flag > environment ({ENV_PREFIX}<OPTION>) > file > default",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective settings and where each came from, then exit",
+    )
+    parser.epilog = (
+        f"Every option may also be set by an environment variable {ENV_PREFIX}<OPTION> or in "
+        "the --config TOML file; precedence: flag > environment > file > default "
+        "(--print-config shows the result)."
+    )
+    # last: every option above (and any added before this line) is layered
+    layered(parser)
+    parser.set_defaults(_parser=parser)
 
 
 def _bind_location(url: str, tls: bool = False) -> tuple[str, str]:
@@ -160,10 +192,67 @@ def _bind_location(url: str, tls: bool = False) -> tuple[str, str]:
     return f"{parsed.scheme}://{host}:{port}", host
 
 
+def local_url(environ: Mapping[str, str] | None = None) -> str:
+    """Where a local client reaches the ``router serve`` configured by ``environ`` (default
+    the process environment) and its ``--config`` file: the bound URL, a wildcard host
+    (``0.0.0.0``, ``::``) replaced by loopback. Used by ``router health`` without a URL, so a
+    container's HEALTHCHECK follows the configured port."""
+    parser = argparse.ArgumentParser(prog="router serve")
+    configure(parser)
+    args = resolve(parser.parse_args([]), parser, environ).args
+    location, host = _bind_location(args.url, bool(args.tls_cert))
+    if host in ("0.0.0.0", "::", "[::]", ""):
+        location = location.replace(f"//{host}:", "//127.0.0.1:", 1)
+    return location
+
+
+def _parser_of(args: argparse.Namespace) -> argparse.ArgumentParser:
+    parser = getattr(args, "_parser", None)
+    if isinstance(parser, argparse.ArgumentParser):
+        return parser
+    parser = argparse.ArgumentParser(prog="router serve")  # run() called without the CLI
+    configure(parser)
+    return parser
+
+
 def run(args: argparse.Namespace) -> int:
+    # the log format before the settings are resolved (their errors are logged in it)
+    early_format = args.log_format
+    if not isinstance(early_format, str):
+        early_format = os.environ.get(env_name("log_format"), "console")
+    if early_format not in router_logging.FORMATS:
+        early_format = "console"
+    router_logging.configure(early_format, "info")
+    try:
+        resolved = resolve(args, _parser_of(args))
+    except ConfigError as exc:
+        router_logging.startup_error(str(exc))
+        return 2
+    args = resolved.args
+    if args.print_config:
+        print(render(resolved), end="")
+        return 2 if resolved.missing else 0
+    router_logging.configure(args.log_format, args.log_level)
+    if resolved.unknown_env:
+        log.warning("unknown_settings_ignored", variables=list(resolved.unknown_env))
+    if resolved.missing:
+        router_logging.startup_error(
+            f"missing required setting(s) {', '.join(resolved.missing)} (flag, "
+            f"{ENV_PREFIX}<OPTION> or --config file)"
+        )
+        return 2
+    try:
+        return _serve(args)
+    except Exception as exc:  # an unforeseen start-up failure: one clear line, then exit
+        router_logging.startup_error(f"{type(exc).__name__}: {exc}")
+        return 1
+
+
+def _serve(args: argparse.Namespace) -> int:
     import pyarrow.flight as flight
 
     from router.downstream import DownstreamPool
+    from router.drain import drain
     from router.metrics import Page
     from router.probes import health_pages
     from router.reload import Reloader
@@ -171,31 +260,30 @@ def run(args: argparse.Namespace) -> int:
     from router.statuspage import status_page_for
     from scopemap import load_path
 
-    router_logging.configure(args.log_format, args.log_level)
+    fail = router_logging.startup_error
     try:
         tls = tls_certificates(args.tls_cert, args.tls_key, args.url)
         roots = read_pem("--tls-ca", args.tls_ca) if args.tls_ca else None
     except TlsError as exc:
-        print(f"router serve: {exc}", file=sys.stderr)
+        fail(str(exc))
+        return 2
+    if args.drain_timeout < 0:
+        fail(f"--drain-timeout must be >= 0, got {args.drain_timeout}")
         return 2
     result = load_path(args.scope_map)
     for diag in result.diagnostics:
-        print(diag.format(), file=sys.stderr)
+        if args.log_format == "json":
+            log.warning("scope_map_diagnostic", diagnostic=diag.format())
+        else:
+            print(diag.format(), file=sys.stderr)
     if not result.ok or result.scope_map is None:
-        print(
-            f"router serve: refusing to start: {args.scope_map} is not a valid scope map",
-            file=sys.stderr,
-        )
+        fail(f"refusing to start: {args.scope_map} is not a valid scope map")
         return 1
     if args.live_grace < 0 or args.live_buffer < 1:
-        print("router serve: --live-grace must be >= 0 and --live-buffer >= 1", file=sys.stderr)
+        fail("--live-grace must be >= 0 and --live-buffer >= 1")
         return 2
     if args.downstream_timeout <= 0 or args.idle_timeout <= 0 or args.describe_ttl < 0:
-        print(
-            "router serve: --downstream-timeout and --idle-timeout must be > 0, "
-            "--describe-ttl >= 0",
-            file=sys.stderr,
-        )
+        fail("--downstream-timeout and --idle-timeout must be > 0, --describe-ttl >= 0")
         return 2
     if args.request_timeout is not None and args.request_timeout <= 0:
         print("router serve: --request-timeout must be > 0", file=sys.stderr)
@@ -231,22 +319,21 @@ def run(args: argparse.Namespace) -> int:
     location, host = _bind_location(args.url, tls is not None)
     certificates = [flight.CertKeyPair(*tls)] if tls is not None else []
     try:
+        # serving from here on: pyarrow's serve() is never called (it installs its own
+        # SIGINT/SIGTERM handling and waits for open calls without a deadline)
         server = RouterFlightServer(service, location, tls_certificates=certificates)
     except Exception as exc:
-        print(f"router serve: cannot bind {location}: {exc}", file=sys.stderr)
+        fail(f"cannot bind {location}: {exc}")
         service.close()
         return 1
     metrics_server = None
     if args.metrics_port:
         try:
             pages: dict[str, Page] = {"/": status_page_for(service)}
-            pages.update(health_pages(service.health))
+            pages.update(health_pages(service.health, service.draining.is_set))
             metrics_server = service.metrics.serve(args.metrics_port, host, pages)
         except OSError as exc:
-            print(
-                f"router serve: cannot serve metrics on port {args.metrics_port}: {exc}",
-                file=sys.stderr,
-            )
+            fail(f"cannot serve metrics on port {args.metrics_port}: {exc}")
             server.shutdown()
             service.close()
             return 1
@@ -261,9 +348,12 @@ def run(args: argparse.Namespace) -> int:
         checker.start()
         log.info("health_checks_started", interval=checker.interval, timeout=checker.timeout)
     reloader = Reloader(service, args.scope_map)
+    service.metrics.reloaded(True, reloader.fingerprint, len(result.scope_map.endpoints))
     stop = threading.Event()
+    received: list[str] = []
 
     def on_stop(signum: int, frame: FrameType | None) -> None:
+        received.append(signal.Signals(signum).name)
         stop.set()
 
     def on_hup(signum: int, frame: FrameType | None) -> None:
@@ -275,8 +365,6 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGHUP, on_hup)
     if args.watch_interval > 0:
         reloader.watch(args.watch_interval)
-    serving = threading.Thread(target=server.serve, name="flight-serve", daemon=True)
-    serving.start()
     url = f"{'grpc+tls' if tls is not None else 'grpc'}://{host}:{server.port}"
     log.info(
         "router_started",
@@ -284,18 +372,23 @@ def run(args: argparse.Namespace) -> int:
         url=url,
         mode=args.mode,
         endpoints=len(result.scope_map.endpoints),
+        drain_timeout_s=args.drain_timeout,
     )
-    print(f"serving {url}", flush=True)
+    router_logging.announce(url)
     while not stop.wait(0.5):
         pass
-    log.info("router_stopping")
-    service.cancel_all()
+    log.info("router_stopping", signal=received[0] if received else None)
     reloader.stop()
     if checker is not None:
         checker.stop()
-    server.shutdown()
+    report = drain(service, server.shutdown, args.drain_timeout)
     if metrics_server is not None:
         metrics_server.close()
     service.close()
-    log.info("router_stopped")
+    log.info("router_stopped", cut_short=report.cut_short, seconds=round(report.seconds, 3))
+    if not report.shutdown_complete:
+        # gRPC still holds a handler that ignored its cancellation: do not wait for it
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0

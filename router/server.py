@@ -21,16 +21,17 @@ import structlog
 
 from router.actions import ACTIONS
 from router.errors import ArrakisError, CancelledError, UnsupportedError, to_flight_error
-from router.metrics import RouterMetrics
+from router.metrics import RouterMetrics, stream_kind
 from router.protocol.auth import (
     AUTHORIZATION_MIDDLEWARE_KEY,
     AuthorizationMiddlewareFactory,
     authorization_from_context,
 )
-from router.protocol.envelope import parse_envelope
+from router.protocol.envelope import StreamArgs, parse_envelope
 from router.protocol.reqid import (
     REQUEST_ID_MIDDLEWARE_KEY,
     RequestIdMiddlewareFactory,
+    correlate,
     request_id_from_context,
 )
 from router.service import RouterService
@@ -44,15 +45,29 @@ def _level(exc: BaseException) -> str:
     return "warning" if isinstance(exc, ArrakisError) else "error"
 
 
+class Call:
+    """The request id of a call at the edge; :meth:`rebind` moves the call to another id
+    (a DoGet adopting the id of the GetFlightInfo that issued its ticket)."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+
+    def rebind(self, request_id: str) -> str:
+        self.request_id = request_id
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        return request_id
+
+
 @contextmanager
-def edge(request_id: str, op: str) -> Iterator[None]:
+def edge(request_id: str, op: str) -> Iterator[Call]:
     """Bind the request id; translate whatever escapes into a tagged Flight error."""
+    call = Call(request_id)
     with structlog.contextvars.bound_contextvars(request_id=request_id):
         try:
-            yield
+            yield call
         except flight.FlightError as exc:  # already translated (or raised on purpose)
             log.warning("request_failed", op=op, error=str(exc))
-            raise to_flight_error(exc, request_id) from None
+            raise to_flight_error(exc, call.request_id) from None
         except Exception as exc:
             getattr(log, _level(exc))(
                 "request_failed",
@@ -61,7 +76,7 @@ def edge(request_id: str, op: str) -> Iterator[None]:
                 error_type=type(exc).__name__,
                 exc_info=not isinstance(exc, ArrakisError),
             )
-            raise to_flight_error(exc, request_id) from None
+            raise to_flight_error(exc, call.request_id) from None
 
 
 # Blocks counted per metrics update: the serving thread of a stream is a gRPC thread, and
@@ -76,22 +91,26 @@ def guarded(
     request_id: str,
     op: str,
     on_close: Callable[[BaseException | None], None],
-    on_batches: Callable[[int], None] | None = None,
+    on_batches: Callable[[int, int], None] | None = None,
+    on_first: Callable[[], None] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Iterate ``batches`` translating errors at the edge; always close the source.
     ``on_close`` gets how the stream ended (None: complete; GeneratorExit: the client left);
-    ``on_batches(n)``: ``n`` more batches were sent (reported every ``BLOCKS_PER_UPDATE``
-    and at the end)."""
+    ``on_batches(n, nbytes)``: ``n`` more batches of ``nbytes`` bytes were sent (reported
+    every ``BLOCKS_PER_UPDATE`` and at the end); ``on_first()``: the first batch is ready."""
     started = time.monotonic()
-    count = reported = 0
+    count = reported = nbytes = 0
     failure: BaseException | None = None
     try:
         with edge(request_id, op):
             for batch in batches:
+                if not count and on_first is not None:
+                    on_first()
                 count += 1
+                nbytes += batch.get_total_buffer_size()  # O(buffers); .nbytes is ~20x dearer
                 if on_batches is not None and count - reported >= BLOCKS_PER_UPDATE:
-                    on_batches(count - reported)
-                    reported = count
+                    on_batches(count - reported, nbytes)
+                    reported, nbytes = count, 0
                 yield batch
         log.info(
             "stream_done",
@@ -105,7 +124,7 @@ def guarded(
         raise
     finally:
         if on_batches is not None and count > reported:
-            on_batches(count - reported)
+            on_batches(count - reported, nbytes)
         close = getattr(batches, "close", None)
         if close is not None:
             close()
@@ -113,26 +132,27 @@ def guarded(
 
 
 class Meter:
-    """Reports one call to the metrics when its ``with`` block ends: the outcome (the
-    translated error, if any) and, for GetFlightInfo, the latency. ``deferred``: a DoGet
-    whose stream was handed out reports when the stream ends instead."""
+    """Reports one client call to the metrics: in flight from construction; when its ``with``
+    block ends, the outcome (the translated error, if any) and the duration. ``deferred``: a
+    DoGet whose stream was handed out reports with :meth:`end` when the stream ends."""
 
     def __init__(self, metrics: RouterMetrics, rpc: str) -> None:
         self.metrics = metrics
         self.rpc = rpc
         self.kind = "invalid"  # until the envelope is parsed
         self.deferred = False
-        self._started = time.perf_counter()
+        self.started = time.perf_counter()
+        metrics.started(rpc)
 
     def __enter__(self) -> Meter:
         return self
 
     def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
-        if self.rpc == "GetFlightInfo":
-            elapsed = time.perf_counter() - self._started
-            self.metrics.flight_info_seconds.labels(self.kind).observe(elapsed)
         if exc is not None or not self.deferred:
-            self.metrics.request(self.rpc, self.kind, exc)
+            self.end(exc)
+
+    def end(self, exc: BaseException | None) -> None:
+        self.metrics.ended(self.rpc, self.kind, exc, time.perf_counter() - self.started)
 
 
 class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
@@ -175,8 +195,10 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     ) -> flight.FlightDataStream:
         rid = request_id_from_context(context)
         metrics = self.service.metrics
-        with Meter(metrics, "DoGet") as meter, edge(rid, "do_get"):
+        with Meter(metrics, "DoGet") as meter, edge(rid, "do_get") as call:
             envelope = parse_envelope(ticket.ticket)
+            # one request id for GetFlightInfo and the DoGet of the ticket it issued
+            rid = call.rebind(correlate(context, rid, envelope.request_id))
             meter.kind = envelope.request
             auth = authorization_from_context(context)
             log.info("do_get", request=envelope.request, auth=auth is not None)
@@ -189,6 +211,9 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             except BaseException:
                 self.service.finish(ctx)
                 raise
+            args = envelope.args
+            live = isinstance(args, StreamArgs) and (args.start is None or args.end is None)
+            kind = stream_kind(envelope.request, live)
             metrics.open_streams.inc()
             meter.deferred = True
 
@@ -198,11 +223,18 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                 if not ended.acquire(blocking=False):
                     return  # already accounted for
                 metrics.open_streams.dec()
-                metrics.request("DoGet", envelope.request, failure)
+                metrics.stream_seconds.labels(kind).observe(time.perf_counter() - meter.started)
+                meter.end(failure)
                 self.service.finish(ctx)
 
-            on_batches = metrics.stream_blocks.inc if envelope.request == "Stream" else None
-            stream = guarded(batches, rid, f"do_get {envelope.request}", closed, on_batches)
+            def first() -> None:
+                elapsed = time.perf_counter() - meter.started
+                metrics.first_block_seconds.labels(kind).observe(elapsed)
+
+            def sent(blocks: int, nbytes: int) -> None:
+                metrics.stream_sent(kind, blocks, nbytes)
+
+            stream = guarded(batches, rid, f"do_get {envelope.request}", closed, sent, first)
             # `guarded` accounts for the stream on every exit once gRPC starts reading it; a
             # client gone before the first read never starts it: account when it is collected.
             weakref.finalize(stream, closed, GeneratorExit())

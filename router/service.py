@@ -22,11 +22,13 @@ from router.actions import ACTIONS, action_body
 from router.context import FINISHED, SERVER_STOPPING, LiveContexts, RequestContext
 from router.downstream import REUSE_MARKER, Call, DownstreamPool
 from router.errors import (
+    ArrakisError,
     CannotServeError,
     ChannelsNotAvailableError,
     InvalidRequestError,
     PlanIncompleteError,
     ServerError,
+    ShuttingDownError,
     UnsupportedError,
 )
 from router.fanout import fetch_first, seconds
@@ -149,8 +151,8 @@ class Routing:
         return cls(scope_map, RoutingIndex(scope_map), loaded_at_ns)
 
 
-def _reuse(command: bytes) -> flight.FlightEndpoint:
-    return flight.FlightEndpoint(command, [flight.Location(REUSE_MARKER)])
+def _reuse(ticket: bytes) -> flight.FlightEndpoint:
+    return flight.FlightEndpoint(ticket, [flight.Location(REUSE_MARKER)])
 
 
 def _credential_scope(authorization: str | None) -> str | None:
@@ -187,6 +189,11 @@ class RouterService:
         self.settings = settings or Settings()
         if self.settings.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.settings.mode!r}")
+        # drain (router.drain): ``draining`` refuses new calls; the open-ended streams'
+        # contexts are cancelled at once (they end at a block boundary), every other one at
+        # the drain deadline (``cancel_all``)
+        self.draining = threading.Event()
+        self.endless = LiveContexts()
         self.clock: Clock = clock or SystemClock()
         self._routing = Routing.of(scope_map, self.clock.now_ns())
         self._swap_lock = threading.Lock()
@@ -284,6 +291,18 @@ class RouterService:
         self.requests.discard(ctx)
         ctx.cancel(FINISHED)
 
+    def begin_drain(self) -> None:
+        """Start draining: every new call is refused (UNAVAILABLE "server shutting down"),
+        live streams end at their next block boundary with :class:`ShuttingDownError`;
+        bounded streams run on until :meth:`cancel_all` (the drain deadline)."""
+        self.draining.set()
+        self.endless.cancel_all(SERVER_STOPPING)
+
+    def admit(self) -> None:
+        """Refuse a new call once draining (the client retries on another router)."""
+        if self.draining.is_set():
+            raise ShuttingDownError()
+
     def call(self, ctx: RequestContext, what: str = "") -> Call:
         """The downstream call context; the client's ``authorization`` header is forwarded
         unchanged on every downstream call of the request."""
@@ -297,8 +316,10 @@ class RouterService:
 
     # ------------------------------------------------------------------ GetFlightInfo
     def flight_info(self, envelope: Envelope, ctx: RequestContext) -> list[flight.FlightEndpoint]:
+        self.admit()
         args = envelope.args
-        command = envelope.encode()
+        # the DoGet of a router-issued ticket logs under this call's request id
+        ticket = envelope.ticket(ctx.request_id)
         redirect = self.settings.mode == "redirect"
         if isinstance(args, StreamArgs):
             plan, grid, _ = self._stream_plan(args, ctx)
@@ -313,7 +334,7 @@ class RouterService:
                     )
                     for g in plan.slices[0].groups
                 ]
-            return [_reuse(command)]
+            return [_reuse(ticket)]
         if isinstance(args, DescribeArgs):
             routing = self.routing
             dplan = plan_describe(
@@ -331,21 +352,22 @@ class RouterService:
                     )
                     for g, t in zip(dplan.groups, times, strict=True)
                 ]
-            return [_reuse(command)]
+            return [_reuse(ticket)]
         if isinstance(args, FindArgs):
             self._find_plan(args)
-            return [_reuse(command)]
+            return [_reuse(ticket)]
         if isinstance(args, PublishArgs):
             url = self._publish_endpoint(envelope)
             if redirect:
-                return [flight.FlightEndpoint(command, [url])]
-            return [_reuse(command)]
+                return [flight.FlightEndpoint(envelope.encode(), [url])]
+            return [_reuse(ticket)]
         raise InvalidRequestError(f"unsupported request {envelope.request}")  # pragma: no cover
 
     # ------------------------------------------------------------------ DoGet
     def do_get(
         self, envelope: Envelope, ctx: RequestContext
     ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        self.admit()
         args = envelope.args
         if isinstance(args, StreamArgs):
             plan, grid, metas = self._stream_plan(args, ctx)
@@ -359,7 +381,9 @@ class RouterService:
                 self.stream_options,
             )
             execution: StreamExecution | LiveExecution
-            if args.start is None or args.end is None:
+            endless = args.start is None or args.end is None
+            if endless:
+                self.endless.add(ctx)  # a drain ends it at once (bounded ones may finish)
                 execution = LiveExecution(
                     plan,
                     feeds,
@@ -378,7 +402,7 @@ class RouterService:
                 live=args.start is None,
                 open_ended=args.end is None,
             )
-            stitched = self._observed(execution)
+            stitched = self._observed(execution, ctx, endless)
             return grid.schema, self.inflight.track(
                 ctx.request_id, args.channels, args.start, args.end, stitched
             )
@@ -400,10 +424,30 @@ class RouterService:
             return batches[0].schema, iter(batches)
         raise InvalidRequestError(f"unsupported request {envelope.request}")  # pragma: no cover
 
-    def _observed(self, execution: StreamExecution | LiveExecution) -> Iterator[pa.RecordBatch]:
+    def _observed(
+        self, execution: StreamExecution | LiveExecution, ctx: RequestContext, endless: bool
+    ) -> Iterator[pa.RecordBatch]:
         """``execution``'s batches; its stitching counters go to the metrics as they grow
         (a live stream may never end) and once more at the end."""
-        return self.metrics.stream_reporter(execution).relay(execution)
+        relayed = self.metrics.stream_reporter(execution).relay(execution)
+        return self._shutdown_aware(relayed, ctx, endless)
+
+    def _shutdown_aware(
+        self, batches: Iterator[pa.RecordBatch], ctx: RequestContext, endless: bool
+    ) -> Iterator[pa.RecordBatch]:
+        """A stream ended by the drain (not by its client) ends with ShuttingDownError: the
+        client reconnects instead of mistaking it for its own cancellation or for the end
+        (an open-ended stream never ends by itself, so a quiet end is not an answer)."""
+        try:
+            yield from batches
+        except ArrakisError:
+            if ctx.token.reason == SERVER_STOPPING:
+                raise ShuttingDownError() from None
+            raise
+        finally:
+            self.endless.discard(ctx)
+        if endless and ctx.token.reason == SERVER_STOPPING:
+            raise ShuttingDownError()
 
     # ------------------------------------------------------------------ DoExchange / actions
     def exchange(
@@ -412,6 +456,7 @@ class RouterService:
         batches: Sequence[pa.RecordBatch],
         ctx: RequestContext,
     ) -> list[pa.RecordBatch]:
+        self.admit()
         if envelope.request != "Partition":
             raise UnsupportedError(f"DoExchange is only used for Partition, not {envelope.request}")
         url = self._publish_endpoint(envelope)
@@ -419,6 +464,7 @@ class RouterService:
         return self.pool.get(url).exchange(envelope.encode(), batches, call)
 
     def action(self, kind: str) -> bytes:
+        self.admit()
         health = self.health.snapshot().readiness_json() if kind == "server-info" else None
         body = action_body(kind, self.routing.scope_map, self.settings.mode, health)
         if body is None:

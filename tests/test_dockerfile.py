@@ -1,8 +1,10 @@
-"""The Dockerfile is checked statically: no Docker engine runs on our machines.
+"""The Dockerfile, checked statically (`make image-test` builds and runs the image).
 
 What could silently break an image without anyone noticing: a package or data file added to
-the wheel but not copied into the build context, an install step that drifts from what the
-Makefile installs, or an ENTRYPOINT/HEALTHCHECK naming a command that no longer exists.
+the wheel but not copied into the build context (or excluded by .dockerignore), an install
+step that drifts from what the Makefile installs (the same constraints file), an
+ENTRYPOINT/HEALTHCHECK naming a command that no longer exists or a port nobody listens on, a
+user Kubernetes cannot verify as non-root.
 """
 
 from __future__ import annotations
@@ -130,6 +132,99 @@ def test_entrypoint_and_healthcheck_are_real_commands(
     assert hargs._module == COMMANDS["health"][0]
 
 
-def test_runs_as_non_root(commands: tuple[dockerfile.Command, ...]) -> None:
-    user = _instr(_final_stage(commands), "USER")
-    assert user.value[0] not in ("root", "0")
+def test_runs_as_a_numeric_non_root_user(commands: tuple[dockerfile.Command, ...]) -> None:
+    user = _instr(_final_stage(commands), "USER").value[0]
+    uid, _, gid = user.partition(":")
+    # numeric: Kubernetes' runAsNonRoot can only verify a number
+    assert uid.isdigit() and int(uid) > 0, user
+    assert not gid or (gid.isdigit() and int(gid) > 0), user
+
+
+def _env(cmds: list[dockerfile.Command]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for c in cmds:
+        if c.cmd == "ENV":
+            env.update(zip(c.value[::2], c.value[1::2], strict=True))
+    return env
+
+
+def test_healthcheck_and_expose_follow_the_configured_port(
+    commands: tuple[dockerfile.Command, ...],
+) -> None:
+    from router.serve import local_url
+
+    final = _final_stage(commands)
+    env = _env(final)
+    health = _instr(final, "HEALTHCHECK").value
+    # no URL on the health command: `router health` derives it from ARRAKIS_ROUTER_* (the
+    # settings `router serve` uses), so another port in the environment moves both
+    assert not any("://" in part or re.fullmatch(r"[\d.]+:\d+", part) for part in health)
+    port = local_url(env).rsplit(":", 1)[1]
+    exposed = {p.split("/")[0] for p in _instr(final, "EXPOSE").value}
+    assert exposed == {port}, (exposed, port)
+    moved = local_url({**env, "ARRAKIS_ROUTER_URL": "grpc://0.0.0.0:4100"})
+    assert moved == "grpc://127.0.0.1:4100"
+
+
+def test_image_settings_are_valid_router_serve_settings(
+    commands: tuple[dockerfile.Command, ...],
+) -> None:
+    import argparse
+
+    from router.config import resolve
+    from router.serve import configure
+
+    env = {k: v for k, v in _env(_final_stage(commands)).items() if k.startswith("ARRAKIS_")}
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    args = resolve(parser.parse_args([]), parser, env).args
+    assert args.scope_map.startswith("/etc/arrakis-router/maps/")  # a directory mount
+    # docker stop sends SIGKILL after 10 s by default: drain + 2 s must fit
+    assert args.drain_timeout + 2 < 10
+    assert args.log_format == "json"
+
+
+def test_oci_labels(commands: tuple[dockerfile.Command, ...]) -> None:
+    labels = {
+        k: v
+        for c in _final_stage(commands)
+        if c.cmd == "LABEL"
+        for k, v in zip(c.value[::2], c.value[1::2], strict=True)
+    }
+    for key in ("title", "description", "version", "revision", "licenses", "source"):
+        assert f"org.opencontainers.image.{key}" in labels, key
+
+
+def test_image_and_makefile_use_the_same_constraints(
+    commands: tuple[dockerfile.Command, ...],
+) -> None:
+    runs = " ".join(c.value[0] for c in commands if c.cmd == "RUN")
+    assert runs.count("-c constraints.txt") >= 2  # the wheel build and the install
+    assert "--no-index" in runs  # nothing unpinned from the network
+    make = (ROOT / "Makefile").read_text()
+    assert "-c constraints.txt" in make
+    pins = {
+        line.split("==")[0].lower().replace("_", "-")
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if "==" in line
+    }
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for requirement in project["dependencies"]:
+        name = re.split(r"[<>=!~\[ ]", requirement)[0].lower().replace("_", "-")
+        assert name in pins, f"{name} is not pinned in constraints.txt"
+
+
+def test_dockerignore_keeps_everything_the_dockerfile_copies(
+    commands: tuple[dockerfile.Command, ...],
+) -> None:
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert patterns[0] == "*", "the context is an allow-list"
+    allowed = {p.removeprefix("!").rstrip("/") for p in patterns if p.startswith("!")}
+    for c in commands:
+        if c.cmd == "COPY" and not any(f.startswith("--from") for f in c.flags):
+            for source in c.value[:-1]:
+                assert source.rstrip("/") in allowed, f"{source} is excluded by .dockerignore"

@@ -7,6 +7,7 @@ with mock_process(["--faults", "exit=10"]) as url: ...
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import selectors
 import signal
@@ -112,7 +113,15 @@ def serve_mock(
 
 
 def serving_line(line: str) -> str | None:
-    """The URL of a ``serving grpc://HOST:PORT`` line (our servers and the router)."""
+    """The URL of a ``serving grpc://HOST:PORT`` line (our servers and the router), or of
+    its JSON form ``{"event": "serving", "url": ...}`` (``--log-format json``)."""
+    if line.startswith("{"):
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            return None
+        url = doc.get("url") if isinstance(doc, dict) and doc.get("event") == "serving" else None
+        return url if isinstance(url, str) else None
     return line.removeprefix("serving ").strip() if line.startswith("serving ") else None
 
 

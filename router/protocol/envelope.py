@@ -23,6 +23,7 @@ import jsonschema
 from jsonschema.exceptions import ValidationError
 
 from router.protocol.errors import InvalidRequestError, ReplayError, UnknownArgumentsError
+from router.protocol.reqid import sanitize_request_id
 
 __all__ = [
     "ARGS_CLASSES",
@@ -113,6 +114,9 @@ class Envelope:
     request: str
     args: Args
     version: str | None = SCHEMA_VERSION
+    #: the id of the client operation a router-issued ticket belongs to (top-level key
+    #: ``request_id``; not part of the request, never sent downstream)
+    request_id: str | None = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.request not in ARGS_CLASSES:
@@ -134,10 +138,18 @@ class Envelope:
         in the client's order; ``version`` omitted only when it is ``None``."""
         return json.dumps(self.to_json()).encode()
 
+    def ticket(self, request_id: str) -> bytes:
+        """The request as a ticket the router issues: :meth:`encode` plus ``request_id``
+        (an extra top-level key, tolerated by every server: PROTOCOL §2.1)."""
+        return json.dumps({**self.to_json(), "request_id": request_id}).encode()
+
     def replace(self, **arg_changes: Any) -> Envelope:
         """A copy with some arguments changed (lists become tuples)."""
         return Envelope(
-            self.request, dataclasses.replace(self.args, **_normalise(arg_changes)), self.version
+            self.request,
+            dataclasses.replace(self.args, **_normalise(arg_changes)),
+            self.version,
+            self.request_id,
         )
 
 
@@ -249,6 +261,8 @@ def parse_envelope(data: bytes) -> Envelope:
             f"unknown {kind} argument(s): {', '.join(unknown)} "
             f"({origin}; server schema {SCHEMA_VERSION})"
         )
+    ticket_id = doc.get("request_id")
+    request_id = sanitize_request_id(ticket_id) if isinstance(ticket_id, str) else None
     values: dict[str, Any] = {}
     for key, value in raw.items():
         if isinstance(value, float):
@@ -258,7 +272,7 @@ def parse_envelope(data: bytes) -> Envelope:
         values[key] = value
     args = ARGS_CLASSES[kind](**_normalise(values))
     _check(kind, args)
-    return Envelope(kind, args, version)
+    return Envelope(kind, args, version, request_id)
 
 
 def _bad(kind: str, where: str, problem: str) -> InvalidRequestError:

@@ -13,6 +13,7 @@ __all__ = [
     "REQUEST_ID_MIDDLEWARE_KEY",
     "RequestIdMiddleware",
     "RequestIdMiddlewareFactory",
+    "correlate",
     "new_request_id",
     "request_id_from_context",
     "sanitize_request_id",
@@ -42,8 +43,10 @@ def new_request_id() -> str:
 class RequestIdMiddleware(flight.ServerMiddleware):  # type: ignore[misc]
     """Holds the id of one call; sends it back as a response header."""
 
-    def __init__(self, request_id: str) -> None:
+    def __init__(self, request_id: str, from_client: bool = True) -> None:
         self.request_id = request_id
+        #: the client sent the id (``x-request-id``); False: invented here
+        self.from_client = from_client
 
     def sending_headers(self) -> dict[str, str]:
         return {REQUEST_ID_HEADER: self.request_id}
@@ -58,7 +61,8 @@ class RequestIdMiddlewareFactory(flight.ServerMiddlewareFactory):  # type: ignor
             if key.lower() == REQUEST_ID_HEADER and values:
                 value = values[0]
                 break
-        return RequestIdMiddleware(sanitize_request_id(value) or new_request_id())
+        sent = sanitize_request_id(value)
+        return RequestIdMiddleware(sent or new_request_id(), from_client=sent is not None)
 
 
 def request_id_from_context(context: flight.ServerCallContext) -> str:
@@ -70,3 +74,20 @@ def request_id_from_context(context: flight.ServerCallContext) -> str:
     if isinstance(mw, RequestIdMiddleware):
         return mw.request_id
     return new_request_id()
+
+
+def correlate(context: flight.ServerCallContext, request_id: str, ticket_id: str | None) -> str:
+    """The request id of a DoGet: the one the router put into the ticket at GetFlightInfo
+    (one id for the whole client operation) unless the client sent its own ``x-request-id``;
+    the response header carries the id chosen."""
+    if ticket_id is None:
+        return request_id
+    try:
+        mw = context.get_middleware(REQUEST_ID_MIDDLEWARE_KEY)
+    except Exception:  # pragma: no cover - defensive: no middleware registered
+        mw = None
+    if isinstance(mw, RequestIdMiddleware):
+        if mw.from_client:
+            return request_id
+        mw.request_id = ticket_id
+    return ticket_id

@@ -13,6 +13,7 @@ import pyarrow.flight as flight
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from router.errors import ShuttingDownError
 from router.metrics import RouterMetrics, outcome_of
 from router.protocol.errors import ChannelsNotAvailableError
 from router.protocol.gps import FakeClock
@@ -91,14 +92,21 @@ def test_scraped_metrics_after_a_few_requests(mocks: tuple[str, str]) -> None:
             exposition.close()
 
     requests = "arrakis_router_requests_total"
-    assert value(samples, requests, rpc="GetFlightInfo", kind="Count", outcome="ok") == 1
-    assert value(samples, requests, rpc="DoGet", kind="Count", outcome="ok") == 1
-    assert value(samples, requests, rpc="GetFlightInfo", kind="Stream", outcome="ok") == 1
-    assert value(samples, requests, rpc="DoGet", kind="Stream", outcome="ok") == 1
+    assert value(samples, requests, rpc="GetFlightInfo", kind="Count", outcome="OK") == 1
+    assert value(samples, requests, rpc="DoGet", kind="Count", outcome="OK") == 1
+    assert value(samples, requests, rpc="GetFlightInfo", kind="Stream", outcome="OK") == 1
+    assert value(samples, requests, rpc="DoGet", kind="Stream", outcome="OK") == 1
     # X1 is in scope, so the unknown channel is refused by the downstream, in the DoGet
-    assert value(samples, requests, rpc="DoGet", kind="Describe", outcome="unavailable") == 1
+    assert value(samples, requests, rpc="DoGet", kind="Describe", outcome="UNAVAILABLE") == 1
     # both channels have 62.5 ms strides: 2 s = 32 blocks
-    assert value(samples, "arrakis_router_stream_blocks_total") == 32
+    assert value(samples, "arrakis_router_stream_blocks_total", stream="bounded") == 32
+    # blocks of 2 channels (256 Hz float32, 16 Hz int32) plus the time column
+    sent = value(samples, "arrakis_router_stream_bytes_total", stream="bounded")
+    assert sent >= 32 * (16 * 4 + 1 * 4 + 8), sent
+    assert value(samples, "arrakis_router_stream_duration_seconds_count", stream="bounded") == 1
+    assert value(samples, "arrakis_router_stream_first_block_seconds_count", stream="bounded") == 1
+    assert value(samples, "arrakis_router_stream_blocks_total", stream="count") == 1
+    assert value(samples, "arrakis_router_in_flight_requests", rpc="DoGet") == 0
     assert value(samples, "arrakis_router_gap_blocks_total") == 0
     assert value(samples, "arrakis_router_open_streams") == 0
     # the stream used both downstreams, each once, successfully
@@ -109,7 +117,7 @@ def test_scraped_metrics_after_a_few_requests(mocks: tuple[str, str]) -> None:
                 "arrakis_router_downstream_calls_total",
                 endpoint=endpoint,
                 call="stream",
-                outcome="ok",
+                outcome="OK",
             )
             == 1
         ), endpoint
@@ -119,9 +127,16 @@ def test_scraped_metrics_after_a_few_requests(mocks: tuple[str, str]) -> None:
         if name == "arrakis_router_downstream_calls_total" and ("call", "fetch") in labels
     )
     assert fetches >= 2  # the Count's Find and at least one Describe
-    latency = "arrakis_router_get_flight_info_seconds_count"
-    assert value(samples, latency, kind="Stream") == 1
-    assert value(samples, latency, kind="Describe") >= 2
+    latency = "arrakis_router_rpc_duration_seconds_count"
+    assert value(samples, latency, rpc="GetFlightInfo", kind="Stream") == 1
+    assert value(samples, latency, rpc="GetFlightInfo", kind="Describe") >= 2
+    assert value(samples, latency, rpc="DoGet", kind="Stream") == 1
+    # downstream latency and in-flight, per endpoint and call kind
+    for endpoint in (live, archive):
+        count = "arrakis_router_downstream_call_duration_seconds_count"
+        assert value(samples, count, endpoint=endpoint, call="stream") == 1, endpoint
+        assert value(samples, count, endpoint=endpoint, call="stream_open") == 1, endpoint
+        assert value(samples, "arrakis_router_downstream_in_flight", endpoint=endpoint) == 0
 
 
 def test_gap_blocks_are_counted(tmp_path: Path) -> None:
@@ -138,22 +153,27 @@ def test_gap_blocks_are_counted(tmp_path: Path) -> None:
             finally:
                 exposition.close()
     assert block.has_gaps
-    assert value(samples, "arrakis_router_stream_blocks_total") == 16
+    assert value(samples, "arrakis_router_stream_blocks_total", stream="bounded") == 16
     assert value(samples, "arrakis_router_gap_blocks_total") == 3  # blocks 4, 8, 12
     assert value(samples, "arrakis_router_boundary_duplicates_dropped_total") == 0
 
 
 def test_outcome_labels() -> None:
-    assert outcome_of(None) == "ok"
-    assert outcome_of(ChannelsNotAvailableError(["X1:A"], "no")) == "unavailable"
-    assert outcome_of(flight.FlightInternalError("x")) == "internal"
-    assert outcome_of(ValueError("boom")) == "internal"
-    assert outcome_of(GeneratorExit()) == "cancelled"
+    # gRPC status names, as the client sees them
+    assert outcome_of(None) == "OK"
+    assert outcome_of(ChannelsNotAvailableError(["X1:A"], "no")) == "UNAVAILABLE"
+    assert outcome_of(ShuttingDownError()) == "UNAVAILABLE"
+    assert outcome_of(flight.FlightInternalError("x")) == "INTERNAL"
+    assert outcome_of(flight.FlightServerError("x")) == "UNKNOWN"
+    assert outcome_of(flight.FlightTimedOutError("x")) == "DEADLINE_EXCEEDED"
+    assert outcome_of(flight.FlightUnauthorizedError("x")) == "PERMISSION_DENIED"
+    assert outcome_of(ValueError("boom")) == "INTERNAL"  # the edge sends it as INTERNAL
+    assert outcome_of(GeneratorExit()) == "CANCELLED"
     # each instance has its own registry: two services never share counters
     a, b = RouterMetrics(), RouterMetrics()
-    a.stream_blocks.inc()
+    a.stream_sent("live", 1, 10)
     assert a.registry is not b.registry
-    assert b.stream_blocks._value.get() == 0
+    assert b.stream_blocks.labels("live")._value.get() == 0
 
 
 def _free_port() -> int:
@@ -183,7 +203,7 @@ def test_router_serve_metrics_port(tmp_path: Path) -> None:
                 "arrakis_router_requests_total",
                 rpc="DoAction",
                 kind="server-info",
-                outcome="ok",
+                outcome="OK",
             )
             == 1
         )

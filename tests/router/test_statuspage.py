@@ -209,9 +209,9 @@ def test_metrics_records_downstream_errors_but_not_cancellations() -> None:
     from router.errors import CancelledError, UnavailableError
 
     metrics = RouterMetrics()
-    metrics.downstream_call("grpc://a:1", "Stream", UnavailableError("gone"))
-    metrics.downstream_call("grpc://a:1", "Stream", CancelledError("client left"))
-    metrics.downstream_call("grpc://a:1", "Stream", None)
+    metrics.downstream_call("grpc://a:1", "Stream")(UnavailableError("gone"))
+    metrics.downstream_call("grpc://a:1", "Stream")(CancelledError("client left"))
+    metrics.downstream_call("grpc://a:1", "Stream")(None)
     (only,) = metrics.recent_errors.snapshot()["grpc://a:1"]
     assert only.text == "gone" and only.call == "Stream"
 
