@@ -65,9 +65,14 @@ def _argument(action: argparse.Action) -> str:
 
 
 def _default(action: argparse.Action) -> str:
-    if action.required:
-        return "required"
     default = action.default
+    # `router serve` options are layered (flag > env > file > default, router.config): the
+    # parser holds a marker that keeps the real default and whether a value is required
+    required = action.required or bool(getattr(default, "required", False))
+    if required:
+        return "required"
+    if type(default).__name__ == "Unset":
+        default = default.default
     if default is None or default == argparse.SUPPRESS or action.nargs == 0:
         return ""
     if isinstance(default, list) and not default:
