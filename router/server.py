@@ -13,21 +13,29 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import pyarrow as pa
 import pyarrow.flight as flight
 import structlog
 
 from router.actions import ACTIONS
-from router.errors import ArrakisError, CancelledError, UnsupportedError, to_flight_error
+from router.admission import client_address
+from router.errors import (
+    ArrakisError,
+    CancelledError,
+    InvalidRequestError,
+    UnimplementedError,
+    to_flight_error,
+)
+from router.limits import check_size
 from router.metrics import RouterMetrics
 from router.protocol.auth import (
     AUTHORIZATION_MIDDLEWARE_KEY,
     AuthorizationMiddlewareFactory,
     authorization_from_context,
 )
-from router.protocol.envelope import parse_envelope
+from router.protocol.errors import shorten
 from router.protocol.reqid import (
     REQUEST_ID_MIDDLEWARE_KEY,
     RequestIdMiddlewareFactory,
@@ -36,6 +44,16 @@ from router.protocol.reqid import (
 from router.service import RouterService
 
 log = structlog.get_logger("router.server")
+
+
+def command_of(descriptor: flight.FlightDescriptor, rpc: str) -> bytes:
+    """The command of a command descriptor; path descriptors are not part of the protocol."""
+    if descriptor.descriptor_type != flight.DescriptorType.CMD:
+        raise UnimplementedError(
+            f"{rpc}: path descriptors are not supported; send a command descriptor holding "
+            "a JSON request (UNIMPLEMENTED)"
+        )
+    return bytes(descriptor.command or b"")
 
 
 def _level(exc: BaseException) -> str:
@@ -159,7 +177,7 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     ) -> flight.FlightInfo:
         rid = request_id_from_context(context)
         with Meter(self.service.metrics, "GetFlightInfo") as meter, edge(rid, "get_flight_info"):
-            envelope = parse_envelope(descriptor.command or b"")
+            envelope = self.service.accept(command_of(descriptor, "GetFlightInfo"), "command")
             meter.kind = envelope.request
             auth = authorization_from_context(context)
             log.info("get_flight_info", request=envelope.request, auth=auth is not None)
@@ -172,7 +190,7 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         rid = request_id_from_context(context)
         metrics = self.service.metrics
         with Meter(metrics, "DoGet") as meter, edge(rid, "do_get"):
-            envelope = parse_envelope(ticket.ticket)
+            envelope = self.service.accept(ticket.ticket, "ticket")
             meter.kind = envelope.request
             auth = authorization_from_context(context)
             log.info("do_get", request=envelope.request, auth=auth is not None)
@@ -189,7 +207,12 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                 checked[0] = now
                 return bool(context.is_cancelled())
 
-            schema, batches = self.service.do_get(envelope, rid, should_stop, auth)
+            slot = self.service.admission.admit(client_address(context.peer()))
+            try:
+                schema, batches = self.service.do_get(envelope, rid, should_stop, auth)
+            except BaseException:
+                slot.release()
+                raise
             metrics.open_streams.inc()
             meter.deferred = True
 
@@ -198,6 +221,7 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             def closed(failure: BaseException | None) -> None:
                 if not ended.acquire(blocking=False):
                     return  # already accounted for
+                slot.release()
                 metrics.open_streams.dec()
                 metrics.request("DoGet", envelope.request, failure)
 
@@ -214,7 +238,8 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         rid = request_id_from_context(context)
         with Meter(self.service.metrics, "DoAction") as meter, edge(rid, "do_action"):
             meter.kind = action.type if action.type in ACTIONS else "unknown"
-            log.info("do_action", action=action.type)
+            log.info("do_action", action=shorten(action.type, 64))
+            check_size(action.body.to_pybytes(), "action body", self.service.settings.limits)
             body = self.service.action(action.type)
         return iter([body])
 
@@ -224,12 +249,23 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     def list_flights(
         self, context: flight.ServerCallContext, criteria: bytes
     ) -> Iterator[flight.FlightInfo]:
-        return iter([])
+        self._unimplemented(context, "ListFlights")
+
+    def get_schema(
+        self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
+    ) -> flight.SchemaResult:
+        self._unimplemented(context, "GetSchema")
 
     def do_put(self, context: Any, descriptor: Any, reader: Any, writer: Any) -> None:
-        rid = request_id_from_context(context)
-        with edge(rid, "do_put"):
-            raise UnsupportedError("DoPut is not part of the Arrakis protocol")
+        self._unimplemented(context, "DoPut")
+
+    @staticmethod
+    def _unimplemented(context: flight.ServerCallContext, rpc: str) -> NoReturn:
+        with edge(request_id_from_context(context), rpc):
+            raise UnimplementedError(
+                f"{rpc} is not part of the Arrakis protocol (UNIMPLEMENTED); use "
+                "GetFlightInfo/DoGet with a JSON request"
+            )
 
     def do_exchange(
         self,
@@ -240,11 +276,18 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     ) -> None:
         rid = request_id_from_context(context)
         with Meter(self.service.metrics, "DoExchange") as meter, edge(rid, "do_exchange"):
-            envelope = parse_envelope(descriptor.command or b"")
+            envelope = self.service.accept(command_of(descriptor, "DoExchange"), "command")
             meter.kind = envelope.request
             auth = authorization_from_context(context)
             log.info("do_exchange", request=envelope.request, auth=auth is not None)
-            incoming = list(reader.read_all().to_batches())
+            try:
+                incoming = list(reader.read_all().to_batches())
+            except flight.FlightError:
+                raise  # cancelled, timed out...: translated by the edge as it is
+            except (OSError, pa.ArrowException) as exc:  # the client sent no/bad Arrow data
+                raise InvalidRequestError(
+                    f"invalid {envelope.request} exchange: {shorten(str(exc), 200)}"
+                ) from None
             if context.is_cancelled():
                 raise CancelledError("the client cancelled the exchange")
             answer = self.service.exchange(envelope, incoming, rid, auth)

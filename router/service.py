@@ -19,6 +19,7 @@ import pyarrow.flight as flight
 import structlog
 
 from router.actions import ACTIONS, action_body
+from router.admission import Admission
 from router.downstream import REUSE_MARKER, Call, DownstreamPool
 from router.errors import (
     CannotServeError,
@@ -29,6 +30,7 @@ from router.errors import (
     UnsupportedError,
 )
 from router.fanout import fetch_first
+from router.limits import Limits, accept, align_down, align_up
 from router.live import LiveExecution, max_latency_ns
 from router.metadata import DescribeCache, describe_groups, find_targets
 from router.metrics import RouterMetrics
@@ -82,6 +84,8 @@ class Settings:
     live_grace: float = StreamOptions.live_grace
     live_buffer: int = StreamOptions.live_buffer
     live_reconnect: float = StreamOptions.live_reconnect
+    # request limits, checked at the door (router.limits)
+    limits: Limits = dataclasses.field(default_factory=Limits)
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,8 @@ class RouterService:
         self.metrics = metrics if metrics is not None else RouterMetrics()
         self.cache = DescribeCache(self.settings.describe_ttl)
         self.executor = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="fanout")
+        limits = self.settings.limits
+        self.admission = Admission(limits.max_streams, limits.max_streams_per_client)
         self.stream_options = StreamOptions(
             **{
                 f.name: getattr(self.settings, f.name)
@@ -183,6 +189,12 @@ class RouterService:
             self.metrics.downstream_call,
             authorization,
         )
+
+    # ------------------------------------------------------------------ the door
+    def accept(self, data: bytes, what: str) -> Envelope:
+        """The request in ``data`` (a descriptor command or ticket), refused before any
+        planning when it breaks a limit (router.limits)."""
+        return accept(data, what, self.settings.limits, self.clock.now_ns())
 
     # ------------------------------------------------------------------ GetFlightInfo
     def flight_info(
@@ -424,7 +436,7 @@ class RouterService:
         span is not fully covered (then only ``[start, end)`` is promised)."""
         if args.start is None or args.end is None:
             return plan
-        lo, hi = grid.floor(args.start), grid.ceil(args.end)
+        lo, hi = align_down(args.start, grid.duration), align_up(args.end, grid.duration)
         if (lo, hi) == (args.start, args.end):
             return plan
         request = dataclasses.replace(plan.request, start=lo, end=hi)
