@@ -19,16 +19,19 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import structlog
 
+import scopemap
 from router.actions import ACTIONS
 from router.admission import client_address
 from router.errors import (
     ArrakisError,
     CancelledError,
     InvalidRequestError,
+    ReplayError,
     UnimplementedError,
     to_flight_error,
 )
 from router.limits import check_size
+from router.logging import RepeatFilter, command_summary
 from router.metrics import RouterMetrics
 from router.protocol.auth import (
     AUTHORIZATION_MIDDLEWARE_KEY,
@@ -44,6 +47,20 @@ from router.protocol.reqid import (
 from router.service import RouterService
 
 log = structlog.get_logger("router.server")
+
+
+class UntracedError(flight.FlightServerError):  # type: ignore[misc]
+    """Works around pyarrow's GetSchema callback (pyarrow 26), the one Flight callback
+    without the ``except FlightError`` clause: whatever it raises reaches the client with
+    the server's Python traceback appended. pyarrow formats that traceback with
+    ``traceback.format_exception`` and, when formatting fails, sends only the exception's
+    type name; reading ``__notes__`` fails here on purpose (CPython 3.11/3.12 let that
+    propagate), so the client gets our one-line text and no traceback or file path.
+    ``tests/integration/test_door.py`` checks it on every run."""
+
+    @property
+    def __notes__(self) -> list[str]:
+        raise RuntimeError("not formatted: see UntracedError")
 
 
 def command_of(descriptor: flight.FlightDescriptor, rpc: str) -> bytes:
@@ -62,23 +79,50 @@ def _level(exc: BaseException) -> str:
     return "warning" if isinstance(exc, ArrakisError) else "error"
 
 
+def _log_failure(
+    exc: BaseException,
+    op: str,
+    peer: str | None,
+    command: bytes | None,
+    repeats: RepeatFilter | None,
+) -> None:
+    """One bounded line per failed call; identical failures from one peer collapsed."""
+    text = str(exc)
+    fields: dict[str, Any] = {"op": op, "error": text, "error_type": type(exc).__name__}
+    if repeats is not None and peer is not None:
+        suppressed = repeats.check(peer, op, type(exc).__name__, text[:256])
+        if suppressed is None:
+            return
+        if suppressed:
+            fields["repeated"] = suppressed
+    if peer is not None:
+        fields["peer"] = peer
+    if command is not None:
+        fields["command"] = command_summary(command)
+    if isinstance(exc, flight.FlightError):  # already translated (or raised on purpose)
+        log.warning("request_failed", **fields)
+    else:
+        bug = not isinstance(exc, ArrakisError)
+        getattr(log, _level(exc))("request_failed", exc_info=bug, **fields)
+
+
 @contextmanager
-def edge(request_id: str, op: str) -> Iterator[None]:
-    """Bind the request id; translate whatever escapes into a tagged Flight error."""
+def edge(
+    request_id: str,
+    op: str,
+    peer: str | None = None,
+    command: bytes | None = None,
+    repeats: RepeatFilter | None = None,
+) -> Iterator[None]:
+    """Bind the request id; translate whatever escapes into a tagged Flight error. The log
+    line names the peer and summarises the command (prefix, size, digest) when given."""
     with structlog.contextvars.bound_contextvars(request_id=request_id):
         try:
             yield
-        except flight.FlightError as exc:  # already translated (or raised on purpose)
-            log.warning("request_failed", op=op, error=str(exc))
-            raise to_flight_error(exc, request_id) from None
         except Exception as exc:
-            getattr(log, _level(exc))(
-                "request_failed",
-                op=op,
-                error=str(exc),
-                error_type=type(exc).__name__,
-                exc_info=not isinstance(exc, ArrakisError),
-            )
+            if isinstance(exc, scopemap.ReplayError):  # the planner's refusal: the client's
+                exc = ReplayError(str(exc))
+            _log_failure(exc, op, peer, command, repeats)
             raise to_flight_error(exc, request_id) from None
 
 
@@ -163,6 +207,7 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         }
         super().__init__(location, middleware=middleware, **kwargs)
         self.service = service
+        self.repeats = RepeatFilter()  # collapses identical failures per peer in the log
 
     def __repr__(self) -> str:
         return f"<RouterFlightServer port={self.port} open_streams={self.open_streams}>"
@@ -176,7 +221,11 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.FlightInfo:
         rid = request_id_from_context(context)
-        with Meter(self.service.metrics, "GetFlightInfo") as meter, edge(rid, "get_flight_info"):
+        command = descriptor.command
+        with (
+            Meter(self.service.metrics, "GetFlightInfo") as meter,
+            edge(rid, "get_flight_info", context.peer(), command, self.repeats),
+        ):
             envelope = self.service.accept(command_of(descriptor, "GetFlightInfo"), "command")
             meter.kind = envelope.request
             auth = authorization_from_context(context)
@@ -189,7 +238,10 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     ) -> flight.FlightDataStream:
         rid = request_id_from_context(context)
         metrics = self.service.metrics
-        with Meter(metrics, "DoGet") as meter, edge(rid, "do_get"):
+        with (
+            Meter(metrics, "DoGet") as meter,
+            edge(rid, "do_get", context.peer(), ticket.ticket, self.repeats),
+        ):
             envelope = self.service.accept(ticket.ticket, "ticket")
             meter.kind = envelope.request
             auth = authorization_from_context(context)
@@ -236,7 +288,10 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         self, context: flight.ServerCallContext, action: flight.Action
     ) -> Iterator[bytes]:
         rid = request_id_from_context(context)
-        with Meter(self.service.metrics, "DoAction") as meter, edge(rid, "do_action"):
+        with (
+            Meter(self.service.metrics, "DoAction") as meter,
+            edge(rid, "do_action", context.peer(), None, self.repeats),
+        ):
             meter.kind = action.type if action.type in ACTIONS else "unknown"
             log.info("do_action", action=shorten(action.type, 64))
             check_size(action.body.to_pybytes(), "action body", self.service.settings.limits)
@@ -254,14 +309,16 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     def get_schema(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.SchemaResult:
-        self._unimplemented(context, "GetSchema")
+        try:
+            self._unimplemented(context, "GetSchema")
+        except flight.FlightError as exc:
+            raise UntracedError(str(exc)) from None
 
     def do_put(self, context: Any, descriptor: Any, reader: Any, writer: Any) -> None:
         self._unimplemented(context, "DoPut")
 
-    @staticmethod
-    def _unimplemented(context: flight.ServerCallContext, rpc: str) -> NoReturn:
-        with edge(request_id_from_context(context), rpc):
+    def _unimplemented(self, context: flight.ServerCallContext, rpc: str) -> NoReturn:
+        with edge(request_id_from_context(context), rpc, context.peer(), None, self.repeats):
             raise UnimplementedError(
                 f"{rpc} is not part of the Arrakis protocol (UNIMPLEMENTED); use "
                 "GetFlightInfo/DoGet with a JSON request"
@@ -275,7 +332,10 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         writer: flight.MetadataRecordBatchWriter,
     ) -> None:
         rid = request_id_from_context(context)
-        with Meter(self.service.metrics, "DoExchange") as meter, edge(rid, "do_exchange"):
+        with (
+            Meter(self.service.metrics, "DoExchange") as meter,
+            edge(rid, "do_exchange", context.peer(), descriptor.command, self.repeats),
+        ):
             envelope = self.service.accept(command_of(descriptor, "DoExchange"), "command")
             meter.kind = envelope.request
             auth = authorization_from_context(context)

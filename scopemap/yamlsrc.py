@@ -21,7 +21,9 @@ Path = tuple[str | int, ...]
 
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MERGE_TAG = "tag:yaml.org,2002:merge"
-_MAX_NODES = 2_000_000  # guards against alias bombs ("billion laughs")
+#: nodes of the document with every alias expanded; checked on the composed graph, before
+#: anything is converted, so an alias bomb ("billion laughs") costs no more than its text
+MAX_NODES = 2_000_000
 
 
 @dataclass
@@ -66,7 +68,7 @@ class _Converter:
 
     def convert(self, node: yaml.Node, path: Path) -> Any:
         self.count += 1
-        if self.count > _MAX_NODES:
+        if self.count > MAX_NODES:
             raise _TooLarge
         self.tree.value_pos.setdefault(path, node)
         if isinstance(node, yaml.ScalarNode):
@@ -125,6 +127,44 @@ class _Recursive(Exception):
         self.pos = pos
 
 
+def expanded_size(root: yaml.Node, limit: int) -> int:
+    """Nodes of ``root`` with aliases expanded (a node reached twice counts twice), computed
+    on the shared graph in linear time; stops early once over ``limit``. Raises
+    ``_Recursive`` for an alias cycle."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        if isinstance(node, yaml.ScalarNode):
+            sizes[key] = 1
+            continue
+        children = (
+            [c for pair in node.value for c in pair]
+            if isinstance(node, yaml.MappingNode)
+            else list(node.value)
+        )
+        if children_done:
+            active.discard(key)
+            sizes[key] = min(limit + 1, 1 + sum(sizes[id(c)] for c in children))
+            if sizes[key] > limit:
+                return sizes[key]
+            continue
+        if key in active:
+            raise _Recursive(_mark(node))
+        active.add(key)
+        stack.append((node, True))
+        for child in children:
+            if id(child) in active:
+                raise _Recursive(_mark(child))
+            if id(child) not in sizes:
+                stack.append((child, False))
+    return sizes[id(root)]
+
+
 def parse_yaml(text: str) -> SourceTree:
     """Never raises on user input: problems land in ``syntax_error`` and friends."""
     tree = SourceTree()
@@ -140,6 +180,15 @@ def parse_yaml(text: str) -> SourceTree:
         tree.syntax_error = (f"invalid YAML: {exc}", SourcePos(1, 1))
         return tree
     if node is None:
+        return tree
+    try:
+        size = expanded_size(node, MAX_NODES)
+    except _Recursive as exc:
+        tree.syntax_error = ("recursive YAML alias", exc.pos)
+        return tree
+    if size > MAX_NODES:
+        msg = f"document too large: more than {MAX_NODES} nodes once aliases are expanded"
+        tree.syntax_error = (msg, SourcePos(1, 1))
         return tree
     try:
         tree.value = _Converter(tree).convert(node, ())
