@@ -94,7 +94,10 @@ def accept(data: bytes, what: str, limits: Limits, now_ns: int) -> Envelope:
     nesting limit), then :func:`check_request`."""
     check_size(data, what, limits)
     envelope = parse_envelope(
-        data, max_depth=limits.max_depth, max_pattern=limits.max_pattern_length
+        data,
+        max_depth=limits.max_depth,
+        max_pattern=limits.max_pattern_length,
+        max_items=limits.max_channels,
     )
     check_request(envelope, limits, now_ns)
     return envelope

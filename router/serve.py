@@ -15,6 +15,7 @@ import structlog
 from router import __version__
 from router import logging as router_logging
 from router.limits import Limits
+from router.memory import release_large_blocks
 from router.service import MODES, RouterService, Settings
 from router.tls import TlsError, read_pem, tls_certificates
 
@@ -150,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
     from scopemap import load_path
 
     router_logging.configure(args.log_format, args.log_level)
+    release_large_blocks()  # RSS comes back after large (refused) requests
     try:
         tls = tls_certificates(args.tls_cert, args.tls_key, args.url)
         roots = read_pem("--tls-ca", args.tls_ca) if args.tls_ca else None

@@ -63,14 +63,20 @@ class UntracedError(flight.FlightServerError):  # type: ignore[misc]
         raise RuntimeError("not formatted: see UntracedError")
 
 
-def command_of(descriptor: flight.FlightDescriptor, rpc: str) -> bytes:
-    """The command of a command descriptor; path descriptors are not part of the protocol."""
+def command_of(descriptor: flight.FlightDescriptor) -> bytes:
+    """The command of a descriptor (b"" for a path descriptor); each read of pyarrow's
+    property copies the bytes, so a handler reads it once."""
+    command: bytes = descriptor.command or b""
+    return command
+
+
+def require_command(descriptor: flight.FlightDescriptor, rpc: str) -> None:
+    """Path descriptors are not part of the Arrakis protocol."""
     if descriptor.descriptor_type != flight.DescriptorType.CMD:
         raise UnimplementedError(
             f"{rpc}: path descriptors are not supported; send a command descriptor holding "
             "a JSON request (UNIMPLEMENTED)"
         )
-    return bytes(descriptor.command or b"")
 
 
 def _level(exc: BaseException) -> str:
@@ -221,12 +227,13 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.FlightInfo:
         rid = request_id_from_context(context)
-        command = descriptor.command
+        command = command_of(descriptor)
         with (
             Meter(self.service.metrics, "GetFlightInfo") as meter,
             edge(rid, "get_flight_info", context.peer(), command, self.repeats),
         ):
-            envelope = self.service.accept(command_of(descriptor, "GetFlightInfo"), "command")
+            require_command(descriptor, "GetFlightInfo")
+            envelope = self.service.accept(command, "command")
             meter.kind = envelope.request
             auth = authorization_from_context(context)
             log.info("get_flight_info", request=envelope.request, auth=auth is not None)
@@ -238,11 +245,12 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     ) -> flight.FlightDataStream:
         rid = request_id_from_context(context)
         metrics = self.service.metrics
+        data = ticket.ticket  # (each read of the property copies the bytes)
         with (
             Meter(metrics, "DoGet") as meter,
-            edge(rid, "do_get", context.peer(), ticket.ticket, self.repeats),
+            edge(rid, "do_get", context.peer(), data, self.repeats),
         ):
-            envelope = self.service.accept(ticket.ticket, "ticket")
+            envelope = self.service.accept(data, "ticket")
             meter.kind = envelope.request
             auth = authorization_from_context(context)
             log.info("do_get", request=envelope.request, auth=auth is not None)
@@ -332,11 +340,13 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         writer: flight.MetadataRecordBatchWriter,
     ) -> None:
         rid = request_id_from_context(context)
+        command = command_of(descriptor)
         with (
             Meter(self.service.metrics, "DoExchange") as meter,
-            edge(rid, "do_exchange", context.peer(), descriptor.command, self.repeats),
+            edge(rid, "do_exchange", context.peer(), command, self.repeats),
         ):
-            envelope = self.service.accept(command_of(descriptor, "DoExchange"), "command")
+            require_command(descriptor, "DoExchange")
+            envelope = self.service.accept(command, "command")
             meter.kind = envelope.request
             auth = authorization_from_context(context)
             log.info("do_exchange", request=envelope.request, auth=auth is not None)

@@ -21,6 +21,7 @@ Path = tuple[str | int, ...]
 
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_STR_TAG = "tag:yaml.org,2002:str"
 #: nodes of the document with every alias expanded; checked on the composed graph, before
 #: anything is converted, so an alias bomb ("billion laughs") costs no more than its text
 MAX_NODES = 2_000_000
@@ -97,7 +98,7 @@ class _Converter:
                 sources = value if isinstance(value, list) else [value]
                 merged.extend(s for s in sources if isinstance(s, dict))
                 continue
-            if isinstance(key_node, yaml.ScalarNode) and key_node.tag == "tag:yaml.org,2002:str":
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag == _STR_TAG:
                 key = str(key_node.value)
             else:
                 raw_key = self.convert(key_node, (*path, "<key>"))
@@ -127,10 +128,22 @@ class _Recursive(Exception):
         self.pos = pos
 
 
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    """The nodes the converter visits under ``node`` (plain string keys are not visited)."""
+    if not isinstance(node, yaml.MappingNode):
+        return list(node.value)
+    out = []
+    for key, value in node.value:
+        if not (isinstance(key, yaml.ScalarNode) and key.tag == _STR_TAG):
+            out.append(key)
+        out.append(value)
+    return out
+
+
 def expanded_size(root: yaml.Node, limit: int) -> int:
-    """Nodes of ``root`` with aliases expanded (a node reached twice counts twice), computed
-    on the shared graph in linear time; stops early once over ``limit``. Raises
-    ``_Recursive`` for an alias cycle."""
+    """The nodes the converter would visit under ``root`` with aliases expanded (a node
+    reached twice counts twice), computed on the shared graph in linear time; stops early
+    once over ``limit``. Raises ``_Recursive`` for an alias cycle."""
     sizes: dict[int, int] = {}
     active: set[int] = set()
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
@@ -142,11 +155,7 @@ def expanded_size(root: yaml.Node, limit: int) -> int:
         if isinstance(node, yaml.ScalarNode):
             sizes[key] = 1
             continue
-        children = (
-            [c for pair in node.value for c in pair]
-            if isinstance(node, yaml.MappingNode)
-            else list(node.value)
-        )
+        children = _children(node)
         if children_done:
             active.discard(key)
             sizes[key] = min(limit + 1, 1 + sum(sizes[id(c)] for c in children))
@@ -182,7 +191,8 @@ def parse_yaml(text: str) -> SourceTree:
     if node is None:
         return tree
     try:
-        size = expanded_size(node, MAX_NODES)
+        # without an alias ("*name") nothing is shared: the converter's own count suffices
+        size = expanded_size(node, MAX_NODES) if "*" in text else 0
     except _Recursive as exc:
         tree.syntax_error = ("recursive YAML alias", exc.pos)
         return tree

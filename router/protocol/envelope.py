@@ -266,19 +266,42 @@ def _schema_text(err: ValidationError) -> str:
     return shorten(err.message, 200)
 
 
+def _check_list_sizes(doc: dict[str, Any], max_items: int) -> None:
+    """Refuse an argument list over ``max_items`` before any validation work on it."""
+    args = doc.get("args")
+    if not isinstance(args, dict):
+        return
+    kind = doc.get("request")
+    kind = kind if isinstance(kind, str) and kind in ARGS_CLASSES else ""
+    for key, value in args.items():
+        if isinstance(value, list) and len(value) > max_items:
+            where = shorten(str(key), 40)
+            raise InvalidRequestError(
+                f"invalid {kind + ' ' if kind else ''}request: args.{where}: {len(value)} "
+                f"entries, limit {max_items} (max_channels)"
+            )
+
+
 def parse_envelope(
-    data: bytes, *, max_depth: int = MAX_DEPTH, max_pattern: int | None = None
+    data: bytes,
+    *,
+    max_depth: int = MAX_DEPTH,
+    max_pattern: int | None = None,
+    max_items: int | None = None,
 ) -> Envelope:
     """Decode and validate a request; raises InvalidRequestError, UnknownArgumentsError or
     ReplayError with a message naming the field and the problem. Duplicate channel names are
     dropped (the first occurrence is kept, as upstream does). ``max_depth``: JSON nesting
     refused beyond it; ``max_pattern``: longer Find/Count patterns are refused before they
-    are compiled (compiling costs about 1 s per MB)."""
+    are compiled (compiling costs about 1 s per MB); ``max_items``: longer argument lists
+    (channels...) are refused right after decoding."""
     doc = _decode(data, max_depth)
     if not isinstance(doc, dict):
         raise InvalidRequestError(
             f"invalid request: expected a JSON object, got {type(doc).__name__}"
         )
+    if max_items is not None:
+        _check_list_sizes(doc, max_items)
     err = _first_error(_validator("envelope"), doc)
     if err is not None:
         where = _path("", err).lstrip(".") or "envelope"

@@ -69,7 +69,7 @@ MISTAKES = [
     (_stream(start=2**62, end=None), "s after GPS now"),
     (_stream(end=2**63 - 1), "(max_span_s); split it"),
     (_stream(replay_id="\ud800"), "replay"),
-    (_stream(channels=[f"H:{i:x}" for i in range(100_000)]), "100000 channels, limit 10000"),
+    (_stream(channels=[f"H:{i:x}" for i in range(100_000)]), "100000 entries, limit 10000"),
     (_stream(channels="x" * 10_000_000), "limit 1048576 (max_request_bytes)"),
     (_count("(.*.*)*Z"), "may take exponential time"),
     (_count("a{4294967296}"), "args.pattern"),

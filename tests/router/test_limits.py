@@ -38,7 +38,8 @@ def _count(pattern: str) -> bytes:
     ("data", "text"),
     [
         (b"x" * (1 << 20 + 1), "ticket is 2097152 bytes, limit 1048576 (max_request_bytes)"),
-        (_stream(channels=[f"H1:C{i}" for i in range(101)]), "101 channels, limit 100"),
+        (_stream(channels=[f"H1:C{i}" for i in range(101)]), "101 entries, limit 100"),
+        (_stream(channels=["H1:A"] * 101), "args.channels: 101 entries, limit 100"),
         (_stream(channels=["H1:" + "x" * 65]), "longer than 64 characters"),
         (_stream(start=-1), "args.start: -1 is not a GPS time in ns"),
         (_stream(start=None, end=-5), "args.end: -5 is not a GPS time in ns"),
@@ -67,9 +68,16 @@ def test_requests_within_limits_pass() -> None:
     accept(_count("H1:GDS-CALIB_STRAIN.*"), "command", LIMITS, NOW)
 
 
-def test_duplicates_do_not_count_against_the_channel_limit() -> None:
-    got = accept(_stream(channels=["H1:A"] * 1000), "ticket", LIMITS, NOW)
-    assert got.args.channels == ("H1:A",)  # type: ignore[union-attr]
+def test_duplicates_are_dropped_within_the_limit() -> None:
+    got = accept(_stream(channels=["H1:B", "H1:A"] * 50), "ticket", LIMITS, NOW)
+    assert got.args.channels == ("H1:B", "H1:A")  # type: ignore[union-attr]
+
+
+def test_list_sizes_are_checked_before_validation() -> None:
+    # 100,000 entries that would fail validation: the size is what is reported
+    data = _stream(channels=[3] * 100_000)
+    with pytest.raises(InvalidRequestError, match="100000 entries, limit 100"):
+        accept(data, "ticket", LIMITS, NOW)
 
 
 def test_refusing_a_huge_request_is_cheap() -> None:
