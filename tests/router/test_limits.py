@@ -235,3 +235,45 @@ def test_repeat_filter_counts_suppressed_lines() -> None:
     repeats.check("a", "x")
     repeats.check("b", "x")  # only two kinds remembered: "peer" forgotten
     assert repeats.check("peer", "e") == 0
+
+
+# --------------------------------------------------------------------------- serve options
+
+
+def test_serve_has_one_option_per_limit_with_the_dataclass_defaults() -> None:
+    import argparse
+    import dataclasses
+
+    from router import serve
+
+    parser = argparse.ArgumentParser()
+    serve.configure(parser)
+    args = parser.parse_args(["--scope-map", "x.yaml", "--max-streams", "7", "--max-span", "60"])
+    assert {f for f, _, _ in serve.LIMIT_OPTIONS} == {f.name for f in dataclasses.fields(Limits)}
+    built = Limits(**{f: getattr(args, f) for f, _, _ in serve.LIMIT_OPTIONS})
+    assert built == dataclasses.replace(Limits(), max_streams=7, max_span_s=60)
+
+
+def test_serve_refuses_a_non_positive_limit(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+    from pathlib import Path
+
+    from router import serve
+
+    demo = Path(__file__).parents[2] / "examples" / "scope-maps" / "demo.yaml"
+    parser = argparse.ArgumentParser()
+    serve.configure(parser)
+    args = parser.parse_args(["--scope-map", str(demo), "--max-channels", "0"])
+    try:
+        assert serve.run(args) == 2
+    finally:
+        structlog.reset_defaults()
+    assert "max_channels must be a positive integer" in capsys.readouterr().err
+
+
+def test_large_blocks_are_returned_to_the_system_on_glibc() -> None:
+    import platform
+
+    from router.memory import release_large_blocks
+
+    assert release_large_blocks() == (platform.libc_ver()[0] == "glibc")
