@@ -82,12 +82,22 @@ class _Converter:
         self.active.add(id(node))
         try:
             if isinstance(node, yaml.SequenceNode):
-                return [self.convert(item, (*path, i)) for i, item in enumerate(node.value)]
+                return [self._item(item, (*path, i)) for i, item in enumerate(node.value)]
             if isinstance(node, yaml.MappingNode):
                 return self._mapping(node, path)
             return None  # pragma: no cover - no other node kinds
         finally:
             self.active.discard(id(node))
+
+    def _item(self, node: yaml.Node, path: Path) -> Any:
+        """:meth:`convert`, with plain strings (most of a map's nodes) handled inline."""
+        if node.__class__ is yaml.ScalarNode and node.tag == _STR_TAG:
+            self.count += 1
+            if self.count > MAX_NODES:
+                raise _TooLarge
+            self.tree.value_pos.setdefault(path, node)
+            return node.value
+        return self.convert(node, path)
 
     def _mapping(self, node: yaml.MappingNode, path: Path) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -112,7 +122,7 @@ class _Converter:
                 continue
             self.tree.key_pos[child] = key_node
             self.tree.value_pos.pop(child, None)
-            out[key] = self.convert(value_node, child)
+            out[key] = self._item(value_node, child)
         for source in merged:  # explicit keys win over merged ones
             for k, v in source.items():
                 out.setdefault(k, v)
