@@ -361,7 +361,8 @@ def _check(kind: str, args: Args, max_pattern: int | None = None) -> None:
             raise _bad(
                 kind,
                 "pattern",
-                f"regular expression too large to compile ({len(args.pattern)} characters)",
+                f"regular expression too large or too deeply nested to compile "
+                f"({len(args.pattern)} characters)",
             ) from None
     if isinstance(args, DescribeArgs | StreamArgs):
         bad = [c for c in args.channels if ":" not in c]
