@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test lint bench demo docs docs-serve clean image image-test
+.PHONY: venv test fuzz lint bench demo docs docs-serve clean image image-test
 
 venv: $(STAMP)
 
@@ -16,6 +16,11 @@ $(STAMP): pyproject.toml backends/pyproject.toml examples/backend-plugin/pyproje
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The door fuzzer at full size (>= 10,000 inputs over every RPC; a nightly job): prints
+# the outcome-class x RPC summary and the log / latency figures.
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest tests/fuzz -s -q -p no:randomly $(PYTEST_ARGS)
 
 LINT_PATHS := scopemap router backends/router_backends tests bench examples docs/_hooks deploy
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -67,16 +68,15 @@ def run(args: argparse.Namespace) -> int:
             "strict": strict,
             "exit_code": code,
         }
-        json.dump(doc, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        _emit(json.dumps(doc, indent=2) + "\n")
         return code
 
-    out = sys.stdout
+    lines = []
     for d in diagnostics:
         line = d.format()
         if strict and d.severity is Severity.WARNING:
             line += " [--strict]"
-        out.write(line + "\n")
+        lines.append(line + "\n")
     files = len(per_file)
     summary = (
         f"{files} file{'s' if files != 1 else ''} checked: "
@@ -85,5 +85,17 @@ def run(args: argparse.Namespace) -> int:
     )
     if strict and warnings:
         summary += " (warnings count as errors: --strict)"
-    out.write(summary + "\n")
+    _emit("".join(lines) + summary + "\n")
     return code
+
+
+def _emit(text: str) -> None:
+    """Write ``text`` to stdout; a reader that went away (``router check ... | head``) ends
+    the output quietly, as Unix tools do, instead of with a BrokenPipeError traceback."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python flushes stdout again at exit: point it at /dev/null so that flush is quiet
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())

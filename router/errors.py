@@ -21,14 +21,18 @@ from router.protocol.errors import (
     UnauthenticatedError,
     UnauthorizedError,
     UnavailableError,
+    UnimplementedError,
     UnknownArgumentsError,
     UnsupportedError,
+    bounded,
     from_flight_error,
+    name_list,
     to_flight_error,
 )
 
 __all__ = [
     "ArrakisError",
+    "BusyError",
     "CancelledError",
     "CannotServeError",
     "ChannelsNotAvailableError",
@@ -42,11 +46,14 @@ __all__ = [
     "UnauthenticatedError",
     "UnauthorizedError",
     "UnavailableError",
+    "UnimplementedError",
     "UnknownArgumentsError",
     "UnsupportedError",
     "all_replicas_failed",
+    "bounded",
     "from_flight_error",
     "is_retryable",
+    "name_list",
     "to_flight_error",
 ]
 
@@ -56,6 +63,12 @@ def is_retryable(exc: ArrakisError) -> bool:
     if isinstance(exc, ChannelsNotAvailableError):
         return False
     return isinstance(exc, UnavailableError | TimedOutError | InternalError)
+
+
+class BusyError(UnavailableError):
+    """The router is at its concurrent-stream limit (overall or for this client): nothing
+    is wrong with the request, it may be retried later (UNAVAILABLE, as gRPC clients retry
+    on it)."""
 
 
 class PlanIncompleteError(UnavailableError):

@@ -19,11 +19,30 @@ import structlog
 from router import __version__
 from router import logging as router_logging
 from router.config import ENV_PREFIX, ConfigError, env_name, layered, render, resolve
+from router.limits import Limits
+from router.memory import release_large_blocks
 from router.service import MODES, RouterService, Settings
 from router.tls import TlsError, read_pem, tls_certificates
 
 DEFAULT_URL = "grpc://0.0.0.0:31206"
 log = structlog.get_logger("router.serve")
+
+# One option per request limit (router.limits.Limits), defaults taken from the dataclass.
+LIMIT_OPTIONS: tuple[tuple[str, str, str], ...] = (
+    ("max_request_bytes", "BYTES", "largest descriptor command / ticket / action body"),
+    ("max_depth", "LEVELS", "deepest JSON nesting of a request"),
+    ("max_channels", "N", "channels per Stream/Describe (after de-duplication)"),
+    ("max_name_length", "CHARS", "longest channel name, publisher id or replay id"),
+    ("max_pattern_length", "CHARS", "longest Find/Count pattern"),
+    ("max_span_s", "S", "longest start..end of a bounded stream, in seconds"),
+    ("future_horizon_s", "S", "how far past GPS now a start/time may be, in seconds"),
+    ("max_streams", "N", "streams open at once; more get UNAVAILABLE 'router busy'"),
+    ("max_streams_per_client", "N", "streams open at once from one client address"),
+)
+
+
+def _limit_flag(field: str) -> str:
+    return "--" + field.removesuffix("_s").replace("_", "-")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -145,6 +164,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="PEM root certificates for grpc+tls:// downstreams (default: the system roots)",
     )
+    defaults = Limits()
+    limits = parser.add_argument_group("request limits (refused before any work)")
+    for field, metavar, text in LIMIT_OPTIONS:
+        default = getattr(defaults, field)
+        limits.add_argument(
+            _limit_flag(field),
+            dest=field,
+            type=int,
+            default=default,
+            metavar=metavar,
+            help=f"{text} (default {default})",
+        )
     parser.add_argument(
         "--watch-interval",
         type=float,
@@ -261,6 +292,7 @@ def _serve(args: argparse.Namespace) -> int:
     from scopemap import load_path
 
     fail = router_logging.startup_error
+    release_large_blocks()  # RSS comes back after large (refused) requests
     try:
         tls = tls_certificates(args.tls_cert, args.tls_key, args.url)
         roots = read_pem("--tls-ca", args.tls_ca) if args.tls_ca else None
@@ -301,7 +333,13 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    try:
+        limits = Limits(**{field: getattr(args, field) for field, _, _ in LIMIT_OPTIONS})
+    except ValueError as exc:
+        print(f"router serve: {exc}", file=sys.stderr)
+        return 2
     settings = Settings(
+        limits=limits,
         mode=args.mode,
         health_interval=args.health_interval,
         health_timeout=args.health_timeout,

@@ -13,21 +13,33 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import pyarrow as pa
 import pyarrow.flight as flight
 import structlog
 
+import scopemap
 from router.actions import ACTIONS
-from router.errors import ArrakisError, CancelledError, UnsupportedError, to_flight_error
+from router.admission import client_address
+from router.errors import (
+    ArrakisError,
+    CancelledError,
+    InvalidRequestError,
+    ReplayError,
+    UnimplementedError,
+    to_flight_error,
+)
+from router.limits import check_size
+from router.logging import RepeatFilter, command_summary
 from router.metrics import RouterMetrics, stream_kind
 from router.protocol.auth import (
     AUTHORIZATION_MIDDLEWARE_KEY,
     AuthorizationMiddlewareFactory,
     authorization_from_context,
 )
-from router.protocol.envelope import StreamArgs, parse_envelope
+from router.protocol.envelope import StreamArgs
+from router.protocol.errors import shorten
 from router.protocol.reqid import (
     REQUEST_ID_MIDDLEWARE_KEY,
     RequestIdMiddlewareFactory,
@@ -45,6 +57,36 @@ def _level(exc: BaseException) -> str:
     return "warning" if isinstance(exc, ArrakisError) else "error"
 
 
+class UntracedError(flight.FlightServerError):  # type: ignore[misc]
+    """Works around pyarrow's GetSchema callback (pyarrow 26), the one Flight callback
+    without the ``except FlightError`` clause: whatever it raises reaches the client with
+    the server's Python traceback appended. pyarrow formats that traceback with
+    ``traceback.format_exception`` and, when formatting fails, sends only the exception's
+    type name; reading ``__notes__`` fails here on purpose (CPython 3.11/3.12 let that
+    propagate), so the client gets our one-line text and no traceback or file path.
+    ``tests/integration/test_door.py`` checks it on every run."""
+
+    @property
+    def __notes__(self) -> list[str]:
+        raise RuntimeError("not formatted: see UntracedError")
+
+
+def command_of(descriptor: flight.FlightDescriptor) -> bytes:
+    """The command of a descriptor (b"" for a path descriptor); each read of pyarrow's
+    property copies the bytes, so a handler reads it once."""
+    command: bytes = descriptor.command or b""
+    return command
+
+
+def require_command(descriptor: flight.FlightDescriptor, rpc: str) -> None:
+    """Path descriptors are not part of the Arrakis protocol."""
+    if descriptor.descriptor_type != flight.DescriptorType.CMD:
+        raise UnimplementedError(
+            f"{rpc}: path descriptors are not supported; send a command descriptor holding "
+            "a JSON request (UNIMPLEMENTED)"
+        )
+
+
 class Call:
     """The request id of a call at the edge; :meth:`rebind` moves the call to another id
     (a DoGet adopting the id of the GetFlightInfo that issued its ticket)."""
@@ -58,24 +100,51 @@ class Call:
         return request_id
 
 
+def _log_failure(
+    exc: BaseException,
+    op: str,
+    peer: str | None,
+    command: bytes | None,
+    repeats: RepeatFilter | None,
+) -> None:
+    """One bounded line per failed call; identical failures from one peer collapsed."""
+    text = str(exc)
+    fields: dict[str, Any] = {"op": op, "error": text, "error_type": type(exc).__name__}
+    if repeats is not None and peer is not None:
+        suppressed = repeats.check(peer, op, type(exc).__name__, text[:256])
+        if suppressed is None:
+            return
+        if suppressed:
+            fields["repeated"] = suppressed
+    if peer is not None:
+        fields["peer"] = peer
+    if command is not None:
+        fields["command"] = command_summary(command)
+    if isinstance(exc, flight.FlightError):  # already translated (or raised on purpose)
+        log.warning("request_failed", **fields)
+    else:
+        bug = not isinstance(exc, ArrakisError)
+        getattr(log, _level(exc))("request_failed", exc_info=bug, **fields)
+
+
 @contextmanager
-def edge(request_id: str, op: str) -> Iterator[Call]:
-    """Bind the request id; translate whatever escapes into a tagged Flight error."""
+def edge(
+    request_id: str,
+    op: str,
+    peer: str | None = None,
+    command: bytes | None = None,
+    repeats: RepeatFilter | None = None,
+) -> Iterator[Call]:
+    """Bind the request id; translate whatever escapes into a tagged Flight error. The log
+    line names the peer and summarises the command (prefix, size, digest) when given."""
     call = Call(request_id)
     with structlog.contextvars.bound_contextvars(request_id=request_id):
         try:
             yield call
-        except flight.FlightError as exc:  # already translated (or raised on purpose)
-            log.warning("request_failed", op=op, error=str(exc))
-            raise to_flight_error(exc, call.request_id) from None
         except Exception as exc:
-            getattr(log, _level(exc))(
-                "request_failed",
-                op=op,
-                error=str(exc),
-                error_type=type(exc).__name__,
-                exc_info=not isinstance(exc, ArrakisError),
-            )
+            if isinstance(exc, scopemap.ReplayError):  # the planner's refusal: the client's
+                exc = ReplayError(str(exc))
+            _log_failure(exc, op, peer, command, repeats)
             raise to_flight_error(exc, call.request_id) from None
 
 
@@ -165,6 +234,7 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         }
         super().__init__(location, middleware=middleware, **kwargs)
         self.service = service
+        self.repeats = RepeatFilter()  # collapses identical failures per peer in the log
 
     def __repr__(self) -> str:
         return f"<RouterFlightServer port={self.port} open_streams={self.open_streams}>"
@@ -178,8 +248,13 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.FlightInfo:
         rid = request_id_from_context(context)
-        with Meter(self.service.metrics, "GetFlightInfo") as meter, edge(rid, "get_flight_info"):
-            envelope = parse_envelope(descriptor.command or b"")
+        command = command_of(descriptor)
+        with (
+            Meter(self.service.metrics, "GetFlightInfo") as meter,
+            edge(rid, "get_flight_info", context.peer(), command, self.repeats),
+        ):
+            require_command(descriptor, "GetFlightInfo")
+            envelope = self.service.accept(command, "command")
             meter.kind = envelope.request
             auth = authorization_from_context(context)
             log.info("get_flight_info", request=envelope.request, auth=auth is not None)
@@ -195,14 +270,19 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     ) -> flight.FlightDataStream:
         rid = request_id_from_context(context)
         metrics = self.service.metrics
-        with Meter(metrics, "DoGet") as meter, edge(rid, "do_get") as call:
-            envelope = parse_envelope(ticket.ticket)
+        data = ticket.ticket  # (each read of the property copies the bytes)
+        with (
+            Meter(metrics, "DoGet") as meter,
+            edge(rid, "do_get", context.peer(), data, self.repeats) as call,
+        ):
+            envelope = self.service.accept(data, "ticket")
             # one request id for GetFlightInfo and the DoGet of the ticket it issued
             rid = call.rebind(correlate(context, rid, envelope.request_id))
             meter.kind = envelope.request
             auth = authorization_from_context(context)
             log.info("do_get", request=envelope.request, auth=auth is not None)
 
+            slot = self.service.admission.admit(client_address(context.peer()))
             # the client leaving, the server draining or the deadline cancel ctx's token;
             # the service asks gRPC whether the client is still there (one sweep for all)
             ctx = self.service.context(rid, envelope.request, auth, context.is_cancelled)
@@ -210,6 +290,7 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                 schema, batches = self.service.do_get(envelope, ctx)
             except BaseException:
                 self.service.finish(ctx)
+                slot.release()
                 raise
             args = envelope.args
             live = isinstance(args, StreamArgs) and (args.start is None or args.end is None)
@@ -222,6 +303,7 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             def closed(failure: BaseException | None) -> None:
                 if not ended.acquire(blocking=False):
                     return  # already accounted for
+                slot.release()
                 metrics.open_streams.dec()
                 metrics.stream_seconds.labels(kind).observe(time.perf_counter() - meter.started)
                 meter.end(failure)
@@ -244,9 +326,13 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         self, context: flight.ServerCallContext, action: flight.Action
     ) -> Iterator[bytes]:
         rid = request_id_from_context(context)
-        with Meter(self.service.metrics, "DoAction") as meter, edge(rid, "do_action"):
+        with (
+            Meter(self.service.metrics, "DoAction") as meter,
+            edge(rid, "do_action", context.peer(), None, self.repeats),
+        ):
             meter.kind = action.type if action.type in ACTIONS else "unknown"
-            log.info("do_action", action=action.type)
+            log.info("do_action", action=shorten(action.type, 64))
+            check_size(action.body.to_pybytes(), "action body", self.service.settings.limits)
             body = self.service.action(action.type)
         return iter([body])
 
@@ -256,12 +342,25 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     def list_flights(
         self, context: flight.ServerCallContext, criteria: bytes
     ) -> Iterator[flight.FlightInfo]:
-        return iter([])
+        self._unimplemented(context, "ListFlights")
+
+    def get_schema(
+        self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
+    ) -> flight.SchemaResult:
+        try:
+            self._unimplemented(context, "GetSchema")
+        except flight.FlightError as exc:
+            raise UntracedError(str(exc)) from None
 
     def do_put(self, context: Any, descriptor: Any, reader: Any, writer: Any) -> None:
-        rid = request_id_from_context(context)
-        with edge(rid, "do_put"):
-            raise UnsupportedError("DoPut is not part of the Arrakis protocol")
+        self._unimplemented(context, "DoPut")
+
+    def _unimplemented(self, context: flight.ServerCallContext, rpc: str) -> NoReturn:
+        with edge(request_id_from_context(context), rpc, context.peer(), None, self.repeats):
+            raise UnimplementedError(
+                f"{rpc} is not part of the Arrakis protocol (UNIMPLEMENTED); use "
+                "GetFlightInfo/DoGet with a JSON request"
+            )
 
     def do_exchange(
         self,
@@ -271,12 +370,24 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         writer: flight.MetadataRecordBatchWriter,
     ) -> None:
         rid = request_id_from_context(context)
-        with Meter(self.service.metrics, "DoExchange") as meter, edge(rid, "do_exchange"):
-            envelope = parse_envelope(descriptor.command or b"")
+        command = command_of(descriptor)
+        with (
+            Meter(self.service.metrics, "DoExchange") as meter,
+            edge(rid, "do_exchange", context.peer(), command, self.repeats),
+        ):
+            require_command(descriptor, "DoExchange")
+            envelope = self.service.accept(command, "command")
             meter.kind = envelope.request
             auth = authorization_from_context(context)
             log.info("do_exchange", request=envelope.request, auth=auth is not None)
-            incoming = list(reader.read_all().to_batches())
+            try:
+                incoming = list(reader.read_all().to_batches())
+            except flight.FlightError:
+                raise  # cancelled, timed out...: translated by the edge as it is
+            except (OSError, pa.ArrowException) as exc:  # the client sent no/bad Arrow data
+                raise InvalidRequestError(
+                    f"invalid {envelope.request} exchange: {shorten(str(exc), 200)}"
+                ) from None
             if context.is_cancelled():
                 raise CancelledError("the client cancelled the exchange")
             ctx = self.service.context(rid, envelope.request, auth)

@@ -19,6 +19,7 @@ import pyarrow.flight as flight
 import structlog
 
 from router.actions import ACTIONS, action_body
+from router.admission import Admission
 from router.context import FINISHED, SERVER_STOPPING, LiveContexts, RequestContext
 from router.downstream import REUSE_MARKER, Call, DownstreamPool
 from router.errors import (
@@ -37,6 +38,7 @@ from router.healthpolicy import Policy
 from router.healthpool import HealthPool, call_histogram
 from router.healthregistry import HealthCollector, HealthRegistry
 from router.inflight import InFlight
+from router.limits import Limits, accept, align_down, align_up
 from router.live import LiveExecution, max_latency_ns
 from router.metadata import DescribeCache, describe_groups, find_targets
 from router.metrics import RouterMetrics
@@ -101,6 +103,8 @@ class Settings:
     live_reconnect_cap: float = StreamOptions.live_reconnect_cap
     # how often the service asks gRPC whether the clients of its calls are still there
     client_watch_s: float = 0.1
+    # request limits, checked at the door (router.limits)
+    limits: Limits = dataclasses.field(default_factory=Limits)
 
     # endpoint health (router.healthpolicy, router.healthcheck)
     health_interval: float = 5.0  # s between active checks of every endpoint; 0: none
@@ -215,6 +219,8 @@ class RouterService:
         self.timer = timer or Timer()
         self.requests = LiveContexts()
         self._sweep: TimerHandle | None = None
+        limits = self.settings.limits
+        self.admission = Admission(limits.max_streams, limits.max_streams_per_client)
 
     def __repr__(self) -> str:
         return (
@@ -313,6 +319,12 @@ class RouterService:
             self.metrics.downstream_call,
             ctx.authorization,
         )
+
+    # ------------------------------------------------------------------ the door
+    def accept(self, data: bytes, what: str) -> Envelope:
+        """The request in ``data`` (a descriptor command or ticket), refused before any
+        planning when it breaks a limit (router.limits)."""
+        return accept(data, what, self.settings.limits, self.clock.now_ns())
 
     # ------------------------------------------------------------------ GetFlightInfo
     def flight_info(self, envelope: Envelope, ctx: RequestContext) -> list[flight.FlightEndpoint]:
@@ -585,7 +597,7 @@ class RouterService:
         span is not fully covered (then only ``[start, end)`` is promised)."""
         if args.start is None or args.end is None:
             return plan
-        lo, hi = grid.floor(args.start), grid.ceil(args.end)
+        lo, hi = align_down(args.start, grid.duration), align_up(args.end, grid.duration)
         if (lo, hi) == (args.start, args.end):
             return plan
         request = dataclasses.replace(plan.request, start=lo, end=hi)

@@ -98,7 +98,12 @@ def _replays(r: Any) -> bool:
     )
 
 
+def item_valid(key: str, value: Any) -> bool:
+    """One top-level item (an endpoint, or ``replays``) as :func:`fast_valid` judges it."""
+    return _replays(value) if key == "replays" else _endpoint(value)
+
+
 def fast_valid(doc: Any) -> bool:
     if not isinstance(doc, dict) or not doc:
         return False
-    return all(_replays(v) if k == "replays" else _endpoint(v) for k, v in doc.items())
+    return all(item_valid(k, v) for k, v in doc.items())

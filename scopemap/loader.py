@@ -20,6 +20,9 @@ from scopemap.schema import validate
 from scopemap.yamlsrc import Path as NodePath
 from scopemap.yamlsrc import SourceTree, parse_yaml
 
+#: the largest scope-map file read (a 100,000-endpoint map is about 11 MB)
+MAX_MAP_BYTES = 64 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class LoadResult:
@@ -62,10 +65,14 @@ def load_path(path: str | Path) -> LoadResult:
     """
     name = str(path)
     try:
-        raw = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_MAP_BYTES + 1)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         return LoadResult(None, (_diag("SM003", f"cannot read {name}: {reason}", name, None),))
+    if len(raw) > MAX_MAP_BYTES:
+        msg = f"file larger than {MAX_MAP_BYTES} bytes: not read further"
+        return LoadResult(None, (_diag("SM001", msg, name, SourcePos(1, 1)),))
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -90,6 +97,9 @@ def load_text(text: str, filename: str = "<string>") -> LoadResult:
     ...     print(d.format())
     map.yaml:4:14: error SM101: retention newest (600) is greater than oldest (0): empty window
     """
+    if len(text) > MAX_MAP_BYTES:
+        msg = f"text longer than {MAX_MAP_BYTES} characters: not parsed"
+        return LoadResult(None, (_diag("SM001", msg, filename, SourcePos(1, 1)),))
     # Loading allocates hundreds of thousands of small acyclic objects (nodes, dicts,
     # entries); the cyclic GC would rescan the growing heap many times over and more than
     # double the load time of a large map. Pause it for the duration, restore it after.

@@ -21,7 +21,10 @@ Path = tuple[str | int, ...]
 
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MERGE_TAG = "tag:yaml.org,2002:merge"
-_MAX_NODES = 2_000_000  # guards against alias bombs ("billion laughs")
+_STR_TAG = "tag:yaml.org,2002:str"
+#: nodes of the document with every alias expanded; checked on the composed graph, before
+#: anything is converted, so an alias bomb ("billion laughs") costs no more than its text
+MAX_NODES = 2_000_000
 
 
 @dataclass
@@ -66,7 +69,7 @@ class _Converter:
 
     def convert(self, node: yaml.Node, path: Path) -> Any:
         self.count += 1
-        if self.count > _MAX_NODES:
+        if self.count > MAX_NODES:
             raise _TooLarge
         self.tree.value_pos.setdefault(path, node)
         if isinstance(node, yaml.ScalarNode):
@@ -79,12 +82,22 @@ class _Converter:
         self.active.add(id(node))
         try:
             if isinstance(node, yaml.SequenceNode):
-                return [self.convert(item, (*path, i)) for i, item in enumerate(node.value)]
+                return [self._item(item, (*path, i)) for i, item in enumerate(node.value)]
             if isinstance(node, yaml.MappingNode):
                 return self._mapping(node, path)
             return None  # pragma: no cover - no other node kinds
         finally:
             self.active.discard(id(node))
+
+    def _item(self, node: yaml.Node, path: Path) -> Any:
+        """:meth:`convert`, with plain strings (most of a map's nodes) handled inline."""
+        if node.__class__ is yaml.ScalarNode and node.tag == _STR_TAG:
+            self.count += 1
+            if self.count > MAX_NODES:
+                raise _TooLarge
+            self.tree.value_pos.setdefault(path, node)
+            return node.value
+        return self.convert(node, path)
 
     def _mapping(self, node: yaml.MappingNode, path: Path) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -95,7 +108,7 @@ class _Converter:
                 sources = value if isinstance(value, list) else [value]
                 merged.extend(s for s in sources if isinstance(s, dict))
                 continue
-            if isinstance(key_node, yaml.ScalarNode) and key_node.tag == "tag:yaml.org,2002:str":
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag == _STR_TAG:
                 key = str(key_node.value)
             else:
                 raw_key = self.convert(key_node, (*path, "<key>"))
@@ -109,7 +122,7 @@ class _Converter:
                 continue
             self.tree.key_pos[child] = key_node
             self.tree.value_pos.pop(child, None)
-            out[key] = self.convert(value_node, child)
+            out[key] = self._item(value_node, child)
         for source in merged:  # explicit keys win over merged ones
             for k, v in source.items():
                 out.setdefault(k, v)
@@ -123,6 +136,52 @@ class _TooLarge(Exception):
 class _Recursive(Exception):
     def __init__(self, pos: SourcePos) -> None:
         self.pos = pos
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    """The nodes the converter visits under ``node`` (plain string keys are not visited)."""
+    if not isinstance(node, yaml.MappingNode):
+        return list(node.value)
+    out = []
+    for key, value in node.value:
+        if not (isinstance(key, yaml.ScalarNode) and key.tag == _STR_TAG):
+            out.append(key)
+        out.append(value)
+    return out
+
+
+def expanded_size(root: yaml.Node, limit: int) -> int:
+    """The nodes the converter would visit under ``root`` with aliases expanded (a node
+    reached twice counts twice), computed on the shared graph in linear time; stops early
+    once over ``limit``. Raises ``_Recursive`` for an alias cycle."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        if isinstance(node, yaml.ScalarNode):
+            sizes[key] = 1
+            continue
+        children = _children(node)
+        if children_done:
+            active.discard(key)
+            sizes[key] = min(limit + 1, 1 + sum(sizes[id(c)] for c in children))
+            if sizes[key] > limit:
+                return sizes[key]
+            continue
+        if key in active:
+            raise _Recursive(_mark(node))
+        active.add(key)
+        stack.append((node, True))
+        for child in children:
+            if id(child) in active:
+                raise _Recursive(_mark(child))
+            if id(child) not in sizes:
+                stack.append((child, False))
+    return sizes[id(root)]
 
 
 def parse_yaml(text: str) -> SourceTree:
@@ -140,6 +199,16 @@ def parse_yaml(text: str) -> SourceTree:
         tree.syntax_error = (f"invalid YAML: {exc}", SourcePos(1, 1))
         return tree
     if node is None:
+        return tree
+    try:
+        # without an alias ("*name") nothing is shared: the converter's own count suffices
+        size = expanded_size(node, MAX_NODES) if "*" in text else 0
+    except _Recursive as exc:
+        tree.syntax_error = ("recursive YAML alias", exc.pos)
+        return tree
+    if size > MAX_NODES:
+        msg = f"document too large: more than {MAX_NODES} nodes once aliases are expanded"
+        tree.syntax_error = (msg, SourcePos(1, 1))
         return tree
     try:
         tree.value = _Converter(tree).convert(node, ())

@@ -15,6 +15,15 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.register_profile("dev", max_examples=25, deadline=None)
+# `make fuzz`: the door fuzzer at full size (tests/fuzz), seeded from the clock; a failing
+# example is printed with its reproduction blob
+settings.register_profile(
+    "fuzz",
+    max_examples=10_000,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=list(HealthCheck),
+)
 settings.register_profile(
     "debug", max_examples=10, deadline=None, verbosity=Verbosity.verbose, print_blob=True
 )

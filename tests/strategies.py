@@ -112,3 +112,67 @@ def stream_requests(draw: st.DrawFn, now: int) -> StreamRequest:
     end_back = draw(ages.filter(lambda a: a < back))
     end = now - end_back + draw(st.sampled_from([0, 0, 1, -1]))
     return StreamRequest(channels, start, max(end, start + 1))
+
+
+# --------------------------------------------------------------------------- mutated maps
+
+_HOSTILE_SNIPPETS = (
+    "!!python/object/apply:os.system ['echo pwned']",
+    "!!python/object:builtins.dict {}",
+    "!!binary aGVsbG8=",
+    "!!set {a, b}",
+    "!!timestamp 2001-12-14",
+    "!!omap [a: 1]",
+    "!custom x",
+    "&anchor {all: true}",
+    "*undefined",
+    "{<<: [*anchor]}",
+    "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[x]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]",
+    "'\x00'",
+    '"\\ud800"',
+    "1e999",
+    ".nan",
+    "-.inf",
+    "~",
+)
+
+
+def _alias_bomb(levels: int, fan: int) -> str:
+    lines = [f"b0: &b0 [{', '.join(['x'] * fan)}]"]
+    for i in range(1, levels):
+        lines.append(f"b{i}: &b{i} [{', '.join([f'*b{i - 1}'] * fan)}]")
+    return "\n".join(lines) + "\n"
+
+
+@st.composite
+def mutated_map_bytes(draw: st.DrawFn) -> bytes:
+    """A scope map as bytes, mutated the ways a careless or hostile author would: hostile
+    tags, aliases and merge keys, alias bombs, deep nesting, cut text, non-UTF-8 bytes,
+    repeated (large) content."""
+    text = draw(scope_map_texts())
+    for _ in range(draw(st.integers(min_value=1, max_value=3))):
+        op = draw(st.sampled_from(["insert", "anchor", "bomb", "deep", "cut", "repeat"]))
+        at = draw(st.integers(min_value=0, max_value=len(text)))
+        if op == "insert":
+            text = text[:at] + draw(st.sampled_from(_HOSTILE_SNIPPETS)) + text[at:]
+        elif op == "anchor":
+            text = text.replace("{all: true}", "&all {all: true}", 1).replace(
+                "{all: true}", "*all", 1
+            )
+            text += "grpc://merged.example.org:1:\n  <<: *nope\n"
+        elif op == "bomb":
+            levels = draw(st.integers(min_value=2, max_value=9))
+            fan = draw(st.integers(min_value=2, max_value=12))
+            text = _alias_bomb(levels, fan) + text
+        elif op == "deep":
+            depth = draw(st.integers(min_value=10, max_value=3000))
+            text = text[:at] + "[" * depth + "]" * depth + text[at:]
+        elif op == "cut":
+            text = text[:at]
+        elif op == "repeat":
+            text = text * draw(st.integers(min_value=2, max_value=50))
+    data = text.encode("utf-8", "surrogatepass")
+    if draw(st.booleans()):
+        at = draw(st.integers(min_value=0, max_value=len(data)))
+        data = data[:at] + draw(st.binary(min_size=1, max_size=8)) + data[at:]
+    return data

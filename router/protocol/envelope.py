@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import re
 from collections.abc import Mapping
@@ -22,7 +23,13 @@ from typing import Any, TypeAlias
 import jsonschema
 from jsonschema.exceptions import ValidationError
 
-from router.protocol.errors import InvalidRequestError, ReplayError, UnknownArgumentsError
+from router.protocol.errors import (
+    InvalidRequestError,
+    ReplayError,
+    UnknownArgumentsError,
+    name_list,
+    shorten,
+)
 from router.protocol.reqid import sanitize_request_id
 
 __all__ = [
@@ -42,6 +49,9 @@ __all__ = [
 SCHEMA_VERSION = "0.5.0"
 REQUEST_KINDS = ("Find", "Count", "Describe", "Stream", "Publish", "Partition")
 MAX_RATE = 4294967295
+#: JSON nesting accepted by default (an envelope needs 3: object, args, a list)
+MAX_DEPTH = 32
+_ERRORS_EXAMINED = 50  # schema errors looked at to pick the most relevant one
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +231,8 @@ def _path(prefix: str, error: ValidationError) -> str:
 
 
 def _first_error(validator: jsonschema.protocols.Validator, doc: Any) -> ValidationError | None:
-    errors = sorted(validator.iter_errors(doc), key=lambda e: [str(p) for p in e.absolute_path])
+    found = itertools.islice(validator.iter_errors(doc), _ERRORS_EXAMINED)
+    errors = sorted(found, key=lambda e: [str(p) for p in e.absolute_path])
     if not errors:
         return None
     best = jsonschema.exceptions.best_match(errors)
@@ -231,34 +242,95 @@ def _first_error(validator: jsonschema.protocols.Validator, doc: Any) -> Validat
 # --------------------------------------------------------------------------- parsing
 
 
-def parse_envelope(data: bytes) -> Envelope:
-    """Decode and validate a request; raises InvalidRequestError, UnknownArgumentsError or
-    ReplayError with a message naming the field and the problem."""
+def _depth_exceeds(doc: Any, limit: int) -> bool:
+    """Whether ``doc`` nests lists/objects deeper than ``limit`` (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
+
+
+def _decode(data: bytes, max_depth: int) -> Any:
     try:
-        doc = json.loads(bytes(data).decode("utf-8"))
+        text = bytes(data).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidRequestError(f"invalid request: not UTF-8 text ({exc.reason})") from None
+    try:
+        doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidRequestError(f"invalid request: not JSON ({exc})") from None
+    except RecursionError:
+        doc = None  # nested beyond the interpreter's limit: certainly beyond ours
+    else:
+        # a document with no more brackets than the limit cannot nest deeper than it
+        brackets = text.count("[") + text.count("{")
+        if brackets <= max_depth or not _depth_exceeds(doc, max_depth):
+            return doc
+    raise InvalidRequestError(f"invalid request: JSON nested deeper than {max_depth} levels")
+
+
+def _schema_text(err: ValidationError) -> str:
+    # jsonschema's messages quote the offending value: keep them short
+    return shorten(err.message, 200)
+
+
+def _check_list_sizes(doc: dict[str, Any], max_items: int) -> None:
+    """Refuse an argument list over ``max_items`` before any validation work on it."""
+    args = doc.get("args")
+    if not isinstance(args, dict):
+        return
+    kind = doc.get("request")
+    kind = kind if isinstance(kind, str) and kind in ARGS_CLASSES else ""
+    for key, value in args.items():
+        if isinstance(value, list) and len(value) > max_items:
+            where = shorten(str(key), 40)
+            raise InvalidRequestError(
+                f"invalid {kind + ' ' if kind else ''}request: args.{where}: {len(value)} "
+                f"entries, limit {max_items} (max_channels)"
+            )
+
+
+def parse_envelope(
+    data: bytes,
+    *,
+    max_depth: int = MAX_DEPTH,
+    max_pattern: int | None = None,
+    max_items: int | None = None,
+) -> Envelope:
+    """Decode and validate a request; raises InvalidRequestError, UnknownArgumentsError or
+    ReplayError with a message naming the field and the problem. Duplicate channel names are
+    dropped (the first occurrence is kept, as upstream does). ``max_depth``: JSON nesting
+    refused beyond it; ``max_pattern``: longer Find/Count patterns are refused before they
+    are compiled (compiling costs about 1 s per MB); ``max_items``: longer argument lists
+    (channels...) are refused right after decoding."""
+    doc = _decode(data, max_depth)
     if not isinstance(doc, dict):
         raise InvalidRequestError(
             f"invalid request: expected a JSON object, got {type(doc).__name__}"
         )
+    if max_items is not None:
+        _check_list_sizes(doc, max_items)
     err = _first_error(_validator("envelope"), doc)
     if err is not None:
         where = _path("", err).lstrip(".") or "envelope"
-        raise InvalidRequestError(f"invalid request: {where}: {err.message}")
+        raise InvalidRequestError(f"invalid request: {where}: {_schema_text(err)}")
     kind: str = doc["request"]
     raw: dict[str, Any] = doc["args"]
     version = doc.get("version")
     err = _first_error(_validator(kind.lower()), _validation_view(kind, raw))
     if err is not None:
-        raise InvalidRequestError(f"invalid {kind} request: {_path('args', err)}: {err.message}")
+        raise InvalidRequestError(
+            f"invalid {kind} request: {_path('args', err)}: {_schema_text(err)}"
+        )
     unknown = sorted(set(raw) - _declared(kind))
     if unknown:
         origin = f"request schema {version}" if version else "request predates schema versioning"
         raise UnknownArgumentsError(
-            f"unknown {kind} argument(s): {', '.join(unknown)} "
+            f"unknown {kind} argument(s): {name_list(unknown)} "
             f"({origin}; server schema {SCHEMA_VERSION})"
         )
     ticket_id = doc.get("request_id")
@@ -269,9 +341,11 @@ def parse_envelope(data: bytes) -> Envelope:
             raise InvalidRequestError(
                 f"invalid {kind} request: args.{key}: {value!r} is not an integer"
             )
+        if key == "channels" and isinstance(value, list):
+            value = list(dict.fromkeys(value))  # duplicates dropped, first occurrence kept
         values[key] = value
     args = ARGS_CLASSES[kind](**_normalise(values))
-    _check(kind, args)
+    _check(kind, args, max_pattern)
     return Envelope(kind, args, version, request_id)
 
 
@@ -279,8 +353,15 @@ def _bad(kind: str, where: str, problem: str) -> InvalidRequestError:
     return InvalidRequestError(f"invalid {kind} request: args.{where}: {problem}")
 
 
-def _check(kind: str, args: Args) -> None:
+def _check(kind: str, args: Args, max_pattern: int | None = None) -> None:
     if isinstance(args, FindArgs):
+        if max_pattern is not None and len(args.pattern) > max_pattern:
+            raise _bad(
+                kind,
+                "pattern",
+                f"{len(args.pattern)} characters, limit {max_pattern}: "
+                f"{shorten(repr(args.pattern), 60)}",
+            )
         if args.min_rate > args.max_rate:
             raise _bad(
                 kind, "min_rate", f"min_rate {args.min_rate} exceeds max_rate {args.max_rate}"
@@ -288,25 +369,23 @@ def _check(kind: str, args: Args) -> None:
         try:
             re.compile(args.pattern)
         except re.error as exc:
+            pattern = shorten(repr(args.pattern), 200)
+            raise _bad(kind, "pattern", f"invalid regular expression {pattern}: {exc}") from None
+        except (OverflowError, RecursionError, MemoryError):
             raise _bad(
-                kind, "pattern", f"invalid regular expression {args.pattern!r}: {exc}"
+                kind,
+                "pattern",
+                f"regular expression too large or too deeply nested to compile "
+                f"({len(args.pattern)} characters)",
             ) from None
     if isinstance(args, DescribeArgs | StreamArgs):
         bad = [c for c in args.channels if ":" not in c]
         if bad:
-            names = ", ".join(repr(c) for c in bad)
+            names = name_list([repr(c) for c in bad])
             raise _bad(
                 kind, "channels", f"channel name(s) without ':' (domain:subsystem...): {names}"
             )
     if isinstance(args, StreamArgs):
-        seen: set[str] = set()
-        dup: list[str] = []
-        for c in args.channels:
-            if c in seen:
-                dup.append(c)
-            seen.add(c)
-        if dup:
-            raise _bad(kind, "channels", f"duplicate channel(s): {', '.join(dup)}")
         if args.start is not None and args.end is not None and args.start > args.end:
             raise _bad(kind, "start", f"start {args.start} is after end {args.end}")
         check_replay_args(args)

@@ -26,11 +26,21 @@ __all__ = [
     "UnauthenticatedError",
     "UnauthorizedError",
     "UnavailableError",
+    "UnimplementedError",
     "UnknownArgumentsError",
     "UnsupportedError",
+    "bounded",
     "from_flight_error",
+    "name_list",
+    "shorten",
     "to_flight_error",
 ]
+
+#: the longest error text sent to a client, in UTF-8 bytes, request-id tag included (gRPC
+#: carries it in a header whose default limit is 16 KiB)
+MAX_MESSAGE_BYTES = 4096
+#: names listed in a message before "and K more"
+MAX_LISTED_NAMES = 20
 
 
 class ArrakisError(Exception):
@@ -56,15 +66,26 @@ class InternalError(ArrakisError):
     """Something went wrong inside a server (ours or a downstream)."""
 
 
-class InvalidRequestError(ArrakisError):
-    """The request envelope is malformed (kept on upstream's class, with a clear text)."""
-
-
 class ServerError(ArrakisError):
-    """Generic server-side refusal (``FlightServerError``)."""
+    """Generic server-side refusal (``FlightServerError``, gRPC UNKNOWN)."""
 
     flight_class = flight.FlightServerError
     wire_class = flight.FlightError
+
+
+class InvalidRequestError(ServerError):
+    """The client's mistake: a malformed envelope or a request over a limit. The text names
+    the field, the rule and (shortened) the value.
+
+    pyarrow's Flight server has no traceback-free way to send INVALID_ARGUMENT (a raised
+    ``ArrowInvalid`` reaches the client with the server's Python traceback appended, and the
+    ``arrakis`` CLI then prints a traceback of its own), so client errors travel as
+    ``FlightServerError``, which the CLI prints as ``request error: ...``."""
+
+
+class UnimplementedError(ServerError):
+    """An RPC or descriptor kind the Arrakis protocol does not use (DoPut, GetSchema, path
+    descriptors...). Sent as ``FlightServerError`` for the reason given above."""
 
 
 class UnknownArgumentsError(ServerError):
@@ -95,7 +116,7 @@ class ChannelsNotAvailableError(UnavailableError):
     def __init__(self, channels: Sequence[str], detail: str = "") -> None:
         self.channels = tuple(channels)
         self.detail = detail
-        text = f"channel(s) {{{', '.join(self.channels)}}} are not available on this server"
+        text = f"channel(s) {{{name_list(self.channels)}}} are not available on this server"
         if detail:
             text = f"{text}: {detail}"
         super().__init__(text)
@@ -117,19 +138,47 @@ class CancelledError(ArrakisError):
     flight_class = flight.FlightCancelledError
 
 
+def name_list(names: Sequence[str], limit: int = MAX_LISTED_NAMES) -> str:
+    """``a, b, c`` for a few names; the first ``limit`` and ``and K more`` for many (each
+    name shortened too, so the text stays bounded whatever a client sent)."""
+    shown = ", ".join(shorten(n, 80) for n in names[:limit])
+    extra = len(names) - limit
+    return f"{shown} and {extra} more" if extra > 0 else shown
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut to about ``limit`` characters, saying how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+def bounded(text: str, limit: int = MAX_MESSAGE_BYTES) -> str:
+    """``text`` as safe, bounded wire text: lone surrogates escaped (gRPC sends UTF-8) and
+    at most ``limit`` UTF-8 bytes, a cut one ending with ``... (truncated)``."""
+    data = text.encode("utf-8", "backslashreplace")
+    if len(data) <= limit:
+        return data.decode("utf-8")
+    marker = "... (truncated)"
+    return data[: limit - len(marker)].decode("utf-8", "ignore") + marker
+
+
 def _tag(message: str, request_id: str | None) -> str:
-    if not request_id:
-        return message
-    tag = f" [request: {request_id}]"
-    # a relayed downstream error already carries our id (we pass it on): tag once
-    return message if message.endswith(tag) else message + tag
+    tag = f" [request: {request_id}]" if request_id else ""
+    if tag and message.endswith(tag):  # a relayed downstream error already carries our id
+        message = message[: -len(tag)]
+    # bounded with room for the tag, the "Flight error: " prefix pyarrow adds, and the
+    # ". Detail: ..." suffix it appends
+    return bounded(message, MAX_MESSAGE_BYTES - len(tag) - 64) + tag
 
 
 def to_flight_error(exc: BaseException, request_id: str | None) -> flight.FlightError:
     """The Flight error to raise for ``exc`` at a server edge, tagged with the request id.
 
     Our errors keep their class and text; a Flight error raised by inner code keeps its
-    class; anything else becomes ``FlightInternalError('internal error (Type): msg')``.
+    class; anything else (a bug of ours) becomes ``FlightInternalError('internal error
+    (Type)')``: the type names the bug for the operator's log search, the exception's own
+    text (which may hold internal values) stays in the log. Every text is bounded.
     """
     if isinstance(exc, ArrakisError):
         cls = exc.wire_class or exc.flight_class
@@ -137,11 +186,7 @@ def to_flight_error(exc: BaseException, request_id: str | None) -> flight.Flight
     if isinstance(exc, flight.FlightError):
         text = _strip_detail(str(exc))
         return type(exc)(_tag(text, request_id))
-    text = f"internal error ({type(exc).__name__})"
-    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if msg:
-        text = f"{text}: {msg}"
-    return flight.FlightInternalError(_tag(text, request_id))
+    return flight.FlightInternalError(_tag(f"internal error ({type(exc).__name__})", request_id))
 
 
 # Most specific first: the subclasses must be tested before their bases.

@@ -226,18 +226,18 @@ def _doc(request: str, **args: object) -> bytes:
 @pytest.mark.parametrize(
     ("call", "payload", "cls", "text"),
     [
-        ("info", b"not json", flight.FlightInternalError, "invalid request: not JSON"),
-        ("get", b"\xff\xfe", flight.FlightInternalError, "invalid request: not UTF-8"),
+        ("info", b"not json", flight.FlightServerError, "invalid request: not JSON"),
+        ("get", b"\xff\xfe", flight.FlightServerError, "invalid request: not UTF-8"),
         (
             "info",
             b'{"request": "Nope", "args": {}}',
-            flight.FlightInternalError,
+            flight.FlightServerError,
             "invalid request: request: 'Nope' is not one of",
         ),
         (
             "get",
             _doc("Stream", channels=["X1:TST-RAMP"], start="x", end=None),
-            flight.FlightInternalError,
+            flight.FlightServerError,
             "invalid Stream request: args.start: 'x' is not of type",
         ),
         (
@@ -250,7 +250,7 @@ def _doc(request: str, **args: object) -> bytes:
         (
             "get",
             _doc("Describe", channels=["NOCOLON"], time=None),
-            flight.FlightInternalError,
+            flight.FlightServerError,
             "channel name(s) without ':'",
         ),
         (

@@ -47,15 +47,18 @@ class _UnreadContext:
     def is_cancelled(self) -> bool:
         return False
 
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:1"
+
 
 def test_a_stream_nobody_reads_is_not_left_counted_open() -> None:
     down = ScriptedArrakis()
-    with serving(down) as durl, running_router(one_endpoint_map(durl)) as (_, _, router):
+    with serving(down) as durl, running_router(one_endpoint_map(durl)) as (_, service, router):
         stream = router.do_get(_UnreadContext(), flight.Ticket(_stream_cmd(10)))
-        assert router.open_streams == 1
+        assert router.open_streams == 1 and service.admission.open == 1
         del stream
         gc.collect()
-        assert router.open_streams == 0
+        assert router.open_streams == 0 and service.admission.open == 0
         assert down.open == 0  # nothing was opened downstream for a stream never read
 
 

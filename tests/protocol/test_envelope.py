@@ -58,7 +58,9 @@ find_args = st.builds(
     GPS,
     OPT_STR,
 )
-describe_args = st.builds(DescribeArgs, st.lists(NAME, max_size=5).map(tuple), GPS, OPT_STR)
+describe_args = st.builds(
+    DescribeArgs, st.lists(NAME, max_size=5, unique=True).map(tuple), GPS, OPT_STR
+)
 publish_args = st.builds(PublishArgs, st.text(max_size=10), OPT_STR)
 
 envelopes = st.one_of(
@@ -147,7 +149,6 @@ def _stream(**args: object) -> bytes:
             _stream(channels=["H1:A", "NOCOLON", "X"]),
             "args.channels: channel name(s) without ':' (domain:subsystem...): 'NOCOLON', 'X'",
         ),
-        (_stream(channels=["H1:A", "H1:A"]), "args.channels: duplicate channel(s): H1:A"),
         (_stream(start=5, end=4), "invalid Stream request: args.start: start 5 is after end 4"),
         (
             json.dumps(
@@ -267,3 +268,53 @@ def test_envelope_rejects_mismatched_args() -> None:
         Envelope("Stream", FindArgs())
     with pytest.raises(ValueError):
         Envelope("Nope", FindArgs())
+
+
+def test_duplicate_channels_are_dropped_first_occurrence_kept() -> None:
+    got = parse_envelope(_stream(channels=["H1:B", "H1:A", "H1:B", "H1:A", "H1:C"]))
+    assert isinstance(got.args, StreamArgs)
+    assert got.args.channels == ("H1:B", "H1:A", "H1:C")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"[" * 100_000, b"[" * 1000 + b"]" * 1000, b'{"a": ' * 40 + b"1" + b"}" * 40],
+)
+def test_deep_nesting_is_an_invalid_request(data: bytes) -> None:
+    with pytest.raises(InvalidRequestError, match="nested deeper than 32 levels"):
+        parse_envelope(data)
+
+
+def test_nesting_limit_counts_levels() -> None:
+    doc = {"request": "Stream", "args": {"channels": ["H1:A"], "start": 1, "end": 2}}
+    parse_envelope(json.dumps(doc).encode(), max_depth=3)
+    with pytest.raises(InvalidRequestError, match="nested deeper than 2 levels"):
+        parse_envelope(json.dumps(doc).encode(), max_depth=2)
+
+
+def test_long_values_are_shortened_in_messages() -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        parse_envelope(_stream(channels="x" * 1_000_000))
+    assert len(str(info.value)) < 400 and "characters)" in str(info.value)
+    with pytest.raises(InvalidRequestError) as info:
+        parse_envelope(_stream(channels=[f"NOCOLON{i}" for i in range(1000)]))
+    assert len(str(info.value)) < 800 and "and 980 more" in str(info.value)
+
+
+def test_pattern_length_checked_before_compiling() -> None:
+    doc = {
+        "request": "Count",
+        "args": {
+            "pattern": "(" * 500_000,
+            "data_type": [],
+            "min_rate": 0,
+            "max_rate": 1,
+            "publisher": [],
+            "time": None,
+        },
+    }
+    with pytest.raises(InvalidRequestError, match="pattern: 500000 characters, limit 1024"):
+        parse_envelope(json.dumps(doc).encode(), max_pattern=1024)
+    doc["args"]["pattern"] = "a{4294967296}"  # type: ignore[index]
+    with pytest.raises(InvalidRequestError, match=r"args\.pattern"):
+        parse_envelope(json.dumps(doc).encode())
