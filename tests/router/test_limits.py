@@ -245,10 +245,12 @@ def test_serve_has_one_option_per_limit_with_the_dataclass_defaults() -> None:
     import dataclasses
 
     from router import serve
+    from router.config import resolve
 
     parser = argparse.ArgumentParser()
     serve.configure(parser)
-    args = parser.parse_args(["--scope-map", "x.yaml", "--max-streams", "7", "--max-span", "60"])
+    argv = ["--scope-map", "x.yaml", "--max-streams", "7", "--max-span", "60"]
+    args = resolve(parser.parse_args(argv), parser, {}).args  # flag > env > file > default
     assert {f for f, _, _ in serve.LIMIT_OPTIONS} == {f.name for f in dataclasses.fields(Limits)}
     built = Limits(**{f: getattr(args, f) for f, _, _ in serve.LIMIT_OPTIONS})
     assert built == dataclasses.replace(Limits(), max_streams=7, max_span_s=60)
