@@ -33,6 +33,15 @@ __all__ = [
 
 GROUP = "arrakis_router.backends"
 
+#: our own plugins, as ``backends/pyproject.toml`` registers them; used when this package
+#: runs from a source tree without its distribution's metadata (``PYTHONPATH``, as the
+#: compose demo's mock image does), so that ``mock``, ``files`` and ``record`` still work
+OWN = {
+    "mock": "router_backends.mock:MockBackend",
+    "files": "router_backends.files:FilesBackend",
+    "record": "router_backends.record:RecordCommand",
+}
+
 
 @runtime_checkable
 class BackendPlugin(Protocol):
@@ -98,6 +107,13 @@ def discover() -> dict[str, list[PluginInfo]]:
         version = dist.version if dist is not None else "?"
         info = PluginInfo(ep.name, ep.value, package, version, ep)
         found.setdefault(ep.name, []).append(info)
+    if not any(i.value == OWN.get(i.name) for infos in found.values() for i in infos):
+        from router_backends import __version__
+
+        for name, value in OWN.items():  # not installed: the source tree's own plugins
+            ep = EntryPoint(name, value, GROUP)
+            info = PluginInfo(name, value, "arrakis-router-backends (source)", __version__, ep)
+            found.setdefault(name, []).append(info)
     return {name: found[name] for name in sorted(found)}
 
 

@@ -159,3 +159,28 @@ def test_discover_and_find_in_process() -> None:
     assert find("npy").value == "npy_backend:NpyBackend"
     with pytest.raises(PluginError, match="no backend plugin 'x' is installed"):
         find("x")
+
+
+def test_our_plugins_work_from_a_source_tree_without_metadata(tmp_path: Path) -> None:
+    """The compose demo's mock image puts router_backends on PYTHONPATH without installing
+    the distribution: mock, files and record are still found (and nothing else is)."""
+    import shutil
+
+    import router_backends
+
+    shutil.copytree(Path(router_backends.__file__).parent, tmp_path / "router_backends")
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        "import importlib.metadata as m; "
+        "m.entry_points = lambda **kw: m.EntryPoints([]); "  # as if nothing were installed
+        "from router_backends import plugins; "
+        "print(sorted(plugins.discover())); "
+        "info, plugin = plugins.load('mock'); print(info.origin, type(plugin).__name__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "['files', 'mock', 'record']"
+    assert lines[1].startswith("arrakis-router-backends (source)")
