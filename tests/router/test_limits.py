@@ -244,11 +244,13 @@ def test_serve_has_one_option_per_limit_with_the_dataclass_defaults() -> None:
     import argparse
     import dataclasses
 
-    from router import serve
+    from router import config, serve
 
     parser = argparse.ArgumentParser()
     serve.configure(parser)
-    args = parser.parse_args(["--scope-map", "x.yaml", "--max-streams", "7", "--max-span", "60"])
+    argv = ["--scope-map", "x.yaml", "--max-streams", "7", "--max-span", "60"]
+    # the options are layered (flag > env > file > default): resolve them as `router serve` does
+    args = config.resolve(parser.parse_args(argv), parser, environ={}).args
     assert {f for f, _, _ in serve.LIMIT_OPTIONS} == {f.name for f in dataclasses.fields(Limits)}
     built = Limits(**{f: getattr(args, f) for f, _, _ in serve.LIMIT_OPTIONS})
     assert built == dataclasses.replace(Limits(), max_streams=7, max_span_s=60)
