@@ -1,8 +1,9 @@
-"""The README's example outputs of ``router explain`` and ``router verify`` are what the
-tools print today (for ``examples/scope-maps/``; explain with a fixed ``--now``).
+"""The example outputs of ``router explain`` and ``router verify`` on the operator tools page
+(``docs/guide/tools.md``) are what the tools print today (for ``examples/scope-maps/``; explain
+with a fixed ``--now``).
 
-A README example is a ```sh block holding one ``router explain|verify`` command, followed by
-a ```text block with its output. ``python -m tests.test_readme_examples`` prints every
+An example is a ```sh block holding one ``router explain|verify`` command, followed by a
+```text block with its output. ``python -m tests.docs.test_tool_examples`` prints every
 example's current output, to paste after a deliberate change of the tools' output.
 """
 
@@ -21,8 +22,8 @@ import pytest
 
 from router.cli import main
 
-ROOT = Path(__file__).parents[1]
-README = ROOT / "README.md"
+ROOT = Path(__file__).parents[2]
+PAGE = ROOT / "docs" / "guide" / "tools.md"
 BLOCK = re.compile(r"```sh\n(router (?:explain|verify) [^\n]*)\n```\n+```text\n(.*?)```", re.S)
 DEMO = "examples/scope-maps/demo.yaml"
 LIVE, ARCHIVE = "grpc://127.0.0.1:31207", "grpc://127.0.0.1:31208"
@@ -32,8 +33,8 @@ ARCHIVE_RETENTION = "600,inf"
 
 
 def examples() -> list[tuple[str, str]]:
-    found = BLOCK.findall(README.read_text())
-    assert found, "README has no router explain/verify examples"
+    found = BLOCK.findall(PAGE.read_text())
+    assert len(found) >= 3, "the tools page lost its router explain/verify examples"
     return found
 
 
@@ -93,7 +94,7 @@ def output_of(command: str) -> str:
 
 
 @pytest.mark.parametrize("command, shown", examples(), ids=[c for c, _ in examples()])
-def test_readme_example_is_what_the_tool_prints(command: str, shown: str) -> None:
+def test_tools_page_example_is_what_the_tool_prints(command: str, shown: str) -> None:
     if command.startswith("router verify"):
         assert normalise(verify_output(command)) == normalise(shown)
     else:
