@@ -9,6 +9,7 @@ are none, returns the frozen ``ScopeMap``.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
@@ -30,6 +31,10 @@ from scopemap.yamlsrc import Path, SourceTree
 ENDPOINT_SCHEMES = ("grpc", "grpc+tcp", "grpc+tls")
 INFINITY_WORDS = {"inf", "+inf", "infinity", "+infinity"}
 
+#: the usual endpoint URL, accepted without ``urlsplit`` (anything else takes the long way,
+#: which explains what is wrong): scheme, a plain host name or address, a port
+_PLAIN_URL = re.compile(r"(grpc|grpc\+tcp|grpc\+tls)://([A-Za-z0-9][A-Za-z0-9.-]*):([0-9]{1,5})")
+
 # report(code, message, path, is_key)
 Report = Callable[[str, str, Path, bool], None]
 
@@ -37,6 +42,10 @@ Report = Callable[[str, str, Path, bool], None]
 def _endpoint_url(url: str) -> tuple[str | None, str]:
     """``(why url cannot be an endpoint or None, its normalised form when fine)``, from one
     ``urlsplit`` (the loader checks and normalises every endpoint URL of a map)."""
+    plain = _PLAIN_URL.fullmatch(url)
+    if plain is not None and int(plain[3]) <= 65535:
+        scheme = "grpc" if plain[1] == "grpc+tcp" else plain[1]
+        return None, f"{scheme}://{plain[2].lower()}:{int(plain[3])}"
     try:
         parts = urlsplit(url)
         port = parts.port

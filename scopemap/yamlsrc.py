@@ -78,42 +78,45 @@ class SourceTree:
         if node is None:
             return SourcePos(1, 1)
         key_node: yaml.Node | None = None
-        for part in path:
-            found: tuple[yaml.Node | None, yaml.Node] | None
-            if node is self.root and node.__class__ is _Mapping:
-                found = self._top_item(part)
-            else:
-                found = _child(node, part)
+        rest = path
+        if path and node.__class__ is _Mapping:
+            top = self._top if self._top is not None else self._index_top()
+            found = top.get(path[0]) if isinstance(path[0], str) else None
             if found is None:
-                break
+                return _mark(node)
             key_node, node = found
+            rest = path[1:]
+        for part in rest:
+            # inline: the builder asks for a position per endpoint, retention and entry
+            cls = node.__class__
+            if cls is _Mapping:
+                for pair in node.value:
+                    k = pair[0]
+                    if k.tag == _STR_TAG and k.__class__ is _Scalar:
+                        if k.value == part:
+                            break
+                    elif _key_text(k) == part:
+                        break
+                else:
+                    break
+                key_node, node = pair
+            elif cls is _Sequence and isinstance(part, int) and 0 <= part < len(node.value):
+                key_node, node = None, node.value[part]
+            else:
+                break
         return _mark(key_node if key and key_node is not None else node)
 
-    def _top_item(self, part: str | int) -> tuple[yaml.Node, yaml.Node] | None:
-        """:func:`_child` of the root mapping, through an index built on first use (the
-        root holds every endpoint)."""
-        if self._top is None:
-            assert self.root is not None
-            top: dict[str, tuple[yaml.Node, yaml.Node]] = {}
-            for k, v in self.root.value:
-                text = _key_text(k)
-                if text is not None:
-                    top.setdefault(text, (k, v))
-            self._top = top
-        return self._top.get(part) if isinstance(part, str) else None
-
-
-def _child(node: yaml.Node, part: str | int) -> tuple[yaml.Node | None, yaml.Node] | None:
-    if node.__class__ is _Mapping:
-        if not isinstance(part, str):
-            return None
-        for k, v in node.value:
-            if _key_text(k) == part:
-                return k, v
-        return None
-    if node.__class__ is _Sequence and isinstance(part, int) and 0 <= part < len(node.value):
-        return None, node.value[part]
-    return None
+    def _index_top(self) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        """The root mapping's keys (the first of duplicates) to their key and value nodes,
+        built on first use: the root holds every endpoint."""
+        assert self.root is not None
+        top: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for k, v in self.root.value:
+            text = _key_text(k)
+            if text is not None:
+                top.setdefault(text, (k, v))
+        self._top = top
+        return top
 
 
 def _key_text(key_node: yaml.Node) -> str | None:
