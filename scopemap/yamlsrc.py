@@ -22,37 +22,51 @@ Path = tuple[str | int, ...]
 
 _STR_TAG = "tag:yaml.org,2002:str"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+_MAP_TAG = "tag:yaml.org,2002:map"
 #: nodes of the document with every alias expanded; checked on the composed graph, before
 #: anything is converted, so an alias bomb ("billion laughs") costs no more than its text
 MAX_NODES = 2_000_000
+#: collections nested deeper than this are refused as the recursion limit refused them
+#: before conversion was flattened (a little over 300 levels); nothing downstream (schema
+#: messages, repr) is asked to go deeper
+MAX_DEPTH = 300
 
 _Base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _Scalar, _Sequence, _Mapping = yaml.ScalarNode, yaml.SequenceNode, yaml.MappingNode
 
 
 class _Loader(_Base):  # type: ignore[misc]
-    """The safe loader with its tag resolution made cheap: the composer asks the Python
-    resolver about every scalar, and a map repeats a few plain words (keys, ``true``, ages)
-    hundreds of thousands of times; a plain scalar's tag depends on its text only."""
+    """The safe loader with its resolver made cheap. The composer asks the Python resolver
+    about every node, and a map repeats a few plain words (keys, ``true``, ages) hundreds of
+    thousands of times: a plain scalar's tag depends on its text only, so it is resolved
+    once per text; with no path resolvers (the safe loader has none) a collection's tag is
+    the default and the resolver's path tracking around every node has nothing to do."""
 
     #: first characters for which some implicit resolver (int, bool, null...) may apply
     _resolvable = frozenset(k for k in _Base.yaml_implicit_resolvers if k is not None)
-    _wildcard = None in _Base.yaml_implicit_resolvers
+    _simple = not _Base.yaml_path_resolvers and None not in _Base.yaml_implicit_resolvers
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._tags: dict[str, str] = {}
+        if self._simple:
+            # C callables that do nothing, with the signatures the composer calls
+            self.descend_resolver: Callable[[Any, Any], Any] = {}.get  # (parent, index)
+            self.ascend_resolver: Callable[[], Any] = tuple
 
     def resolve(self, kind: type, value: Any, implicit: tuple[bool, bool]) -> str:
-        if kind is _Scalar and implicit[0]:
-            if not self._wildcard and value[:1] not in self._resolvable:
+        if not self._simple:
+            resolved: str = super().resolve(kind, value, implicit)
+            return resolved
+        if kind is _Scalar:
+            if not implicit[0] or value[:1] not in self._resolvable:
                 return _STR_TAG
             tag = self._tags.get(value)
             if tag is None:
                 tag = self._tags[value] = super().resolve(kind, value, implicit)
             return tag
-        resolved: str = super().resolve(kind, value, implicit)
-        return resolved
+        return _SEQ_TAG if kind is _Sequence else _MAP_TAG
 
 
 @dataclass
@@ -158,6 +172,8 @@ class _Converter:
         cls = node.__class__
         if cls is _Scalar:
             return self._scalar(node)
+        if len(path) >= MAX_DEPTH:
+            raise RecursionError("maximum recursion depth exceeded")
         if cls is _Mapping:
             return self._mapping(node, path)
         if cls is _Sequence:
