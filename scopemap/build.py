@@ -168,7 +168,7 @@ class Builder:
         return out
 
     def _endpoint(self, url: str, body: dict[str, Any]) -> Endpoint | None:
-        retention = self._retention(url, body.get("retention"))
+        retention = self._retention(url, body)
         scopes = self._scopes((url, "scopes"), body.get("scopes"))
         replay_ids: list[str] = []
         replay_scopes: dict[str, tuple[ScopeEntry, ...]] = {}
@@ -202,7 +202,8 @@ class Builder:
             self.pos((url,), True),
         )
 
-    def _retention(self, url: str, raw: Any) -> Retention | None:
+    def _retention(self, url: str, body: dict[str, Any]) -> Retention | None:
+        raw = body.get("retention")
         if not isinstance(raw, dict):
             return None
         values: dict[str, float] = {}
@@ -219,7 +220,7 @@ class Builder:
             msg = f"retention newest ({newest}) is greater than oldest ({oldest}): empty window"
             self.error("SM101", msg, (url, "retention"), False)
             return None
-        return Retention(newest, oldest, self.pos((url, "retention"), True))
+        return Retention(newest, oldest, self.tree.key_pos(body, (url, "retention")))
 
     def _scopes(self, path: Path, raw: Any) -> tuple[ScopeEntry, ...]:
         out: list[ScopeEntry] = []
@@ -243,7 +244,7 @@ class Builder:
             if why:
                 self.error("SM103", why, (*path, "direct_read"))
         pub = item.get("publisher") if isinstance(item.get("publisher"), str) else None
-        pos = self.pos(path)
+        pos = self.tree.value_pos(item, path)
 
         def make(kind: EntryKind, value: str | None, p: str | None, d: str | None) -> ScopeEntry:
             return ScopeEntry(domain, kind, value, p, d, replay, pos)

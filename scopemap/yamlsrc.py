@@ -81,6 +81,27 @@ class SourceTree:
     bad_keys: list[tuple[Path, SourcePos]] = field(default_factory=list)
     syntax_error: tuple[str, SourcePos] | None = None
     _top: dict[str, tuple[yaml.Node, yaml.Node]] | None = field(default=None, repr=False)
+    #: id of each converted dict -> its mapping node, and whether any ``<<`` merge was met
+    #: (a merged value is not where :meth:`pos` would place it: then only paths are used)
+    _nodes: dict[int, yaml.Node] = field(default_factory=dict, repr=False)
+    _merged: bool = False
+
+    def value_pos(self, value: dict[str, Any], path: Path) -> SourcePos:
+        """``pos(path)`` for the mapping ``value`` found at ``path`` of :attr:`value`, in
+        constant time (the builder asks for the position of every scope entry)."""
+        node = None if self._merged else self._nodes.get(id(value))
+        return self.pos(path) if node is None else _mark(node)
+
+    def key_pos(self, parent: dict[str, Any], path: Path) -> SourcePos:
+        """``pos(path, key=True)`` for a key of the mapping ``parent`` found at ``path[:-1]``."""
+        node = None if self._merged else self._nodes.get(id(parent))
+        if node is not None:
+            for k, _ in node.value:
+                if k.tag != _STR_TAG or k.__class__ is not _Scalar:
+                    break  # a key written otherwise may stand for the same text first
+                if k.value == path[-1]:
+                    return _mark(k)
+        return self.pos(path, key=True)
 
     def pos(self, path: Path, *, key: bool = False) -> SourcePos:
         """Best position for ``path``: its key or value, else the nearest ancestor.
@@ -199,11 +220,13 @@ class _Converter:
 
     def _mapping(self, node: yaml.Node, path: Path) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        self.tree._nodes[id(out)] = node
         merged: list[dict[str, Any]] = []
         for key_node, value_node in node.value:
             if key_node.__class__ is _Scalar and key_node.tag == _STR_TAG:
                 key = key_node.value
             elif key_node.tag == _MERGE_TAG:
+                self.tree._merged = True
                 value = self.convert(value_node, (*path, "<<"))
                 sources = value if isinstance(value, list) else [value]
                 merged.extend(s for s in sources if isinstance(s, dict))
