@@ -37,21 +37,22 @@ def lint(
     return out
 
 
-def _untagged(ep: Endpoint) -> Iterator[ScopeEntry]:
-    return (e for e in ep.scopes if e.replay is None)
-
-
-def _union_gaps(windows: Iterable[tuple[Age, str]]) -> Iterator[tuple[float, float, str]]:
-    """Holes inside the union of ``(newest, oldest]`` windows; yields (from, to, url_before)."""
+def _union_gaps(windows: Iterable[Age]) -> list[tuple[float, float, Age]]:
+    """Holes inside the union of distinct ``(newest, oldest]`` windows, as
+    ``(from, to, window_before)`` (the window whose end the hole starts at)."""
     ordered = sorted(windows)
     if not ordered:
-        return
-    (_, reach), url = ordered[0]
-    for (newest, oldest), nxt in ordered[1:]:
+        return []
+    out = []
+    before = ordered[0]
+    reach = before[1]
+    for window in ordered[1:]:
+        newest, oldest = window
         if newest > reach:
-            yield reach, newest, url
+            out.append((reach, newest, before))
         if oldest > reach:
-            reach, url = oldest, nxt
+            reach, before = oldest, window
+    return out
 
 
 def _gaps(sm: ScopeMap, retention_pos: Callable[[str], SourcePos]) -> Iterator[Warning_]:
@@ -60,7 +61,9 @@ def _gaps(sm: ScopeMap, retention_pos: Callable[[str], SourcePos]) -> Iterator[W
     subs: dict[tuple[str, str], list[Endpoint]] = defaultdict(list)
     chans: dict[tuple[str, str], list[Endpoint]] = defaultdict(list)
     for ep in sm.endpoints:
-        for e in _untagged(ep):
+        for e in ep.scopes:
+            if e.replay is not None:
+                continue
             if e.kind == "all":
                 wild[e.domain].append(ep)
             elif e.kind == "subsystem" and e.value is not None:
@@ -77,12 +80,19 @@ def _gaps(sm: ScopeMap, retention_pos: Callable[[str], SourcePos]) -> Iterator[W
         more = subs.get((domain, sub), []) + wild.get(domain, [])
         units.append((domain, f"channel {name}", eps + more))
     reported: set[tuple[str, float, float]] = set()
+    # many units share the same few retention windows (tiers): holes computed once per set
+    holes: dict[frozenset[Age], list[tuple[float, float, Age]]] = {}
     for domain, label, eps in units:
         windows = {(ep.retention.newest_s, ep.retention.oldest_s): ep.url for ep in eps}
-        for lo, hi, url in _union_gaps((w, u) for w, u in windows.items()):
+        key = frozenset(windows)
+        found = holes.get(key)
+        if found is None:
+            found = holes[key] = _union_gaps(key)
+        for lo, hi, before in found:
             if (domain, lo, hi) in reported:
                 continue
             reported.add((domain, lo, hi))
+            url = windows[before]
             upper = "inf" if math.isinf(hi) else f"{hi:g} s"
             msg = (
                 f"{label}: no endpoint serves data aged {lo:g} s to {upper} "
@@ -95,10 +105,13 @@ def _no_live(sm: ScopeMap, domain_pos: Callable[[str, str], SourcePos]) -> Itera
     first: dict[str, SourcePos] = {}
     live: set[str] = set()
     for ep in sm.endpoints:
-        for e in _untagged(ep):
+        is_live = ep.retention.is_live
+        for e in ep.scopes:
+            if e.replay is not None:
+                continue
             if e.domain not in first:
                 first[e.domain] = domain_pos(ep.url, e.domain)
-            if ep.retention.is_live:
+            if is_live:
                 live.add(e.domain)
     for domain, pos in first.items():
         if domain not in live:
@@ -106,7 +119,9 @@ def _no_live(sm: ScopeMap, domain_pos: Callable[[str, str], SourcePos]) -> Itera
             yield "SM203", msg, pos
 
 
-def _inert_in(entries: Iterable[ScopeEntry]) -> Iterator[Warning_]:
+def _inert_in(entries: tuple[ScopeEntry, ...]) -> Iterator[Warning_]:
+    if len(entries) < 2:
+        return  # one entry can neither repeat nor stand beside a wildcard
     by_ctx: dict[tuple[str, str | None], list[ScopeEntry]] = defaultdict(list)
     for e in entries:
         by_ctx[(e.domain, e.replay)].append(e)
