@@ -35,6 +35,8 @@ INFINITY_WORDS = {"inf", "+inf", "infinity", "+infinity"}
 #: which explains what is wrong): scheme, a plain host name or address, a port
 _PLAIN_URL = re.compile(r"(grpc|grpc\+tcp|grpc\+tls)://([A-Za-z0-9][A-Za-z0-9.-]*):([0-9]{1,5})")
 
+_NO_REPLAY_SCOPES: MappingProxyType[str, tuple[ScopeEntry, ...]] = MappingProxyType({})
+
 # report(code, message, path, is_key)
 Report = Callable[[str, str, Path, bool], None]
 
@@ -196,8 +198,8 @@ class Builder:
             url,
             scopes,
             retention,
-            tuple(dict.fromkeys([*replay_ids, *tags])),
-            MappingProxyType(replay_scopes),
+            tuple(dict.fromkeys([*replay_ids, *tags])) if replay_ids or tags else (),
+            MappingProxyType(replay_scopes) if replay_scopes else _NO_REPLAY_SCOPES,
             publishers,
             self.pos((url,), True),
         )
@@ -235,6 +237,14 @@ class Builder:
         return tuple(out)
 
     def _entry(self, domain: str, path: Path, item: dict[str, Any]) -> list[ScopeEntry]:
+        if len(item) == 1:  # the usual entries, {subsystem: NAME} and {all: true}, in short
+            sub = item.get("subsystem")
+            if isinstance(sub, str) and not ("-" in sub or "_" in sub or ":" in sub):
+                pos = self.tree.value_pos(item, path)
+                return [ScopeEntry(domain, "subsystem", sub, None, None, None, pos)]
+            if item.get("all") is True:
+                pos = self.tree.value_pos(item, path)
+                return [ScopeEntry(domain, "all", None, None, None, None, pos)]
         replay = item.get("replay") if isinstance(item.get("replay"), str) else None
         if replay is not None:
             self._check_replay_ref(replay, (*path, "replay"))
