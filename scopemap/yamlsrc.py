@@ -175,6 +175,7 @@ class _Converter:
 
     def __init__(self, tree: SourceTree) -> None:
         self.tree = tree
+        self.nodes = tree._nodes
         self.count = 0
         constructor = yaml.constructor.SafeConstructor()
         self.scalar: dict[str, Callable[[yaml.ScalarNode], Any]] = {
@@ -204,7 +205,7 @@ class _Converter:
                     self.count += 1
                     if self.count > MAX_NODES:
                         raise _TooLarge
-                    out.append(self._scalar(item))
+                    out.append(item.value if item.tag == _STR_TAG else self._scalar(item))
                 else:
                     out.append(self.convert(item, (*path, i)))
             return out
@@ -220,8 +221,8 @@ class _Converter:
 
     def _mapping(self, node: yaml.Node, path: Path) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        self.tree._nodes[id(out)] = node
-        merged: list[dict[str, Any]] = []
+        self.nodes[id(out)] = node
+        merged: list[dict[str, Any]] | None = None
         for key_node, value_node in node.value:
             if key_node.__class__ is _Scalar and key_node.tag == _STR_TAG:
                 key = key_node.value
@@ -229,7 +230,7 @@ class _Converter:
                 self.tree._merged = True
                 value = self.convert(value_node, (*path, "<<"))
                 sources = value if isinstance(value, list) else [value]
-                merged.extend(s for s in sources if isinstance(s, dict))
+                merged = (merged or []) + [s for s in sources if isinstance(s, dict)]
                 continue
             else:
                 raw_key = self.convert(key_node, (*path, "<key>"))
@@ -244,10 +245,11 @@ class _Converter:
                 self.count += 1
                 if self.count > MAX_NODES:
                     raise _TooLarge
-                out[key] = self._scalar(value_node)
+                tag = value_node.tag
+                out[key] = value_node.value if tag == _STR_TAG else self._scalar(value_node)
             else:
                 out[key] = self.convert(value_node, (*path, key))
-        for source in merged:  # explicit keys win over merged ones
+        for source in merged or ():  # explicit keys win over merged ones
             for k, v in source.items():
                 out.setdefault(k, v)
         return out
