@@ -201,7 +201,7 @@ class Builder:
             tuple(dict.fromkeys([*replay_ids, *tags])) if replay_ids or tags else (),
             MappingProxyType(replay_scopes) if replay_scopes else _NO_REPLAY_SCOPES,
             publishers,
-            self.pos((url,), True),
+            self.tree.top_key_pos(url),
         )
 
     def _retention(self, url: str, body: dict[str, Any]) -> Retention | None:

@@ -86,6 +86,14 @@ class SourceTree:
     _nodes: dict[int, yaml.Node] = field(default_factory=dict, repr=False)
     _merged: bool = False
 
+    def top_key_pos(self, key: str) -> SourcePos:
+        """``pos((key,), key=True)``, for a key of the root mapping (an endpoint URL)."""
+        found = None
+        if self.root.__class__ is _Mapping:
+            top = self._top if self._top is not None else self._index_top()
+            found = top.get(key)
+        return self.pos((key,), key=True) if found is None else _mark(found[0])
+
     def value_pos(self, value: dict[str, Any], path: Path) -> SourcePos:
         """``pos(path)`` for the mapping ``value`` found at ``path`` of :attr:`value`, in
         constant time (the builder asks for the position of every scope entry)."""
@@ -165,6 +173,9 @@ def _key_text(key_node: yaml.Node) -> str | None:
     return raw if isinstance(raw, str) else str(raw)
 
 
+_MISSING = object()
+
+
 def _mark(node: yaml.Node) -> SourcePos:
     return SourcePos(node.start_mark.line + 1, node.start_mark.column + 1)
 
@@ -184,6 +195,8 @@ class _Converter:
             "tag:yaml.org,2002:int": constructor.construct_yaml_int,
             "tag:yaml.org,2002:float": constructor.construct_yaml_float,
         }
+        # the values built are immutable and a map repeats the same few ages: once per text
+        self.built: dict[tuple[str, str], Any] = {}
 
     def convert(self, node: yaml.Node, path: Path) -> Any:
         """Aliases are followed; an alias cycle must have been ruled out before (by
@@ -214,10 +227,14 @@ class _Converter:
     def _scalar(self, node: Any) -> Any:
         if node.tag == _STR_TAG:
             return node.value
-        build = self.scalar.get(node.tag)
-        if build is None:
-            return str(node.value)  # any other tag read as its text
-        return build(node)
+        key = (node.tag, node.value)
+        found = self.built.get(key, _MISSING)
+        if found is _MISSING:
+            build = self.scalar.get(node.tag)
+            found = str(node.value) if build is None else build(node)  # other tags: text
+            if found == found:  # a NaN stays a new object each time, as before
+                self.built[key] = found
+        return found
 
     def _mapping(self, node: yaml.Node, path: Path) -> dict[str, Any]:
         out: dict[str, Any] = {}
