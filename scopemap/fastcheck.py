@@ -34,7 +34,11 @@ def _age(v: Any) -> bool:
 
 
 def _entry(e: Any) -> bool:
-    if not isinstance(e, dict) or not e.keys() <= _ENTRY_KEYS:
+    if not isinstance(e, dict):
+        return False
+    if len(e) == 1 and (isinstance(e.get("subsystem"), str) or e.get("all") is True):
+        return True  # the usual entries, in short
+    if not e.keys() <= _ENTRY_KEYS:
         return False
     if not any(k in e for k in _FORMS):
         return False
