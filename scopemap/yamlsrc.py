@@ -219,6 +219,12 @@ class _Converter:
                     if self.count > MAX_NODES:
                         raise _TooLarge
                     out.append(item.value if item.tag == _STR_TAG else self._scalar(item))
+                elif item.__class__ is _Mapping and len(path) + 1 < MAX_DEPTH:
+                    # convert() inline for the scope entries
+                    self.count += 1
+                    if self.count > MAX_NODES:
+                        raise _TooLarge
+                    out.append(self._mapping(item, (*path, i)))
                 else:
                     out.append(self.convert(item, (*path, i)))
             return out
@@ -264,6 +270,12 @@ class _Converter:
                     raise _TooLarge
                 tag = value_node.tag
                 out[key] = value_node.value if tag == _STR_TAG else self._scalar(value_node)
+            elif value_node.__class__ is _Mapping and len(path) + 1 < MAX_DEPTH:
+                # convert() inline for endpoint bodies, scopes and retention
+                self.count += 1
+                if self.count > MAX_NODES:
+                    raise _TooLarge
+                out[key] = self._mapping(value_node, (*path, key))
             else:
                 out[key] = self.convert(value_node, (*path, key))
         for source in merged or ():  # explicit keys win over merged ones
