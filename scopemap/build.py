@@ -109,6 +109,8 @@ class Builder:
         self.report = report
         self.errors = 0
         self.replay_names: set[str] = set()
+        #: retention ages written as strings (url, key, text): upstream fails on them (SM201)
+        self.string_ages: list[tuple[str, str, str]] = []
 
     def error(self, code: str, message: str, path: Path, key: bool = False) -> None:
         self.errors += 1
@@ -213,9 +215,12 @@ class Builder:
             if key not in raw:
                 values[key] = default
                 continue
-            age = parse_age(raw[key])
+            value = raw[key]
+            age = parse_age(value)
             if age is None or age < 0 or math.isnan(age):
                 return None  # reported by the schema
+            if isinstance(value, str):
+                self.string_ages.append((url, key, value))
             values[key] = age
         newest, oldest = values["newest"], values["oldest"]
         if newest > oldest:

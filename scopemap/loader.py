@@ -7,10 +7,8 @@ The model exists only when no error was found; warnings never block it.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from scopemap.build import Builder
 from scopemap.codes import severity_of
@@ -18,7 +16,7 @@ from scopemap.lint import lint
 from scopemap.model import Diagnostic, ScopeMap, Severity, SourcePos
 from scopemap.schema import validate
 from scopemap.yamlsrc import Path as NodePath
-from scopemap.yamlsrc import SourceTree, parse_yaml
+from scopemap.yamlsrc import parse_yaml
 
 #: the largest scope-map file read (a 100,000-endpoint map is about 11 MB)
 MAX_MAP_BYTES = 64 * 1024 * 1024
@@ -137,11 +135,17 @@ def _load_text(text: str, filename: str) -> LoadResult:
     def report(code: str, message: str, path: NodePath, is_key: bool) -> None:
         add(code, message, tree.pos(path, key=is_key))
 
-    scope_map = Builder(tree, filename, report).build()
+    builder = Builder(tree, filename, report)
+    scope_map = builder.build()
     if any(d.severity is Severity.ERROR for d in found):
         scope_map = None
     if scope_map is not None:
-        _string_infinity(tree, add)
+        for url, key, value in builder.string_ages:
+            msg = (
+                f"{key}: {value} is a string in YAML 1.2 (upstream arrakis-server fails "
+                "on it); write .inf"
+            )
+            add("SM201", msg, tree.pos((url, "retention", key)))
 
         def retention_pos(url: str) -> SourcePos:
             return tree.pos((url, "retention"), key=True)
@@ -153,22 +157,6 @@ def _load_text(text: str, filename: str) -> LoadResult:
             add(code, message, pos)
     found.sort(key=lambda d: (d.line, d.column, d.code))
     return LoadResult(scope_map, tuple(found))
-
-
-def _string_infinity(tree: SourceTree, add: Callable[[str, str, SourcePos], None]) -> None:
-    doc: dict[str, Any] = tree.value
-    for url, body in doc.items():
-        retention = body.get("retention") if url != "replays" and isinstance(body, dict) else None
-        if not isinstance(retention, dict):
-            continue
-        for key in ("newest", "oldest"):
-            value = retention.get(key)
-            if isinstance(value, str):
-                msg = (
-                    f"{key}: {value} is a string in YAML 1.2 (upstream arrakis-server fails "
-                    "on it); write .inf"
-                )
-                add("SM201", msg, tree.pos((url, "retention", key)))
 
 
 def _diag(code: str, message: str, file: str, pos: SourcePos | None) -> Diagnostic:

@@ -246,6 +246,8 @@ class _Converter:
         out: dict[str, Any] = {}
         self.nodes[id(out)] = node
         merged: list[dict[str, Any]] | None = None
+        # the root mapping (every endpoint) is indexed for positions while it is read
+        top: dict[str, tuple[yaml.Node, yaml.Node]] | None = {} if not path else None
         for key_node, value_node in node.value:
             if key_node.__class__ is _Scalar and key_node.tag == _STR_TAG:
                 key = key_node.value
@@ -260,6 +262,8 @@ class _Converter:
                 key = raw_key if isinstance(raw_key, str) else str(raw_key)
                 if not isinstance(raw_key, str):
                     self.tree.bad_keys.append(((*path, key), _mark(key_node)))
+            if top is not None:
+                top.setdefault(key, (key_node, value_node))
             if key in out:
                 first = next(k for k, _ in node.value if _key_text(k) == key)
                 self.tree.duplicates.append(((*path, key), _mark(key_node), _mark(first)))
@@ -281,6 +285,8 @@ class _Converter:
         for source in merged or ():  # explicit keys win over merged ones
             for k, v in source.items():
                 out.setdefault(k, v)
+        if top is not None:
+            self.tree._top = top
         return out
 
 
