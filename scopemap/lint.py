@@ -16,7 +16,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 
-from scopemap.model import Endpoint, ScopeEntry, ScopeMap, SourcePos, parse_channel_name
+from scopemap.model import ScopeEntry, ScopeMap, SourcePos, parse_channel_name
 
 # (code, message, position)
 Warning_ = tuple[str, str, SourcePos]
@@ -56,34 +56,37 @@ def _union_gaps(windows: Iterable[Age]) -> list[tuple[float, float, Age]]:
 
 
 def _gaps(sm: ScopeMap, retention_pos: Callable[[str], SourcePos]) -> Iterator[Warning_]:
-    # Per domain: who claims everything, who claims each subsystem, each channel.
-    wild: dict[str, list[Endpoint]] = defaultdict(list)
-    subs: dict[tuple[str, str], list[Endpoint]] = defaultdict(list)
-    chans: dict[tuple[str, str], list[Endpoint]] = defaultdict(list)
+    # Per domain: who claims everything, who claims each subsystem, each channel; each
+    # claimant as its (window, url), read once per endpoint.
+    wild: dict[str, list[tuple[Age, str]]] = defaultdict(list)
+    subs: dict[tuple[str, str], list[tuple[Age, str]]] = defaultdict(list)
+    chans: dict[tuple[str, str], list[tuple[Age, str]]] = defaultdict(list)
     for ep in sm.endpoints:
+        claimant = ((ep.retention.newest_s, ep.retention.oldest_s), ep.url)
         for e in ep.scopes:
             if e.replay is not None:
                 continue
             if e.kind == "all":
-                wild[e.domain].append(ep)
+                wild[e.domain].append(claimant)
             elif e.kind == "subsystem" and e.value is not None:
-                subs[(e.domain, e.value)].append(ep)
+                subs[(e.domain, e.value)].append(claimant)
             elif e.value is not None:
-                chans[(e.domain, e.value)].append(ep)
-    units: list[tuple[str, str, list[Endpoint]]] = []
+                chans[(e.domain, e.value)].append(claimant)
+    # (domain, label kind, name, claimants); labels are only written for a reported gap
+    units: list[tuple[str, str, str, list[tuple[Age, str]]]] = []
     for domain, eps in wild.items():
-        units.append((domain, f"{domain} (all)", eps))
+        units.append((domain, "all", domain, eps))
     for (domain, sub), eps in subs.items():
-        units.append((domain, f"{domain} subsystem {sub}", eps + wild.get(domain, [])))
+        units.append((domain, "subsystem", sub, eps + wild.get(domain, [])))
     for (domain, name), eps in chans.items():
         sub = parse_channel_name(name).subsystem
         more = subs.get((domain, sub), []) + wild.get(domain, [])
-        units.append((domain, f"channel {name}", eps + more))
+        units.append((domain, "channel", name, eps + more))
     reported: set[tuple[str, float, float]] = set()
     # many units share the same few retention windows (tiers): holes computed once per set
     holes: dict[frozenset[Age], list[tuple[float, float, Age]]] = {}
-    for domain, label, eps in units:
-        windows = {(ep.retention.newest_s, ep.retention.oldest_s): ep.url for ep in eps}
+    for domain, kind, name, eps in units:
+        windows = dict(eps)  # the last url of each window, as before
         key = frozenset(windows)
         found = holes.get(key)
         if found is None:
@@ -94,6 +97,11 @@ def _gaps(sm: ScopeMap, retention_pos: Callable[[str], SourcePos]) -> Iterator[W
             reported.add((domain, lo, hi))
             url = windows[before]
             upper = "inf" if math.isinf(hi) else f"{hi:g} s"
+            label = {
+                "all": f"{domain} (all)",
+                "subsystem": f"{domain} subsystem {name}",
+                "channel": f"channel {name}",
+            }[kind]
             msg = (
                 f"{label}: no endpoint serves data aged {lo:g} s to {upper} "
                 f"(retention gap after {url})"
