@@ -6,12 +6,12 @@ The model exists only when no error was found; warnings never block it.
 
 from __future__ import annotations
 
-import gc
 from dataclasses import dataclass
 from pathlib import Path
 
 from scopemap.build import Builder
 from scopemap.codes import severity_of
+from scopemap.gcpause import paused_gc
 from scopemap.lint import lint
 from scopemap.model import Diagnostic, ScopeMap, Severity, SourcePos
 from scopemap.schema import validate
@@ -98,16 +98,8 @@ def load_text(text: str, filename: str = "<string>") -> LoadResult:
     if len(text) > MAX_MAP_BYTES:
         msg = f"text longer than {MAX_MAP_BYTES} characters: not parsed"
         return LoadResult(None, (_diag("SM001", msg, filename, SourcePos(1, 1)),))
-    # Loading allocates hundreds of thousands of small acyclic objects (nodes, dicts,
-    # entries); the cyclic GC would rescan the growing heap many times over and more than
-    # double the load time of a large map. Pause it for the duration, restore it after.
-    paused = gc.isenabled()
-    gc.disable()
-    try:
+    with paused_gc():  # many small acyclic objects: see gcpause
         return _load_text(text, filename)
-    finally:
-        if paused:
-            gc.enable()
 
 
 def _load_text(text: str, filename: str) -> LoadResult:
