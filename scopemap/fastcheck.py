@@ -28,6 +28,8 @@ def _strings(v: Any) -> bool:
 
 
 def _age(v: Any) -> bool:
+    if v.__class__ is int or v.__class__ is float:
+        return not v < 0  # NaN passes, as with the schema's "minimum"
     if _number(v):
         return not v < 0  # NaN passes, as with the schema's "minimum"
     return isinstance(v, str) and _INF.match(v) is not None
@@ -57,9 +59,15 @@ def _entry(e: Any) -> bool:
 
 
 def _scopes(s: Any) -> bool:
-    return isinstance(s, dict) and all(
-        isinstance(v, list) and all(_entry(e) for e in v) for v in s.values()
-    )
+    if not isinstance(s, dict):
+        return False
+    for v in s.values():  # loops, not all(generator): this runs for every endpoint
+        if not isinstance(v, list):
+            return False
+        for e in v:
+            if not _entry(e):
+                return False
+    return True
 
 
 def _replay_item(item: Any) -> bool:
@@ -81,8 +89,9 @@ def _endpoint(ep: Any) -> bool:
     r = ep["retention"]
     if not isinstance(r, dict) or not r.keys() <= {"newest", "oldest"}:
         return False
-    if not all(_age(v) for v in r.values()):
-        return False
+    for v in r.values():
+        if not _age(v):
+            return False
     if "replay_ids" in ep and not (
         isinstance(ep["replay_ids"], list) and all(_replay_item(i) for i in ep["replay_ids"])
     ):
