@@ -210,19 +210,19 @@ class Builder:
         raw = body.get("retention")
         if not isinstance(raw, dict):
             return None
-        values: dict[str, float] = {}
+        ages: list[float] = []
         for key, default in (("newest", 0.0), ("oldest", math.inf)):
-            if key not in raw:
-                values[key] = default
+            value = raw.get(key, raw)  # raw itself: absent
+            if value is raw:
+                ages.append(default)
                 continue
-            value = raw[key]
-            age = parse_age(value)
+            age = value if value.__class__ is int or value.__class__ is float else parse_age(value)
             if age is None or age < 0 or math.isnan(age):
                 return None  # reported by the schema
             if isinstance(value, str):
                 self.string_ages.append((url, key, value))
-            values[key] = age
-        newest, oldest = values["newest"], values["oldest"]
+            ages.append(age)
+        newest, oldest = ages
         if newest > oldest:
             msg = f"retention newest ({newest}) is greater than oldest ({oldest}): empty window"
             self.error("SM101", msg, (url, "retention"), False)
