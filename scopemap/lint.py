@@ -162,7 +162,8 @@ def _inert_in(entries: tuple[ScopeEntry, ...]) -> Iterator[Warning_]:
 
 def _inert(sm: ScopeMap) -> Iterator[Warning_]:
     for ep in sm.endpoints:
-        yield from _inert_in(ep.scopes)
+        if len(ep.scopes) > 1:  # one entry can neither repeat nor stand beside a wildcard
+            yield from _inert_in(ep.scopes)
         for entries in ep.replay_scopes.values():
             yield from _inert_in(entries)
 
