@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) bench/plan.py
 	$(PY) bench/backend.py
 	$(PY) bench/throughput.py
+	$(PY) bench/mapload.py
 
 demo: $(STAMP)
 	$(PY) examples/demo.py

@@ -9,6 +9,7 @@ are none, returns the frozen ``ScopeMap``.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
@@ -30,6 +31,12 @@ from scopemap.yamlsrc import Path, SourceTree
 ENDPOINT_SCHEMES = ("grpc", "grpc+tcp", "grpc+tls")
 INFINITY_WORDS = {"inf", "+inf", "infinity", "+infinity"}
 
+#: the usual endpoint URL, accepted without ``urlsplit`` (anything else takes the long way,
+#: which explains what is wrong): scheme, a plain host name or address, a port
+_PLAIN_URL = re.compile(r"(grpc|grpc\+tcp|grpc\+tls)://([A-Za-z0-9][A-Za-z0-9.-]*):([0-9]{1,5})")
+
+_NO_REPLAY_SCOPES: MappingProxyType[str, tuple[ScopeEntry, ...]] = MappingProxyType({})
+
 # report(code, message, path, is_key)
 Report = Callable[[str, str, Path, bool], None]
 
@@ -37,6 +44,10 @@ Report = Callable[[str, str, Path, bool], None]
 def _endpoint_url(url: str) -> tuple[str | None, str]:
     """``(why url cannot be an endpoint or None, its normalised form when fine)``, from one
     ``urlsplit`` (the loader checks and normalises every endpoint URL of a map)."""
+    plain = _PLAIN_URL.fullmatch(url)
+    if plain is not None and int(plain[3]) <= 65535:
+        scheme = "grpc" if plain[1] == "grpc+tcp" else plain[1]
+        return None, f"{scheme}://{plain[2].lower()}:{int(plain[3])}"
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -98,6 +109,8 @@ class Builder:
         self.report = report
         self.errors = 0
         self.replay_names: set[str] = set()
+        #: retention ages written as strings (url, key, text): upstream fails on them (SM201)
+        self.string_ages: list[tuple[str, str, str]] = []
 
     def error(self, code: str, message: str, path: Path, key: bool = False) -> None:
         self.errors += 1
@@ -159,7 +172,7 @@ class Builder:
         return out
 
     def _endpoint(self, url: str, body: dict[str, Any]) -> Endpoint | None:
-        retention = self._retention(url, body.get("retention"))
+        retention = self._retention(url, body)
         scopes = self._scopes((url, "scopes"), body.get("scopes"))
         replay_ids: list[str] = []
         replay_scopes: dict[str, tuple[ScopeEntry, ...]] = {}
@@ -187,30 +200,34 @@ class Builder:
             url,
             scopes,
             retention,
-            tuple(dict.fromkeys([*replay_ids, *tags])),
-            MappingProxyType(replay_scopes),
+            tuple(dict.fromkeys([*replay_ids, *tags])) if replay_ids or tags else (),
+            MappingProxyType(replay_scopes) if replay_scopes else _NO_REPLAY_SCOPES,
             publishers,
-            self.pos((url,), True),
+            self.tree.top_key_pos(url),
         )
 
-    def _retention(self, url: str, raw: Any) -> Retention | None:
+    def _retention(self, url: str, body: dict[str, Any]) -> Retention | None:
+        raw = body.get("retention")
         if not isinstance(raw, dict):
             return None
-        values: dict[str, float] = {}
+        ages: list[float] = []
         for key, default in (("newest", 0.0), ("oldest", math.inf)):
-            if key not in raw:
-                values[key] = default
+            value = raw.get(key, raw)  # raw itself: absent
+            if value is raw:
+                ages.append(default)
                 continue
-            age = parse_age(raw[key])
+            age = value if value.__class__ is int or value.__class__ is float else parse_age(value)
             if age is None or age < 0 or math.isnan(age):
                 return None  # reported by the schema
-            values[key] = age
-        newest, oldest = values["newest"], values["oldest"]
+            if isinstance(value, str):
+                self.string_ages.append((url, key, value))
+            ages.append(age)
+        newest, oldest = ages
         if newest > oldest:
             msg = f"retention newest ({newest}) is greater than oldest ({oldest}): empty window"
             self.error("SM101", msg, (url, "retention"), False)
             return None
-        return Retention(newest, oldest, self.pos((url, "retention"), True))
+        return Retention(newest, oldest, self.tree.key_pos(body, (url, "retention")))
 
     def _scopes(self, path: Path, raw: Any) -> tuple[ScopeEntry, ...]:
         out: list[ScopeEntry] = []
@@ -225,6 +242,14 @@ class Builder:
         return tuple(out)
 
     def _entry(self, domain: str, path: Path, item: dict[str, Any]) -> list[ScopeEntry]:
+        if len(item) == 1:  # the usual entries, {subsystem: NAME} and {all: true}, in short
+            sub = item.get("subsystem")
+            if isinstance(sub, str) and not ("-" in sub or "_" in sub or ":" in sub):
+                pos = self.tree.value_pos(item, path)
+                return [ScopeEntry(domain, "subsystem", sub, None, None, None, pos)]
+            if item.get("all") is True:
+                pos = self.tree.value_pos(item, path)
+                return [ScopeEntry(domain, "all", None, None, None, None, pos)]
         replay = item.get("replay") if isinstance(item.get("replay"), str) else None
         if replay is not None:
             self._check_replay_ref(replay, (*path, "replay"))
@@ -234,7 +259,7 @@ class Builder:
             if why:
                 self.error("SM103", why, (*path, "direct_read"))
         pub = item.get("publisher") if isinstance(item.get("publisher"), str) else None
-        pos = self.pos(path)
+        pos = self.tree.value_pos(item, path)
 
         def make(kind: EntryKind, value: str | None, p: str | None, d: str | None) -> ScopeEntry:
             return ScopeEntry(domain, kind, value, p, d, replay, pos)

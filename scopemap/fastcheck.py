@@ -28,13 +28,19 @@ def _strings(v: Any) -> bool:
 
 
 def _age(v: Any) -> bool:
+    if v.__class__ is int or v.__class__ is float:
+        return not v < 0  # NaN passes, as with the schema's "minimum"
     if _number(v):
         return not v < 0  # NaN passes, as with the schema's "minimum"
     return isinstance(v, str) and _INF.match(v) is not None
 
 
 def _entry(e: Any) -> bool:
-    if not isinstance(e, dict) or not e.keys() <= _ENTRY_KEYS:
+    if not isinstance(e, dict):
+        return False
+    if len(e) == 1 and (isinstance(e.get("subsystem"), str) or e.get("all") is True):
+        return True  # the usual entries, in short
+    if not e.keys() <= _ENTRY_KEYS:
         return False
     if not any(k in e for k in _FORMS):
         return False
@@ -53,9 +59,15 @@ def _entry(e: Any) -> bool:
 
 
 def _scopes(s: Any) -> bool:
-    return isinstance(s, dict) and all(
-        isinstance(v, list) and all(_entry(e) for e in v) for v in s.values()
-    )
+    if not isinstance(s, dict):
+        return False
+    for v in s.values():  # loops, not all(generator): this runs for every endpoint
+        if not isinstance(v, list):
+            return False
+        for e in v:
+            if not _entry(e):
+                return False
+    return True
 
 
 def _replay_item(item: Any) -> bool:
@@ -77,8 +89,9 @@ def _endpoint(ep: Any) -> bool:
     r = ep["retention"]
     if not isinstance(r, dict) or not r.keys() <= {"newest", "oldest"}:
         return False
-    if not all(_age(v) for v in r.values()):
-        return False
+    for v in r.values():
+        if not _age(v):
+            return False
     if "replay_ids" in ep and not (
         isinstance(ep["replay_ids"], list) and all(_replay_item(i) for i in ep["replay_ids"])
     ):

@@ -12,13 +12,13 @@ An endpoint's claim on a channel is its most specific matching entry (channel 3 
 
 from __future__ import annotations
 
-import gc
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from itertools import pairwise
 from types import MappingProxyType
 
+from scopemap.gcpause import paused_gc
 from scopemap.model import Endpoint, ScopeEntry, ScopeMap, parse_channel_name
 from scopemap.retention import RetentionTree
 
@@ -243,15 +243,9 @@ class RoutingIndex:
     """
 
     def __init__(self, scope_map: ScopeMap) -> None:
-        # Like loading, indexing allocates many small acyclic objects (claims, tiers, dicts):
-        # pause the cyclic GC, which would otherwise rescan the heap several times over.
-        paused = gc.isenabled()
-        gc.disable()
-        try:
+        # Like loading, indexing allocates many small acyclic objects (claims, tiers, dicts)
+        with paused_gc():
             self._build(scope_map)
-        finally:
-            if paused:
-                gc.enable()
 
     def _build(self, scope_map: ScopeMap) -> None:
         self.scope_map = scope_map

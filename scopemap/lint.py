@@ -16,7 +16,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 
-from scopemap.model import Endpoint, ScopeEntry, ScopeMap, SourcePos, parse_channel_name
+from scopemap.model import ScopeEntry, ScopeMap, SourcePos, parse_channel_name
 
 # (code, message, position)
 Warning_ = tuple[str, str, SourcePos]
@@ -37,53 +37,71 @@ def lint(
     return out
 
 
-def _untagged(ep: Endpoint) -> Iterator[ScopeEntry]:
-    return (e for e in ep.scopes if e.replay is None)
-
-
-def _union_gaps(windows: Iterable[tuple[Age, str]]) -> Iterator[tuple[float, float, str]]:
-    """Holes inside the union of ``(newest, oldest]`` windows; yields (from, to, url_before)."""
+def _union_gaps(windows: Iterable[Age]) -> list[tuple[float, float, Age]]:
+    """Holes inside the union of distinct ``(newest, oldest]`` windows, as
+    ``(from, to, window_before)`` (the window whose end the hole starts at)."""
     ordered = sorted(windows)
     if not ordered:
-        return
-    (_, reach), url = ordered[0]
-    for (newest, oldest), nxt in ordered[1:]:
+        return []
+    out = []
+    before = ordered[0]
+    reach = before[1]
+    for window in ordered[1:]:
+        newest, oldest = window
         if newest > reach:
-            yield reach, newest, url
+            out.append((reach, newest, before))
         if oldest > reach:
-            reach, url = oldest, nxt
+            reach, before = oldest, window
+    return out
 
 
 def _gaps(sm: ScopeMap, retention_pos: Callable[[str], SourcePos]) -> Iterator[Warning_]:
-    # Per domain: who claims everything, who claims each subsystem, each channel.
-    wild: dict[str, list[Endpoint]] = defaultdict(list)
-    subs: dict[tuple[str, str], list[Endpoint]] = defaultdict(list)
-    chans: dict[tuple[str, str], list[Endpoint]] = defaultdict(list)
+    # Per domain: who claims everything, who claims each subsystem, each channel; each
+    # claimant as its (window, url), read once per endpoint.
+    wild: dict[str, list[tuple[Age, str]]] = defaultdict(list)
+    subs: dict[tuple[str, str], list[tuple[Age, str]]] = defaultdict(list)
+    chans: dict[tuple[str, str], list[tuple[Age, str]]] = defaultdict(list)
     for ep in sm.endpoints:
-        for e in _untagged(ep):
+        claimant = ((ep.retention.newest_s, ep.retention.oldest_s), ep.url)
+        for e in ep.scopes:
+            if e.replay is not None:
+                continue
             if e.kind == "all":
-                wild[e.domain].append(ep)
+                wild[e.domain].append(claimant)
             elif e.kind == "subsystem" and e.value is not None:
-                subs[(e.domain, e.value)].append(ep)
+                subs[(e.domain, e.value)].append(claimant)
             elif e.value is not None:
-                chans[(e.domain, e.value)].append(ep)
-    units: list[tuple[str, str, list[Endpoint]]] = []
+                chans[(e.domain, e.value)].append(claimant)
+    # (domain, label kind, name, claimants); labels are only written for a reported gap
+    units: list[tuple[str, str, str, list[tuple[Age, str]]]] = []
     for domain, eps in wild.items():
-        units.append((domain, f"{domain} (all)", eps))
+        units.append((domain, "all", domain, eps))
     for (domain, sub), eps in subs.items():
-        units.append((domain, f"{domain} subsystem {sub}", eps + wild.get(domain, [])))
+        units.append((domain, "subsystem", sub, eps + wild.get(domain, [])))
     for (domain, name), eps in chans.items():
         sub = parse_channel_name(name).subsystem
         more = subs.get((domain, sub), []) + wild.get(domain, [])
-        units.append((domain, f"channel {name}", eps + more))
+        units.append((domain, "channel", name, eps + more))
     reported: set[tuple[str, float, float]] = set()
-    for domain, label, eps in units:
-        windows = {(ep.retention.newest_s, ep.retention.oldest_s): ep.url for ep in eps}
-        for lo, hi, url in _union_gaps((w, u) for w, u in windows.items()):
+    # many units share the same few retention windows (tiers): holes computed once per set
+    holes: dict[frozenset[Age], list[tuple[float, float, Age]]] = {}
+    for domain, kind, name, eps in units:
+        windows = dict(eps)  # the last url of each window, as before
+        key = frozenset(windows)
+        found = holes.get(key)
+        if found is None:
+            found = holes[key] = _union_gaps(key)
+        for lo, hi, before in found:
             if (domain, lo, hi) in reported:
                 continue
             reported.add((domain, lo, hi))
+            url = windows[before]
             upper = "inf" if math.isinf(hi) else f"{hi:g} s"
+            label = {
+                "all": f"{domain} (all)",
+                "subsystem": f"{domain} subsystem {name}",
+                "channel": f"channel {name}",
+            }[kind]
             msg = (
                 f"{label}: no endpoint serves data aged {lo:g} s to {upper} "
                 f"(retention gap after {url})"
@@ -95,10 +113,13 @@ def _no_live(sm: ScopeMap, domain_pos: Callable[[str, str], SourcePos]) -> Itera
     first: dict[str, SourcePos] = {}
     live: set[str] = set()
     for ep in sm.endpoints:
-        for e in _untagged(ep):
+        is_live = ep.retention.is_live
+        for e in ep.scopes:
+            if e.replay is not None:
+                continue
             if e.domain not in first:
                 first[e.domain] = domain_pos(ep.url, e.domain)
-            if ep.retention.is_live:
+            if is_live:
                 live.add(e.domain)
     for domain, pos in first.items():
         if domain not in live:
@@ -106,7 +127,9 @@ def _no_live(sm: ScopeMap, domain_pos: Callable[[str, str], SourcePos]) -> Itera
             yield "SM203", msg, pos
 
 
-def _inert_in(entries: Iterable[ScopeEntry]) -> Iterator[Warning_]:
+def _inert_in(entries: tuple[ScopeEntry, ...]) -> Iterator[Warning_]:
+    if len(entries) < 2:
+        return  # one entry can neither repeat nor stand beside a wildcard
     by_ctx: dict[tuple[str, str | None], list[ScopeEntry]] = defaultdict(list)
     for e in entries:
         by_ctx[(e.domain, e.replay)].append(e)
@@ -139,7 +162,8 @@ def _inert_in(entries: Iterable[ScopeEntry]) -> Iterator[Warning_]:
 
 def _inert(sm: ScopeMap) -> Iterator[Warning_]:
     for ep in sm.endpoints:
-        yield from _inert_in(ep.scopes)
+        if len(ep.scopes) > 1:  # one entry can neither repeat nor stand beside a wildcard
+            yield from _inert_in(ep.scopes)
         for entries in ep.replay_scopes.values():
             yield from _inert_in(entries)
 

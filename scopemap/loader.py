@@ -6,19 +6,17 @@ The model exists only when no error was found; warnings never block it.
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from scopemap.build import Builder
 from scopemap.codes import severity_of
+from scopemap.gcpause import paused_gc
 from scopemap.lint import lint
 from scopemap.model import Diagnostic, ScopeMap, Severity, SourcePos
 from scopemap.schema import validate
 from scopemap.yamlsrc import Path as NodePath
-from scopemap.yamlsrc import SourceTree, parse_yaml
+from scopemap.yamlsrc import parse_yaml
 
 #: the largest scope-map file read (a 100,000-endpoint map is about 11 MB)
 MAX_MAP_BYTES = 64 * 1024 * 1024
@@ -100,16 +98,8 @@ def load_text(text: str, filename: str = "<string>") -> LoadResult:
     if len(text) > MAX_MAP_BYTES:
         msg = f"text longer than {MAX_MAP_BYTES} characters: not parsed"
         return LoadResult(None, (_diag("SM001", msg, filename, SourcePos(1, 1)),))
-    # Loading allocates hundreds of thousands of small acyclic objects (nodes, dicts,
-    # entries); the cyclic GC would rescan the growing heap many times over and more than
-    # double the load time of a large map. Pause it for the duration, restore it after.
-    paused = gc.isenabled()
-    gc.disable()
-    try:
+    with paused_gc():  # many small acyclic objects: see gcpause
         return _load_text(text, filename)
-    finally:
-        if paused:
-            gc.enable()
 
 
 def _load_text(text: str, filename: str) -> LoadResult:
@@ -137,11 +127,17 @@ def _load_text(text: str, filename: str) -> LoadResult:
     def report(code: str, message: str, path: NodePath, is_key: bool) -> None:
         add(code, message, tree.pos(path, key=is_key))
 
-    scope_map = Builder(tree, filename, report).build()
+    builder = Builder(tree, filename, report)
+    scope_map = builder.build()
     if any(d.severity is Severity.ERROR for d in found):
         scope_map = None
     if scope_map is not None:
-        _string_infinity(tree, add)
+        for url, key, value in builder.string_ages:
+            msg = (
+                f"{key}: {value} is a string in YAML 1.2 (upstream arrakis-server fails "
+                "on it); write .inf"
+            )
+            add("SM201", msg, tree.pos((url, "retention", key)))
 
         def retention_pos(url: str) -> SourcePos:
             return tree.pos((url, "retention"), key=True)
@@ -153,22 +149,6 @@ def _load_text(text: str, filename: str) -> LoadResult:
             add(code, message, pos)
     found.sort(key=lambda d: (d.line, d.column, d.code))
     return LoadResult(scope_map, tuple(found))
-
-
-def _string_infinity(tree: SourceTree, add: Callable[[str, str, SourcePos], None]) -> None:
-    doc: dict[str, Any] = tree.value
-    for url, body in doc.items():
-        retention = body.get("retention") if url != "replays" and isinstance(body, dict) else None
-        if not isinstance(retention, dict):
-            continue
-        for key in ("newest", "oldest"):
-            value = retention.get(key)
-            if isinstance(value, str):
-                msg = (
-                    f"{key}: {value} is a string in YAML 1.2 (upstream arrakis-server fails "
-                    "on it); write .inf"
-                )
-                add("SM201", msg, tree.pos((url, "retention", key)))
 
 
 def _diag(code: str, message: str, file: str, pos: SourcePos | None) -> Diagnostic:
