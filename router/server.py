@@ -156,13 +156,13 @@ BLOCKS_PER_UPDATE = 64
 
 
 def guarded(
-    batches: Iterator[pa.RecordBatch],
+    batches: Iterator[pa.RecordBatch | pa.Table],
     request_id: str,
     op: str,
     on_close: Callable[[BaseException | None], None],
     on_batches: Callable[[int, int], None] | None = None,
     on_first: Callable[[], None] | None = None,
-) -> Iterator[pa.RecordBatch]:
+) -> Iterator[pa.RecordBatch | pa.Table]:
     """Iterate ``batches`` translating errors at the edge; always close the source.
     ``on_close`` gets how the stream ended (None: complete; GeneratorExit: the client left);
     ``on_batches(n, nbytes)``: ``n`` more batches of ``nbytes`` bytes were sent (reported
@@ -175,7 +175,8 @@ def guarded(
             for batch in batches:
                 if not count and on_first is not None:
                     on_first()
-                count += 1
+                # a Table is several one-block batches (router.streaming's chunks)
+                count += batch.num_rows if isinstance(batch, pa.Table) else 1
                 nbytes += batch.get_total_buffer_size()  # O(buffers); .nbytes is ~20x dearer
                 if on_batches is not None and count - reported >= BLOCKS_PER_UPDATE:
                     on_batches(count - reported, nbytes)
