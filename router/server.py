@@ -32,6 +32,7 @@ from router.errors import (
 )
 from router.limits import check_size
 from router.logging import RepeatFilter, command_summary
+from router.memory import IdleTrim
 from router.metrics import RouterMetrics, stream_kind
 from router.protocol.auth import (
     AUTHORIZATION_MIDDLEWARE_KEY,
@@ -236,6 +237,8 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         super().__init__(location, middleware=middleware, **kwargs)
         self.service = service
         self.repeats = RepeatFilter()  # collapses identical failures per peer in the log
+        # memory freed by a burst of streams goes back to the system once they have ended
+        self.idle_trim = IdleTrim(service.timer.call_later, lambda: self.open_streams == 0)
 
     def __repr__(self) -> str:
         return f"<RouterFlightServer port={self.port} open_streams={self.open_streams}>"
@@ -306,6 +309,8 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                     return  # already accounted for
                 slot.release()
                 metrics.open_streams.dec()
+                if self.open_streams == 0:
+                    self.idle_trim.idle()
                 metrics.stream_seconds.labels(kind).observe(time.perf_counter() - meter.started)
                 meter.end(failure)
                 self.service.finish(ctx)
