@@ -17,8 +17,12 @@
   measurable.
 * **Idle trim.** What the arenas still hold after a burst is returned by ``malloc_trim`` once
   the router has had no stream open for a moment (:class:`IdleTrim`).
+* **Receive windows** (``router.downstream.WINDOW``) bound what each downstream stream may
+  have in flight, and each historical stream holds at most a few chunks
+  (``router.streaming``): 32 concurrent streams stay under ~220 MB.
 
-pyarrow's own pool (jemalloc or mimalloc) returns memory by itself and needs nothing.
+pyarrow's own pool (jemalloc or mimalloc) returns memory by itself as it decays; the idle
+trim asks it to release what it keeps unused at once.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import pyarrow as pa
 import structlog
 
 __all__ = ["ARENAS", "MMAP_THRESHOLD", "IdleTrim", "cap_arenas", "release_large_blocks", "trim"]
@@ -74,8 +79,10 @@ def cap_arenas(arenas: int = ARENAS) -> bool:
 
 
 def trim() -> bool:
-    """Return the free memory of every malloc arena to the system (glibc ``malloc_trim``);
-    True when some was returned."""
+    """Return free memory to the system: pyarrow's pool's unused pages (which it would
+    otherwise return only as they decay) and every malloc arena's (glibc ``malloc_trim``);
+    True when malloc returned some."""
+    pa.default_memory_pool().release_unused()
     libc = _libc()
     return libc is not None and bool(libc.malloc_trim(0))
 
