@@ -166,7 +166,7 @@ class StreamOptions:
     live_reconnect: float = 0.5
     live_reconnect_cap: float = 30.0
     # historical one-group streams: blocks handed to pyarrow per Table (bytes of samples)
-    chunk_bytes: int = 256 * 1024
+    chunk_bytes: int = 512 * 1024
 
 
 class Feeds:
