@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import os
 import threading
 from collections.abc import Callable
@@ -82,6 +83,7 @@ def trim() -> bool:
     """Return free memory to the system: pyarrow's pool's unused pages (which it would
     otherwise return only as they decay) and every malloc arena's (glibc ``malloc_trim``);
     True when malloc returned some."""
+    gc.collect()  # cycles (frames of finished streams) may still hold batches
     pa.default_memory_pool().release_unused()
     libc = _libc()
     return libc is not None and bool(libc.malloc_trim(0))
