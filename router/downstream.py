@@ -31,6 +31,11 @@ REUSE_MARKER = "arrow-flight-reuse-connection://?"
 # gRPC waits up to 120 s between reconnects to a server that was down; a recovered endpoint
 # must serve within a health interval of coming back, so the wait is capped at 1 s.
 RECONNECT = [("grpc.initial_reconnect_backoff_ms", 250), ("grpc.max_reconnect_backoff_ms", 1000)]
+# gRPC grows a stream's receive window with its bandwidth-delay estimate (to many MB on a
+# fast link), and a downstream may send that far ahead of what the router has forwarded:
+# 32 concurrent streams held ~500 MB of received data (issue 11). A fixed 512 KiB window
+# per stream bounds it (throughput on loopback unchanged within the bench noise).
+WINDOW = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 512 * 1024)]
 
 # (endpoint URL, call kind) -> ended: called as a downstream call starts; ``ended(error or
 # None)`` once as it ends (metrics: in-flight calls, latency, outcome)
@@ -201,7 +206,7 @@ class FlightDownstream:
         self._pool = pool
         tls = {"tls_root_certs": pool.tls_root_certs} if pool.tls_root_certs else {}
         self._client = flight.FlightClient(
-            url, generic_options=[("grpc.keepalive_time_ms", 300_000), *RECONNECT], **tls
+            url, generic_options=[("grpc.keepalive_time_ms", 300_000), *RECONNECT, *WINDOW], **tls
         )
 
     def __repr__(self) -> str:

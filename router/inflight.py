@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+import pyarrow as pa
+
 T = TypeVar("T")
 
 
@@ -65,7 +67,8 @@ class _Tracked(Iterator[T]):
         except BaseException:
             self._finish()
             raise
-        self._entry.blocks += 1
+        # a Table is several one-block batches (router.streaming's chunks)
+        self._entry.blocks += batch.num_rows if isinstance(batch, pa.Table) else 1
         return batch
 
     def _finish(self) -> None:

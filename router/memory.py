@@ -1,36 +1,127 @@
-"""Give memory back after large requests.
+"""Give memory back: after large requests, and after bursts of concurrent streams.
 
-A refused 10 MB request still passes through the allocator: gRPC receives it, pyarrow
-copies it into a Python ``bytes``. glibc's malloc raises its mmap threshold every time such
-a block is freed (up to 32 MB), after which large blocks come from the heap and stay with
-the process: measured, the router's RSS grew 78 % over a burst of 40 such requests and
-never came down. Fixing the threshold at 128 KiB (what glibc starts with) keeps large
-blocks mmap-backed, returned to the system on free (+13 % after the same burst; the rest
-is gRPC's and pyarrow's pools warming up). pyarrow's own pool (mimalloc) returns memory
-by itself and needs nothing.
+* **Large blocks.** A refused 10 MB request still passes through the allocator: gRPC
+  receives it, pyarrow copies it into a Python ``bytes``. glibc's malloc raises its mmap
+  threshold every time such a block is freed (up to 32 MB), after which large blocks come
+  from the heap and stay with the process: measured, the router's RSS grew 78 % over a burst
+  of 40 such requests and never came down. Fixing the threshold at 128 KiB (what glibc
+  starts with) keeps large blocks mmap-backed, returned to the system on free (+13 % after
+  the same burst; the rest is gRPC's and pyarrow's pools warming up).
+* **Arenas.** glibc gives each thread that allocates concurrently an arena of its own, up to
+  8 per core. Every gRPC thread serving a stream, and every reader thread, allocates (gRPC
+  frames, Python objects), so 32 concurrent streams spread small blocks over a dozen arenas
+  whose free space cannot be returned while one live block remains in each 64 MB heap: the
+  router's RSS grew from ~120 MB to ~490 MB over 32 concurrent streams and stayed there
+  (issue 11). :func:`cap_arenas` limits the arenas (``MALLOC_ARENA_MAX`` in the environment
+  overrides it); at this router's allocation rate, contention on fewer arenas is not
+  measurable.
+* **Idle trim.** What the arenas still hold after a burst is returned by ``malloc_trim`` once
+  the router has had no stream open for a moment (:class:`IdleTrim`).
+* **Receive windows** (``router.downstream.WINDOW``) bound what each downstream stream may
+  have in flight, and each historical stream holds at most a few chunks
+  (``router.streaming``): 32 concurrent streams stay under ~220 MB.
+
+pyarrow's own pool (jemalloc or mimalloc) returns memory by itself as it decays; the idle
+trim asks it to release what it keeps unused at once.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
 
-__all__ = ["MMAP_THRESHOLD", "release_large_blocks"]
+import pyarrow as pa
+import structlog
+
+__all__ = ["ARENAS", "MMAP_THRESHOLD", "IdleTrim", "cap_arenas", "release_large_blocks", "trim"]
+
+log = structlog.get_logger("router.memory")
 
 MMAP_THRESHOLD = 128 * 1024
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+ARENAS = 2  # malloc arenas the router uses (MALLOC_ARENA_MAX overrides)
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter numbers
+_M_ARENA_MAX = -8
+
+
+def _libc() -> Any | None:
+    """glibc, or None where there is none (musl, macOS)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.mallopt.restype = ctypes.c_int
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        libc.malloc_trim.restype = ctypes.c_int
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def release_large_blocks(threshold: int = MMAP_THRESHOLD) -> bool:
     """Fix glibc's mmap threshold (see the module text); False where there is no glibc."""
-    name = ctypes.util.find_library("c")
-    if name is None:
+    libc = _libc()
+    return libc is not None and bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold))
+
+
+def cap_arenas(arenas: int = ARENAS) -> bool:
+    """Limit glibc's malloc arenas (before the server's threads start; see the module
+    text). ``MALLOC_ARENA_MAX`` in the environment wins. False where there is no glibc."""
+    if os.environ.get("MALLOC_ARENA_MAX"):
         return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl, macOS)
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, threshold))
+    libc = _libc()
+    return libc is not None and bool(libc.mallopt(_M_ARENA_MAX, arenas))
+
+
+def trim() -> bool:
+    """Return free memory to the system: pyarrow's pool's unused pages (which it would
+    otherwise return only as they decay) and every malloc arena's (glibc ``malloc_trim``);
+    True when malloc returned some."""
+    gc.collect()  # cycles (frames of finished streams) may still hold batches
+    pa.default_memory_pool().release_unused()
+    libc = _libc()
+    return libc is not None and bool(libc.malloc_trim(0))
+
+
+class IdleTrim:
+    """Calls ``trim`` once the process has been idle for ``delay`` s: :meth:`idle` (any
+    thread) says that nothing is open now; ``call_later(delay, fn)`` is the service timer's;
+    ``is_idle()`` is asked again when the delay has passed."""
+
+    def __init__(
+        self,
+        call_later: Callable[[float, Callable[[], None]], object],
+        is_idle: Callable[[], bool],
+        delay: float = 2.0,
+        trim: Callable[[], bool] = trim,
+    ) -> None:
+        self._call_later = call_later
+        self._is_idle = is_idle
+        self._delay = delay
+        self._trim = trim
+        self._lock = threading.Lock()
+        self._pending = False
+        self.trims = 0
+
+    def __repr__(self) -> str:
+        return f"<IdleTrim delay={self._delay} pending={self._pending} trims={self.trims}>"
+
+    def idle(self) -> None:
+        with self._lock:
+            if self._pending:
+                return
+            self._pending = True
+        self._call_later(self._delay, self._run)
+
+    def _run(self) -> None:
+        with self._lock:
+            self._pending = False
+        if self._is_idle():
+            self.trims += 1
+            self._trim()

@@ -53,6 +53,7 @@ class ReadAhead(Generic[T]):
         self._closed = False
         self._thread = threading.Thread(target=self._read, name=f"feed {name}", daemon=True)
         self._started = False
+        self._finished = threading.Event()  # set as the reader thread's last act
         self._unregister: Callable[[], None] = lambda: None
 
     def __repr__(self) -> str:
@@ -92,9 +93,12 @@ class ReadAhead(Generic[T]):
         except Exception as exc:
             self._finish(exc)
         finally:
-            close = getattr(source, "close", None)
-            if close is not None:
-                close()
+            try:
+                close = getattr(source, "close", None)
+                if close is not None:
+                    close()
+            finally:
+                self._finished.set()
 
     def _finish(self, last: object) -> None:
         with self._cond:
@@ -141,11 +145,16 @@ class ReadAhead(Generic[T]):
             self._cond.notify_all()
         self._unregister()
         self._interrupt()
-        if self._started and self._thread is not threading.current_thread():
-            self._thread.join(timeout=JOIN_S)
-            if self._thread.is_alive():
+        # Waits for the reader's own "finished" event: ``Thread.join`` (``current_thread``)
+        # from a gRPC serving thread would register that thread with ``threading`` for good.
+        # A thread ``threading`` knows (tests, the live merge's) also joins the reader.
+        me = threading.get_ident()
+        if self._started and self._thread.ident != me:
+            if not self._finished.wait(timeout=JOIN_S):
                 # the downstream call ignored its cancellation: say so rather than hide it
                 log.error("feed_thread_stuck", feed=self.name, waited_s=JOIN_S)
+            elif any(t.ident == me for t in threading.enumerate()):
+                self._thread.join(timeout=JOIN_S)
         with self._cond:
             self._items.clear()  # nothing held after close
 

@@ -20,7 +20,7 @@ from router import __version__
 from router import logging as router_logging
 from router.config import ENV_PREFIX, ConfigError, env_name, layered, render, resolve
 from router.limits import Limits
-from router.memory import release_large_blocks
+from router.memory import cap_arenas, release_large_blocks
 from router.service import MODES, RouterService, Settings
 from router.tls import TlsError, read_pem, tls_certificates
 
@@ -293,6 +293,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     fail = router_logging.startup_error
     release_large_blocks()  # RSS comes back after large (refused) requests
+    cap_arenas()  # ... and after many concurrent streams (before any server thread starts)
     try:
         tls = tls_certificates(args.tls_cert, args.tls_key, args.url)
         roots = read_pem("--tls-ca", args.tls_ca) if args.tls_ca else None

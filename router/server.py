@@ -32,6 +32,7 @@ from router.errors import (
 )
 from router.limits import check_size
 from router.logging import RepeatFilter, command_summary
+from router.memory import IdleTrim
 from router.metrics import RouterMetrics, stream_kind
 from router.protocol.auth import (
     AUTHORIZATION_MIDDLEWARE_KEY,
@@ -156,13 +157,13 @@ BLOCKS_PER_UPDATE = 64
 
 
 def guarded(
-    batches: Iterator[pa.RecordBatch],
+    batches: Iterator[pa.RecordBatch | pa.Table],
     request_id: str,
     op: str,
     on_close: Callable[[BaseException | None], None],
     on_batches: Callable[[int, int], None] | None = None,
     on_first: Callable[[], None] | None = None,
-) -> Iterator[pa.RecordBatch]:
+) -> Iterator[pa.RecordBatch | pa.Table]:
     """Iterate ``batches`` translating errors at the edge; always close the source.
     ``on_close`` gets how the stream ended (None: complete; GeneratorExit: the client left);
     ``on_batches(n, nbytes)``: ``n`` more batches of ``nbytes`` bytes were sent (reported
@@ -175,7 +176,8 @@ def guarded(
             for batch in batches:
                 if not count and on_first is not None:
                     on_first()
-                count += 1
+                # a Table is several one-block batches (router.streaming's chunks)
+                count += batch.num_rows if isinstance(batch, pa.Table) else 1
                 nbytes += batch.get_total_buffer_size()  # O(buffers); .nbytes is ~20x dearer
                 if on_batches is not None and count - reported >= BLOCKS_PER_UPDATE:
                     on_batches(count - reported, nbytes)
@@ -235,6 +237,8 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         super().__init__(location, middleware=middleware, **kwargs)
         self.service = service
         self.repeats = RepeatFilter()  # collapses identical failures per peer in the log
+        # memory freed by a burst of streams goes back to the system once they have ended
+        self.idle_trim = IdleTrim(service.timer.call_later, lambda: self.open_streams == 0)
 
     def __repr__(self) -> str:
         return f"<RouterFlightServer port={self.port} open_streams={self.open_streams}>"
@@ -305,6 +309,8 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                     return  # already accounted for
                 slot.release()
                 metrics.open_streams.dec()
+                if self.open_streams == 0:
+                    self.idle_trim.idle()
                 metrics.stream_seconds.labels(kind).observe(time.perf_counter() - meter.started)
                 meter.end(failure)
                 self.service.finish(ctx)

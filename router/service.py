@@ -334,7 +334,7 @@ class RouterService:
         ticket = envelope.ticket(ctx.request_id)
         redirect = self.settings.mode == "redirect"
         if isinstance(args, StreamArgs):
-            plan, grid, _ = self._stream_plan(args, ctx)
+            plan, grid, _, _ = self._stream_plan(args, ctx)
             if redirect and len(plan.slices) == 1:
                 start = grid.floor(args.start) if args.start is not None else None
                 # a direct-read group: the Kafka brokers first (the client reads them
@@ -382,7 +382,7 @@ class RouterService:
         self.admit()
         args = envelope.args
         if isinstance(args, StreamArgs):
-            plan, grid, metas = self._stream_plan(args, ctx)
+            plan, grid, metas, now = self._stream_plan(args, ctx)
             feeds = Feeds(
                 self.pool,
                 ctx,
@@ -404,7 +404,10 @@ class RouterService:
                     plan_at=lambda start: reorder(self._replan(args, start), self.health.order),
                 )
             else:
-                execution = StreamExecution(plan, feeds)
+                # past its end (and the channels' latency), the downstreams hold it all
+                assert args.end is not None
+                historical = args.end + max_latency_ns(metas) <= now
+                execution = StreamExecution(plan, feeds, historical=historical)
             log.info(
                 "stream_start",
                 channels=len(args.channels),
@@ -565,7 +568,8 @@ class RouterService:
 
     def _stream_plan(
         self, args: StreamArgs, ctx: RequestContext
-    ) -> tuple[StreamPlan, Grid, list[ChannelMeta]]:
+    ) -> tuple[StreamPlan, Grid, list[ChannelMeta], int]:
+        """The request's plan, output grid and channels, and the GPS now it was planned at."""
         if not args.channels:
             raise InvalidRequestError("invalid Stream request: args.channels: no channels")
         # one map and one GPS now for the request's plan and its aligned re-plan (a reload
@@ -585,6 +589,7 @@ class RouterService:
             reorder(self._aligned(plan, args, grid, routing, now), self.health.order),
             grid,
             metas,
+            now,
         )
 
     def _aligned(

@@ -17,7 +17,8 @@ import dataclasses
 import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, islice
+from typing import TypeVar
 
 import pyarrow as pa
 import structlog
@@ -46,6 +47,7 @@ from router.stitch.rebucket import cell_length, stitch_rows
 from router.timers import Timer
 from scopemap import StreamPlan, StreamSlice
 
+T = TypeVar("T")
 log = structlog.get_logger("router.streaming")
 NS = 1_000_000_000
 
@@ -108,6 +110,24 @@ def batch_end(grid: Grid) -> Callable[[pa.RecordBatch], int | None]:
     return end
 
 
+def chunk_rows(grid: Grid, budget: int) -> int:
+    """Blocks per chunk: as many as fit ``budget`` bytes of samples (1 to 256)."""
+    block = sum(c.samples * max(1, c.value_type.bit_width // 8) for c in grid.channels.values())
+    return int(max(1, min(256, budget // max(1, block))))
+
+
+def chunks_of(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last one shorter); closing it closes ``items``."""
+    it = iter(items)
+    try:
+        while chunk := list(islice(it, size)):
+            yield chunk
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+
+
 class RepeatCounter:
     """Counts the blocks at or before the latest slot already seen: those that
     :func:`coalesce_duplicates` and :func:`join_at_boundary` merge into the first copy or
@@ -145,6 +165,8 @@ class StreamOptions:
     live_buffer: int = 64
     live_reconnect: float = 0.5
     live_reconnect_cap: float = 30.0
+    # historical one-group streams: blocks handed to pyarrow per Table (bytes of samples)
+    chunk_bytes: int = 512 * 1024
 
 
 class Feeds:
@@ -284,10 +306,14 @@ class SliceReader:
 
 class StreamExecution:
     """The stitched stream of one bounded plan. Iterate once; ``close()`` (idempotent, also
-    run at the end of iteration) closes every downstream feed still open."""
+    run at the end of iteration) closes every downstream feed still open.
 
-    def __init__(self, plan: StreamPlan, feeds: Feeds) -> None:
+    ``historical``: the downstreams hold the whole range already (its end is past), so the
+    short path may hand its blocks over in chunks (see :meth:`_chunked`)."""
+
+    def __init__(self, plan: StreamPlan, feeds: Feeds, *, historical: bool = False) -> None:
         self.plan = plan
+        self.historical = historical
         self.grid = feeds.grid
         self.feeds = feeds
         self._ctx = feeds.ctx
@@ -310,7 +336,7 @@ class StreamExecution:
             f"feeds={self._feeds_read()}>"
         )
 
-    def __iter__(self) -> Iterator[pa.RecordBatch]:
+    def __iter__(self) -> Iterator[pa.RecordBatch | pa.Table]:
         request = self.plan.request
         assert request.start is not None
         head = self.grid.floor(request.start)
@@ -339,7 +365,7 @@ class StreamExecution:
         finally:
             self.close()
 
-    def _direct(self, sl: StreamSlice, head: int) -> Iterator[pa.RecordBatch]:
+    def _direct(self, sl: StreamSlice, head: int) -> Iterator[pa.RecordBatch | pa.Table]:
         """One slice, one group: read in this thread, rows passed through when whole. The
         request's token cancels the downstream read in progress (the feed then raises)."""
         (group,) = sl.groups
@@ -348,13 +374,12 @@ class StreamExecution:
         self._direct_feed = feed
         batches = iter(feed)
         relay = OnGridRelay(batches, self.grid, head, self.plan.request.end)
-        token = self._ctx.token
+        rows = chunk_rows(self.grid, self.feeds.options.chunk_bytes) if self.historical else 1
         try:
-            for batch in relay:
-                if token.cancelled:
-                    raise self._ctx.error("Stream")
-                self.blocks += 1
-                yield batch
+            if rows > 1:
+                yield from self._chunked(self._counted(relay), rows, feed)
+            else:
+                yield from self._counted(relay)
         finally:
             self.gap_blocks += relay.gap_blocks
             self._relayed = relay.duplicates
@@ -362,6 +387,41 @@ class StreamExecution:
                 log.info("stream_fallback", slice=feed.label, reason=relay.fallback)
             batches.close()
             self.close()
+
+    def _counted(self, relay: OnGridRelay) -> Iterator[pa.RecordBatch]:
+        token = self._ctx.token
+        for batch in relay:
+            if token.cancelled:
+                raise self._ctx.error("Stream")
+            self.blocks += 1
+            yield batch
+
+    def _chunked(
+        self, blocks: Iterator[pa.RecordBatch], rows: int, feed: ReplicaFeed
+    ) -> Iterator[pa.RecordBatch | pa.Table]:
+        """``blocks`` read by a thread of their own and handed over ``rows`` at a time as one
+        ``pa.Table`` of one-block record batches.
+
+        Rationale: this generator runs in a gRPC thread, which takes the GIL (and, under
+        CPython 3.11, a fresh frame stack) for every ``next()``. Given a Table, pyarrow
+        writes its record batches one by one in C++ (one block per batch on the wire, as
+        before: PROTOCOL §4.4), so the serving thread takes the GIL once per chunk instead
+        of once per block; the per-block work runs in the reader thread, which also overlaps
+        the downstream read with the client write. Memory: at most two chunks wait in the
+        buffer, one is being built and one written, per stream."""
+        schema = self.grid.schema
+        ahead = ReadAhead(
+            chunks_of(blocks, rows),
+            self._ctx,
+            size=2,
+            name=feed.label,
+            interrupt=feed.cancel,
+        ).start()
+        try:
+            for chunk in ahead:
+                yield chunk[0] if len(chunk) == 1 else pa.Table.from_batches(chunk, schema)
+        finally:
+            ahead.close()
 
     def close(self) -> None:
         if self.gap_blocks and not getattr(self, "_gaps_logged", False):

@@ -174,7 +174,12 @@ MAP = "".join(
 
 
 def _execution(
-    downstreams: list[ScriptedDownstream], nblocks: int, ctx: RequestContext | None = None
+    downstreams: list[ScriptedDownstream],
+    nblocks: int,
+    ctx: RequestContext | None = None,
+    *,
+    historical: bool = False,
+    chunk_bytes: int = 256 * 1024,
 ) -> StreamExecution:
     result = load_text(MAP, "m.yaml")
     assert result.scope_map is not None
@@ -185,7 +190,13 @@ def _execution(
     members = {d.url: d for d in downstreams}
     members.setdefault(REPLICA, ScriptedDownstream(REPLICA))
     envelope = Envelope("Stream", StreamArgs(channels, T0, end))
-    return StreamExecution(plan, feeds_for(StaticPool(dict(members)), GRID, envelope, ctx=ctx))
+    feeds = feeds_for(StaticPool(dict(members)), GRID, envelope, ctx=ctx, chunk_bytes=chunk_bytes)
+    return StreamExecution(plan, feeds, historical=historical)
+
+
+def _unchunked(out: list[Any]) -> list[pa.RecordBatch]:
+    """The record batches on the wire: a Table is written batch by batch."""
+    return [b for x in out for b in (x.to_batches() if isinstance(x, pa.Table) else [x])]
 
 
 def _threads() -> list[threading.Thread]:
@@ -233,6 +244,66 @@ def test_early_exit_closes_the_downstream() -> None:
     blocks = downstream_blocks([A, B], [T0 + k * S for k in range(10)], S)
     downstream = ScriptedDownstream(URL, [[*blocks, HANG]])
     batches = iter(_execution([downstream], 20))
+    next(batches)
+    batches.close()  # type: ignore[attr-defined]
+    assert downstream.open == 0 and _threads() == []
+
+
+# --------------------------------------------------------------------------- chunks
+# A historical stream's blocks are read by a thread and handed to pyarrow as Tables of
+# one-block batches: the same batches on the wire, the same counters, nothing left open.
+BLOCK_BYTES = 16 * 8 + 32 * 4  # GRID: 16 float64 + 32 float32 samples per block
+
+
+@pytest.mark.parametrize("per_chunk", [1, 2, 3, 256])
+def test_chunked_stream_sends_the_same_batches(per_chunk: int) -> None:
+    times = [T0 + k * S for k in (0, 1, 3, 4, 5, 6, 6, 7, 9)]  # gaps, a repeat
+    batches = downstream_blocks([A, B], times, S)
+    plain = _execution([ScriptedDownstream(URL, [batches])], 11)
+    chunked = _execution(
+        [ScriptedDownstream(URL, [batches])],
+        11,
+        historical=True,
+        chunk_bytes=per_chunk * BLOCK_BYTES,
+    )
+    expected = list(plain)
+    out = list(chunked)
+    assert all(b.num_rows == 1 for b in _unchunked(out))
+    assert rows(_unchunked(out)) == rows(expected)
+    if per_chunk > 1:
+        assert any(isinstance(x, pa.Table) for x in out)
+    assert (chunked.blocks, chunked.gap_blocks, chunked.duplicates_dropped) == (
+        plain.blocks,
+        plain.gap_blocks,
+        plain.duplicates_dropped,
+    )
+    assert _threads() == []
+
+
+def test_chunked_stream_fails_over_and_falls_back_like_the_plain_one() -> None:
+    blocks = downstream_blocks([A, B], [T0 + k * S for k in range(6)], S)
+    odd = [*blocks[:2], _null_list(T0 + 2 * S), *blocks[3:4]]
+    first = ScriptedDownstream(URL, [[*odd, UnavailableError(f"{URL}: gone")]])
+    replica = ScriptedDownstream(REPLICA, [blocks[4:]])
+    execution = _execution([first, replica], 6, historical=True, chunk_bytes=2 * BLOCK_BYTES)
+    out = _unchunked(list(execution))
+    assert [t for t, _ in rows(out)] == [T0 + k * S for k in range(6)]
+    assert replica.commands[0]["args"]["start"] == T0 + 4 * S
+    assert first.open == replica.open == 0 and _threads() == []
+
+
+def test_chunked_stream_cancel_and_early_exit_close_everything() -> None:
+    blocks = downstream_blocks([A, B], [T0 + k * S for k in range(10)], S)
+    downstream = ScriptedDownstream(URL, [[*blocks, HANG]])
+    ctx = RequestContext("req-1")
+    execution = _execution([downstream], 20, ctx, historical=True, chunk_bytes=4 * BLOCK_BYTES)
+    with pytest.raises(CancelledError):
+        for _ in execution:
+            ctx.cancel(CLIENT_LEFT)
+    assert downstream.open == 0 and _threads() == []
+
+    downstream = ScriptedDownstream(URL, [[*blocks, HANG]])
+    batches = iter(_execution([downstream], 20, historical=True, chunk_bytes=4 * BLOCK_BYTES))
     next(batches)
     batches.close()  # type: ignore[attr-defined]
     assert downstream.open == 0 and _threads() == []

@@ -1,0 +1,236 @@
+"""Many concurrent readers: direct, through the bare relay and through the router.
+
+One `router-backend mock`, the bare relay (bench/relay.py) and `router serve` (proxy mode, a
+one-endpoint map) in front of it, all subprocesses of this process tree. A pool of reader
+processes (spawned once) is told to do one raw pyarrow DoGet each (GetFlightInfo, then
+DoGet of every endpoint, reading with ``IpcReadOptions(use_threads=False)``) of the same
+historical range at the same instant; a round is N readers on one target. Rounds are
+interleaved (direct, relay, router, direct, ...) so machine noise hits every target alike.
+
+Per round: aggregate MB/s of samples (all readers' sample bytes / the time from the common
+start to the last reader's end) and the serving process's CPU seconds per GB of samples
+(utime + stime from /proc/<pid>/stat, before and after the round: the mock for direct, the
+relay or router process alone otherwise). Figures are medians over the repetitions. The
+router's RSS (/proc/<pid>/status) is reported after start-up and warm-up, at its peak during
+the rounds (sampled every 20 ms) and after the last round, once it has been idle for
+``--settle`` seconds.
+
+    python bench/concurrency.py [--reps 3] [--readers 1,8,32] [--quick] [-- ROUTER_ARGS...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing as mp
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from _harness import BIN, FAST, ROOT, median, stream_cmd, table, write_inputs
+
+from router_backends.testing import ServerProcess
+
+CASES = [  # (label, channels, seconds, quick seconds)
+    ("1 x 16384 Hz, 256 s", FAST[:1], 256, 32),
+    ("20 x 16384 Hz, 32 s", FAST, 32, 4),
+]
+TARGETS = ("direct", "relay", "router")
+TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+# --------------------------------------------------------------------------- /proc
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14, 15)
+
+
+def rss_mb(pid: int) -> float:
+    pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    return pages * PAGE / 1e6
+
+
+class PeakRss:
+    """Samples a process's RSS every ``every`` seconds in a thread while running."""
+
+    def __init__(self, pid: int, every: float = 0.02) -> None:
+        self.pid = pid
+        self.every = every
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.peak = max(self.peak, rss_mb(self.pid))
+
+    def __enter__(self) -> PeakRss:
+        self.peak = rss_mb(self.pid)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# --------------------------------------------------------------------------- readers
+def reader_main(conn: Connection) -> None:
+    """A reader process: for each ``(url, command, at)`` received, wait until wall time
+    ``at``, do one raw DoGet and answer ``(sample bytes, end wall time)``; None ends it."""
+    import pyarrow as pa
+    import pyarrow.flight as flight
+
+    options = flight.FlightCallOptions(read_options=pa.ipc.IpcReadOptions(use_threads=False))
+    clients: dict[str, flight.FlightClient] = {}
+    while True:
+        job = conn.recv()
+        if job is None:
+            break
+        url, command, at = job
+        client = clients.get(url) or clients.setdefault(url, flight.connect(url))
+        time.sleep(max(0.0, at - time.time()))
+        info = client.get_flight_info(flight.FlightDescriptor.for_command(command))
+        total = 0
+        for endpoint in info.endpoints:
+            for chunk in client.do_get(endpoint.ticket, options):
+                for column in chunk.data.columns[1:]:
+                    total += column.values.nbytes
+        conn.send((total, time.time()))
+    for client in clients.values():
+        client.close()
+
+
+class Readers:
+    """``size`` reader processes, spawned once (not forked from this threaded process)."""
+
+    def __init__(self, size: int) -> None:
+        ctx = mp.get_context("spawn")
+        self.conns: list[Connection] = []
+        self.procs = []
+        for _ in range(size):
+            ours, theirs = ctx.Pipe()
+            proc = ctx.Process(target=reader_main, args=(theirs,), daemon=True)
+            proc.start()
+            self.conns.append(ours)
+            self.procs.append(proc)
+
+    def round(self, n: int, url: str, command: bytes, lead: float = 0.3) -> tuple[int, float]:
+        """``n`` readers DoGet ``command`` from ``url`` at once: (sample bytes, seconds)."""
+        at = time.time() + lead
+        for conn in self.conns[:n]:
+            conn.send((url, command, at))
+        results = [conn.recv() for conn in self.conns[:n]]
+        return sum(r[0] for r in results), max(r[1] for r in results) - at
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.send(None)
+        for proc in self.procs:
+            proc.join(timeout=10)
+
+
+# --------------------------------------------------------------------------- servers
+@contextlib.contextmanager
+def servers(tmp: Path, router_args: list[str]) -> Iterator[dict[str, ServerProcess]]:
+    toml = write_inputs(tmp)
+    mock_argv = [str(BIN / "router-backend"), "mock", "--url", "grpc://127.0.0.1:0", str(toml)]
+    with ServerProcess(mock_argv, name="mock") as mock:
+        smap = tmp / "bench-scope-map.yaml"
+        smap.write_text(f"{mock.url}:\n  scopes:\n    X1:\n      - all: true\n  retention: {{}}\n")
+        router_argv = [str(BIN / "router"), "serve", "--scope-map", str(smap)]
+        router_argv += ["--url", "grpc://127.0.0.1:0", "--log-format", "json", *router_args]
+        relay_argv = [str(BIN / "python"), str(ROOT / "bench" / "relay.py")]
+        relay_argv += ["--downstream", mock.url]
+        with (
+            ServerProcess(router_argv, name="router") as router,
+            ServerProcess(relay_argv, name="relay") as relay,
+        ):
+            yield {"direct": mock, "relay": relay, "router": router}
+
+
+def pid_of(proc: ServerProcess) -> int:
+    assert proc.process is not None
+    return proc.process.pid
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--readers", default="1,8,32", help="comma-separated N")
+    parser.add_argument("--settle", type=float, default=5.0, help="idle s before RSS after")
+    parser.add_argument("--quick", action="store_true", help="1 rep, short ranges")
+    parser.add_argument("router_args", nargs="*", help="extra `router serve` arguments")
+    args = parser.parse_args()
+    reps = 1 if args.quick else args.reps
+    counts = [int(n) for n in args.readers.split(",")]
+    readers = Readers(max(counts))
+    rows, cpu_rows = [], []
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="arrakis-bench-") as tmpdir,
+            servers(Path(tmpdir), args.router_args) as procs,
+        ):
+            urls = {k: p.url for k, p in procs.items()}
+            pids = {k: pid_of(p) for k, p in procs.items()}
+            router_pid = pids["router"]
+            for target in TARGETS:  # warm-up: connections, imports, Describe cache
+                readers.round(min(2, max(counts)), urls[target], stream_cmd(FAST[:1], 1))
+            time.sleep(1.0)
+            rss_before = rss_mb(router_pid)
+            print(f"router RSS after start and warm-up: {rss_before:.0f} MB", flush=True)
+            with PeakRss(router_pid) as peak:
+                for label, channels, seconds, quick in CASES:
+                    command = stream_cmd(channels, quick if args.quick else seconds)
+                    for n in counts:
+                        rate: dict[str, list[float]] = {t: [] for t in TARGETS}
+                        cost: dict[str, list[float]] = {t: [] for t in TARGETS}
+                        for _ in range(reps):
+                            for target in TARGETS:
+                                cpu0 = cpu_seconds(pids[target])
+                                nbytes, secs = readers.round(n, urls[target], command)
+                                used = cpu_seconds(pids[target]) - cpu0
+                                rate[target].append(nbytes / secs / 1e6)
+                                cost[target].append(used / (nbytes / 1e9))
+                        d, b, r = (median(rate[t]) for t in TARGETS)
+                        cd, cb, cr = (median(cost[t]) for t in TARGETS)
+                        row = [label, str(n), f"{d:.0f}", f"{b:.0f}", f"{r:.0f}"]
+                        row += [f"{r / b:.2f}", f"{cb:.1f} / {cr:.1f}", f"{cd:.1f}"]
+                        rows.append(row)
+                        cpu_rows.append((label, n, cr, r))
+                        print(" | ".join(row), f"(router peak {peak.peak:.0f} MB)", flush=True)
+            time.sleep(args.settle)
+            rss_after = rss_mb(router_pid)
+            for name, proc in procs.items():
+                if proc.returncode is not None:
+                    raise SystemExit(f"{name} exited early:\n{proc.log_text()[-2000:]}")
+    finally:
+        readers.close()
+    print()
+    headers = ["case", "N", "direct MB/s", "relay MB/s", "router MB/s", "router/relay"]
+    headers += ["server CPU s per GB: relay / router", "mock CPU s per GB (direct)"]
+    print(table(headers, rows))
+    print()
+    for label in dict.fromkeys(r[0] for r in cpu_rows):
+        by_n = {n: (c, r) for lbl, n, c, r in cpu_rows if lbl == label}
+        lo, hi = min(by_n), max(by_n)
+        ratio = by_n[hi][0] / by_n[lo][0]
+        per_core = 1e3 / by_n[hi][0]  # MB/s per core of router CPU at the highest N
+        print(
+            f"{label}: router CPU s/GB N={hi} / N={lo} = {ratio:.2f}; "
+            f"{per_core:.0f} MB/s per router core at N={hi}"
+        )
+    print(
+        f"router RSS: {rss_before:.0f} MB after start, peak {peak.peak:.0f} MB, "
+        f"{rss_after:.0f} MB after {args.settle:g} s idle ({rss_after / rss_before - 1:+.0%})"
+    )
+
+
+if __name__ == "__main__":
+    main()
