@@ -19,6 +19,12 @@ import pyarrow as pa
 T = TypeVar("T")
 
 
+def blocks_in(item: object) -> int:
+    """Blocks in one item a stream yields: a batch is one block, a Table (router.streaming's
+    chunks) is several one-block batches."""
+    return item.num_rows if isinstance(item, pa.Table) else 1
+
+
 @dataclass(frozen=True)
 class StreamView:
     """One stream in flight, as shown (``None`` start: live; ``None`` end: open-ended)."""
@@ -67,8 +73,7 @@ class _Tracked(Iterator[T]):
         except BaseException:
             self._finish()
             raise
-        # a Table is several one-block batches (router.streaming's chunks)
-        self._entry.blocks += batch.num_rows if isinstance(batch, pa.Table) else 1
+        self._entry.blocks += blocks_in(batch)
         return batch
 
     def _finish(self) -> None:

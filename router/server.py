@@ -30,6 +30,7 @@ from router.errors import (
     UnimplementedError,
     to_flight_error,
 )
+from router.inflight import blocks_in
 from router.limits import check_size
 from router.logging import RepeatFilter, command_summary
 from router.memory import IdleTrim
@@ -176,8 +177,7 @@ def guarded(
             for batch in batches:
                 if not count and on_first is not None:
                     on_first()
-                # a Table is several one-block batches (router.streaming's chunks)
-                count += batch.num_rows if isinstance(batch, pa.Table) else 1
+                count += blocks_in(batch)
                 nbytes += batch.get_total_buffer_size()  # O(buffers); .nbytes is ~20x dearer
                 if on_batches is not None and count - reported >= BLOCKS_PER_UPDATE:
                     on_batches(count - reported, nbytes)
