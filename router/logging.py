@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -139,7 +139,14 @@ class RepeatFilter:
             return entry[1] if entry is not None else 0
 
 
-def configure(fmt: str = "console", level: str = "info", stream: Any = None) -> None:
+def configure(
+    fmt: str = "console",
+    level: str = "info",
+    stream: Any = None,
+    fields: Mapping[str, Any] | None = None,
+) -> None:
+    """Log in ``fmt`` from ``level`` up to ``stream`` (stderr); ``fields`` are added to every
+    line (a data worker's ``worker=K``)."""
     global _format
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {FORMATS}, got {fmt!r}")
@@ -152,6 +159,7 @@ def configure(fmt: str = "console", level: str = "info", stream: Any = None) -> 
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            *([_adder(dict(fields))] if fields else []),
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
@@ -162,6 +170,15 @@ def configure(fmt: str = "console", level: str = "info", stream: Any = None) -> 
         logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+def _adder(fields: dict[str, Any]) -> Any:
+    def add(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        for key, value in fields.items():
+            event_dict.setdefault(key, value)
+        return event_dict
+
+    return add
 
 
 def _json_line(event: str, level: str, **fields: Any) -> str:

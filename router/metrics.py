@@ -61,6 +61,7 @@ from prometheus_client.exposition import (
     _get_best_family,
     _SilentHandler,
 )
+from prometheus_client.registry import Collector
 
 from router import __version__
 from router.errors import CancelledError, to_flight_error
@@ -211,11 +212,27 @@ class MetricsServer:
 
 
 class RouterMetrics:
-    """The metrics of one service instance, on a registry of its own."""
+    """The metrics of one service instance, on a registry of its own.
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    ``multiprocess_dir``: the values are kept in prometheus_client's multiprocess files
+    (``router.workers.enable_multiprocess`` was called in this process): ``exposed``, the
+    registry ``serve`` shows, then sums the values of every process writing to that
+    directory (the front and its data workers) and adds this process's own collectors
+    (build and scope-map info, process figures, endpoint health). Without it ``exposed`` is
+    ``registry``."""
+
+    def __init__(
+        self, registry: CollectorRegistry | None = None, multiprocess_dir: str | None = None
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        self.exposed = r
+        if multiprocess_dir is not None:
+            from prometheus_client import multiprocess
+
+            self.exposed = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self.exposed, path=multiprocess_dir)  # type: ignore[no-untyped-call]
+        own = self.exposed
         self.requests = Counter(
             "arrakis_router_requests",
             "Client calls by RPC, request kind and outcome (gRPC status name)",
@@ -235,9 +252,13 @@ class RouterMetrics:
             "Client calls being served (a DoGet until its stream ends)",
             ["rpc"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.open_streams = Gauge(
-            "arrakis_router_open_streams", "DoGet streams currently open", registry=r
+            "arrakis_router_open_streams",
+            "DoGet streams currently open",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.stream_seconds = Histogram(
             "arrakis_router_stream_duration_seconds",
@@ -295,6 +316,7 @@ class RouterMetrics:
             "Downstream calls in progress by endpoint",
             ["endpoint"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.reloads = Counter(
             "arrakis_router_reloads",
@@ -308,25 +330,27 @@ class RouterMetrics:
             "arrakis_router_last_reload_success_timestamp_seconds",
             "Unix time the active scope map was loaded (at start or by the last good reload)",
             registry=r,
+            multiprocess_mode="max",
         )
         self.scope_map = Info(
             "arrakis_router_scope_map",
             "The active scope map: sha256 fingerprint of the file and its endpoint count",
-            registry=r,
+            registry=own,
         )
         self.draining = Gauge(
             "arrakis_router_draining",
             "1 while the router drains (after SIGTERM): new calls are refused",
             registry=r,
+            multiprocess_mode="livemax",
         )
-        Info("arrakis_router_build", "Router build", registry=r).info(
+        Info("arrakis_router_build", "Router build", registry=own).info(
             {
                 "version": __version__,
                 "python": platform.python_version(),
                 "pyarrow": pa.__version__,
             }
         )
-        ProcessCollector(registry=r)
+        ProcessCollector(registry=own)
         self._lock = threading.Lock()
         self.recent_errors = RecentErrors()  # shown on the status page
 
@@ -395,11 +419,15 @@ class RouterMetrics:
     def stream_reporter(self, stream: StitchCounts) -> StreamReporter:
         return StreamReporter(self, stream)
 
+    def register(self, collector: Collector) -> None:
+        """A collector of this process's own state (read at scrape time), exposed as is."""
+        self.exposed.register(collector)
+
     def serve(
         self, port: int, addr: str = "0.0.0.0", pages: Mapping[str, Page] | None = None
     ) -> MetricsServer:
-        """Expose this registry over HTTP (port 0 picks a free port), plus ``pages``."""
-        return MetricsServer(self.registry, port, addr, pages)
+        """Expose the metrics over HTTP (port 0 picks a free port), plus ``pages``."""
+        return MetricsServer(self.exposed, port, addr, pages)
 
 
 class StitchCounts(Protocol):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -25,9 +26,21 @@ def _digest(path: Path) -> str | None:
 class Reloader:
     """Reloads ``path`` into ``service``; :meth:`reload` is safe from any thread."""
 
-    def __init__(self, service: RouterService, path: str | Path) -> None:
+    def __init__(
+        self,
+        service: RouterService,
+        path: str | Path,
+        *,
+        on_reloaded: Callable[[], object] | None = None,
+        report: bool = True,
+    ) -> None:
+        """``on_reloaded``: called after each map swapped in (the front of data workers
+        passes the reload on to them); ``report``: count reloads in the metrics (not in a
+        data worker: its front counts them once)."""
         self.service = service
         self.path = Path(path)
+        self.on_reloaded = on_reloaded
+        self.report = report
         self._digest = _digest(self.path)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -52,7 +65,8 @@ class Reloader:
             errors = [d for d in result.diagnostics if d.severity.value == "error"]
             if not result.ok or result.scope_map is None:
                 self.rejected += 1
-                self.service.metrics.reloaded(False)
+                if self.report:
+                    self.service.metrics.reloaded(False)
                 log.error(
                     "scope_map_rejected",
                     file=str(self.path),
@@ -64,14 +78,17 @@ class Reloader:
             self.service.replace_map(result.scope_map)
             self._digest = digest
             self.reloads += 1
-            self.service.metrics.reloaded(True, digest or "", len(result.scope_map.endpoints))
+            if self.report:
+                self.service.metrics.reloaded(True, digest or "", len(result.scope_map.endpoints))
             log.info(
                 "scope_map_reloaded",
                 file=str(self.path),
                 reason=reason,
                 endpoints=len(result.scope_map.endpoints),
             )
-            return True
+        if self.on_reloaded is not None:
+            self.on_reloaded()
+        return True
 
     def check(self) -> bool:
         """Reload when the file content changed since the last load attempt."""

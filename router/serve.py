@@ -12,6 +12,7 @@ import sys
 import threading
 from collections.abc import Mapping
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import structlog
@@ -23,6 +24,9 @@ from router.limits import Limits
 from router.memory import cap_arenas, release_large_blocks
 from router.service import MODES, RouterService, Settings
 from router.tls import TlsError, read_pem, tls_certificates
+
+if TYPE_CHECKING:
+    from scopemap import LoadResult
 
 DEFAULT_URL = "grpc://0.0.0.0:31206"
 log = structlog.get_logger("router.serve")
@@ -164,6 +168,28 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="PEM root certificates for grpc+tls:// downstreams (default: the system roots)",
     )
+    parser.add_argument(
+        "--data-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="serve streams from N data worker processes of this router (every core: one "
+        "process moves data with one); GetFlightInfo hands each Stream the location of one "
+        "worker in turn (default 0: streams are served in this process)",
+    )
+    parser.add_argument(
+        "--advertise-host",
+        metavar="HOST",
+        help="host name or address clients reach the data workers at (default: the host of "
+        "--url, or this machine's host name when --url binds every address)",
+    )
+    parser.add_argument(
+        "--data-worker-port",
+        type=int,
+        default=0,
+        metavar="FIRST",
+        help="data worker K listens on port FIRST+K (default 0: any free port)",
+    )
     defaults = Limits()
     limits = parser.add_argument_group("request limits (refused before any work)")
     for field, metavar, text in LIMIT_OPTIONS:
@@ -279,16 +305,35 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
-def _serve(args: argparse.Namespace) -> int:
-    import pyarrow.flight as flight
+def run_worker(args: argparse.Namespace, index: int, metrics_dir: str | None) -> int:
+    """One data worker of a front started with ``--data-workers`` (see router.workers):
+    ``args`` are the front's resolved settings with the worker's own bind URL."""
+    router_logging.configure(args.log_format, args.log_level, fields={"worker": index})
+    try:
+        return _serve(args, worker=index, metrics_dir=metrics_dir)
+    except Exception as exc:
+        router_logging.startup_error(f"data worker {index}: {type(exc).__name__}: {exc}")
+        return 1
 
-    from router.downstream import DownstreamPool
-    from router.drain import drain
-    from router.metrics import Page
-    from router.probes import health_pages
-    from router.reload import Reloader
-    from router.server import RouterFlightServer
-    from router.statuspage import status_page_for
+
+def worker_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The front's resolved options as a data worker gets them: no metrics port (the front
+    serves the sum), no file watch (the front fans its reloads out), no workers of its own."""
+    skip = {"_parser", "config", "print_config", "func", "command"}
+    settings = {
+        k: v
+        for k, v in vars(args).items()
+        if k not in skip and (v is None or isinstance(v, str | int | float | bool))
+    }
+    settings.update(metrics_port=0, watch_interval=0.0, data_workers=0)
+    return settings
+
+
+def _serve(
+    args: argparse.Namespace, worker: int | None = None, metrics_dir: str | None = None
+) -> int:
+    """Serve as the front (``worker`` None), or as data worker ``worker`` whose metric values
+    go to ``metrics_dir``."""
     from scopemap import load_path
 
     fail = router_logging.startup_error
@@ -334,6 +379,14 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    data_workers = getattr(args, "data_workers", 0) or 0
+    first_port = getattr(args, "data_worker_port", 0) or 0
+    if data_workers < 0 or not 0 <= first_port <= 65535 - max(0, data_workers - 1):
+        fail(
+            f"--data-workers must be >= 0 (got {data_workers}) and --data-worker-port a port "
+            f"that leaves room for every worker (got {first_port})"
+        )
+        return 2
     try:
         limits = Limits(**{field: getattr(args, field) for field, _, _ in LIMIT_OPTIONS})
     except ValueError as exc:
@@ -354,7 +407,47 @@ def _serve(args: argparse.Namespace) -> int:
         live_grace=args.live_grace,
         live_buffer=args.live_buffer,
     )
-    service = RouterService(result.scope_map, settings, pool=DownstreamPool(roots))
+    if data_workers:  # the front of data workers: every process's metric values summed
+        from router.workers import metrics_directory
+
+        with metrics_directory() as directory:
+            return _serve_with(args, result, settings, roots, tls, worker, directory)
+    return _serve_with(args, result, settings, roots, tls, worker, metrics_dir)
+
+
+def _serve_with(
+    args: argparse.Namespace,
+    result: LoadResult,
+    settings: Settings,
+    roots: bytes | None,
+    tls: tuple[bytes, bytes] | None,
+    worker: int | None,
+    metrics_dir: str | None,
+) -> int:
+    import pyarrow.flight as flight
+
+    from router.downstream import DownstreamPool
+    from router.drain import drain
+    from router.metrics import Page, RouterMetrics
+    from router.probes import health_pages
+    from router.reload import Reloader
+    from router.server import RouterFlightServer
+    from router.statuspage import status_page_for
+    from router.workers import (
+        DataWorkers,
+        WorkersCollector,
+        WorkerStartError,
+        advertised_host,
+        enable_multiprocess,
+        forget_process,
+    )
+
+    fail = router_logging.startup_error
+    assert result.scope_map is not None
+    if metrics_dir is not None:
+        enable_multiprocess(metrics_dir)
+    metrics = RouterMetrics(multiprocess_dir=metrics_dir if worker is None else None)
+    service = RouterService(result.scope_map, settings, pool=DownstreamPool(roots), metrics=metrics)
     location, host = _bind_location(args.url, tls is not None)
     certificates = [flight.CertKeyPair(*tls)] if tls is not None else []
     try:
@@ -365,14 +458,38 @@ def _serve(args: argparse.Namespace) -> int:
         fail(f"cannot bind {location}: {exc}")
         service.close()
         return 1
+    scheme = "grpc+tls" if tls is not None else "grpc"
+    workers: DataWorkers | None = None
+    if worker is None and args.data_workers:
+        workers = DataWorkers(
+            args.data_workers,
+            worker_settings(args),
+            scheme=scheme,
+            bind_host=host,
+            advertise_host=advertised_host(host, args.advertise_host),
+            first_port=args.data_worker_port,
+            metrics_dir=metrics_dir,
+            on_exit=lambda pid: forget_process(metrics_dir or "", pid),
+        )
+        try:
+            workers.start()
+        except (WorkerStartError, OSError) as exc:
+            fail(str(exc))
+            server.shutdown()
+            service.close()
+            return 1
+        service.stream_location = workers.location
+        metrics.register(WorkersCollector(workers))
     metrics_server = None
     if args.metrics_port:
         try:
             pages: dict[str, Page] = {"/": status_page_for(service)}
             pages.update(health_pages(service.health, service.draining.is_set))
-            metrics_server = service.metrics.serve(args.metrics_port, host, pages)
+            metrics_server = metrics.serve(args.metrics_port, host, pages)
         except OSError as exc:
             fail(f"cannot serve metrics on port {args.metrics_port}: {exc}")
+            if workers is not None:
+                workers.stop(0.0)
             server.shutdown()
             service.close()
             return 1
@@ -386,8 +503,14 @@ def _serve(args: argparse.Namespace) -> int:
     if checker is not None:
         checker.start()
         log.info("health_checks_started", interval=checker.interval, timeout=checker.timeout)
-    reloader = Reloader(service, args.scope_map)
-    service.metrics.reloaded(True, reloader.fingerprint, len(result.scope_map.endpoints))
+    reloader = Reloader(
+        service,
+        args.scope_map,
+        on_reloaded=workers.reload if workers is not None else None,
+        report=worker is None,
+    )
+    if worker is None:
+        metrics.reloaded(True, reloader.fingerprint, len(result.scope_map.endpoints))
     stop = threading.Event()
     received: list[str] = []
 
@@ -404,14 +527,15 @@ def _serve(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGHUP, on_hup)
     if args.watch_interval > 0:
         reloader.watch(args.watch_interval)
-    url = f"{'grpc+tls' if tls is not None else 'grpc'}://{host}:{server.port}"
+    url = f"{scheme}://{host}:{server.port}"
     log.info(
-        "router_started",
+        "router_started" if worker is None else "data_worker_started",
         version=__version__,
         url=url,
         mode=args.mode,
         endpoints=len(result.scope_map.endpoints),
         drain_timeout_s=args.drain_timeout,
+        **({"data_workers": workers.locations()} if workers is not None else {}),
     )
     router_logging.announce(url)
     while not stop.wait(0.5):
@@ -420,7 +544,12 @@ def _serve(args: argparse.Namespace) -> int:
     reloader.stop()
     if checker is not None:
         checker.stop()
+    if workers is not None:
+        workers.drain()  # the workers drain at the same time as this process
     report = drain(service, server.shutdown, args.drain_timeout)
+    if workers is not None:
+        # a worker drains with the same deadline (plus its own shutdown): then it is killed
+        workers.stop(max(0.0, args.drain_timeout - report.seconds) + 5.0)
     if metrics_server is not None:
         metrics_server.close()
     service.close()

@@ -207,7 +207,7 @@ class RouterService:
             self.settings.health_policy(), max_calls=self.settings.max_downstream_calls
         )
         self.health.track(scope_map)
-        self.metrics.registry.register(HealthCollector(self.health))
+        self.metrics.register(HealthCollector(self.health))
         self.pool: DownstreamPool = HealthPool(
             pool or DownstreamPool(), self.health, call_histogram(self.metrics.registry)
         )
@@ -221,6 +221,10 @@ class RouterService:
         self._sweep: TimerHandle | None = None
         limits = self.settings.limits
         self.admission = Admission(limits.max_streams, limits.max_streams_per_client)
+        # where the DoGet of a Stream ticket is served: None (or a hook answering None)
+        # here, through the connection the client already has; the front of data workers
+        # (router.workers) sets it to hand out its workers' locations in turn
+        self.stream_location: Callable[[], str | None] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -346,7 +350,7 @@ class RouterService:
                     )
                     for g in plan.slices[0].groups
                 ]
-            return [_reuse(ticket)]
+            return [self._stream_endpoint(ticket)]
         if isinstance(args, DescribeArgs):
             routing = self.routing
             dplan = plan_describe(
@@ -374,6 +378,13 @@ class RouterService:
                 return [flight.FlightEndpoint(envelope.encode(), [url])]
             return [_reuse(ticket)]
         raise InvalidRequestError(f"unsupported request {envelope.request}")  # pragma: no cover
+
+    def _stream_endpoint(self, ticket: bytes) -> flight.FlightEndpoint:
+        """A Stream's ticket at a data worker's location, or here when none serves."""
+        location = self.stream_location() if self.stream_location is not None else None
+        if location is None:
+            return _reuse(ticket)
+        return flight.FlightEndpoint(ticket, [flight.Location(location)])
 
     # ------------------------------------------------------------------ DoGet
     def do_get(
