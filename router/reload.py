@@ -31,14 +31,17 @@ class Reloader:
         service: RouterService,
         path: str | Path,
         *,
-        on_reloaded: Callable[[], object] | None = None,
+        before_swap: Callable[[str], object] | None = None,
+        on_reloaded: Callable[[str], object] | None = None,
         report: bool = True,
     ) -> None:
-        """``on_reloaded``: called after each map swapped in (the front of data workers
-        passes the reload on to them); ``report``: count reloads in the metrics (not in a
-        data worker: its front counts them once)."""
+        """``before_swap(digest)``: called with a new valid map's sha256 before it replaces
+        the running one (the front of data workers has its workers reload first, see
+        router.workers); ``on_reloaded(digest)``: after it did (a worker tells its front);
+        ``report``: count reloads in the metrics (not in a data worker: the front does)."""
         self.service = service
         self.path = Path(path)
+        self.before_swap = before_swap
         self.on_reloaded = on_reloaded
         self.report = report
         self._digest = _digest(self.path)
@@ -75,6 +78,8 @@ class Reloader:
                     or [str(d) for d in result.diagnostics],
                 )
                 return False
+            if self.before_swap is not None:
+                self.before_swap(digest or "")
             self.service.replace_map(result.scope_map)
             self._digest = digest
             self.reloads += 1
@@ -86,8 +91,8 @@ class Reloader:
                 reason=reason,
                 endpoints=len(result.scope_map.endpoints),
             )
-        if self.on_reloaded is not None:
-            self.on_reloaded()
+            if self.on_reloaded is not None:
+                self.on_reloaded(digest or "")
         return True
 
     def check(self) -> bool:

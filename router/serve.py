@@ -434,12 +434,14 @@ def _serve_with(
     from router.server import RouterFlightServer
     from router.statuspage import status_page_for
     from router.workers import (
+        RELOAD_TIMEOUT,
         DataWorkers,
         WorkersCollector,
         WorkerStartError,
         advertised_host,
         enable_multiprocess,
         forget_process,
+        report_reloaded,
     )
 
     fail = router_logging.startup_error
@@ -506,7 +508,10 @@ def _serve_with(
     reloader = Reloader(
         service,
         args.scope_map,
-        on_reloaded=workers.reload if workers is not None else None,
+        before_swap=(
+            (lambda digest: workers.reload(digest, RELOAD_TIMEOUT)) if workers is not None else None
+        ),
+        on_reloaded=report_reloaded if worker is not None else None,
         report=worker is None,
     )
     if worker is None:

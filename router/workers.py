@@ -46,6 +46,8 @@ import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from router.protocol.announce import serving_line
+
 log = structlog.get_logger("router.workers")
 
 START_TIMEOUT = 60.0  # a worker loads the scope map before it announces itself
@@ -53,6 +55,8 @@ RESTART_BACKOFF = 0.5  # first restart delay (s), doubled per quick exit ...
 RESTART_BACKOFF_CAP = 30.0  # ... up to this
 STABLE_AFTER = 60.0  # a worker up this long has its back-off reset
 WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]", "")
+RELOADED = "reloaded "  # a worker's line on its standard output: "reloaded SHA256"
+RELOAD_TIMEOUT = 60.0  # a front waits this long for its workers to load a new map
 
 
 def advertised_host(bind_host: str, configured: str | None) -> str:
@@ -67,21 +71,6 @@ def advertised_host(bind_host: str, configured: str | None) -> str:
 
 def _host_in_url(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
-
-
-def parse_serving(line: str) -> str | None:
-    """The URL of a ``serving URL`` line (console) or ``{"event": "serving"}`` (JSON)."""
-    line = line.strip()
-    if line.startswith("{"):
-        try:
-            doc = json.loads(line)
-        except ValueError:
-            return None
-        url = doc.get("url") if isinstance(doc, dict) and doc.get("event") == "serving" else None
-        return url if isinstance(url, str) else None
-    if line.startswith("serving "):
-        return line.removeprefix("serving ").strip() or None
-    return None
 
 
 def port_of(url: str) -> int:
@@ -99,6 +88,7 @@ class Worker:
     restarts: int = 0
     backoff: float = RESTART_BACKOFF
     serving: threading.Event = field(default_factory=threading.Event)
+    digest: str = ""  # of the scope map the worker last reported loaded
 
     @property
     def pid(self) -> int | None:
@@ -144,6 +134,7 @@ class DataWorkers:
         self.on_exit = on_exit
         self.start_timeout = start_timeout
         self._lock = threading.Lock()
+        self._reloaded = threading.Condition()
         self._next = 0
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
@@ -237,7 +228,12 @@ class DataWorkers:
         """The worker's ``serving`` line sets its location; anything else is passed on."""
         for raw in out:
             line = raw.decode(errors="replace")
-            url = parse_serving(line) if not worker.serving.is_set() else None
+            if line.startswith(RELOADED):
+                worker.digest = line.removeprefix(RELOADED).strip()
+                with self._reloaded:
+                    self._reloaded.notify_all()
+                continue
+            url = serving_line(line) if not worker.serving.is_set() else None
             if url is not None and worker.process is proc:
                 location = f"{self.scheme}://{_host_in_url(self.advertise_host)}:{port_of(url)}"
                 worker.location = location
@@ -296,17 +292,37 @@ class DataWorkers:
                 with contextlib.suppress(OSError):
                     pipe.close()
 
-    def reload(self) -> int:
-        """Ask every running worker to reload its scope map (SIGHUP); how many were asked."""
-        asked = 0
+    def reload(self, digest: str, timeout: float) -> list[int]:
+        """Have every running worker load the scope map whose sha256 is ``digest`` (SIGHUP)
+        and wait up to ``timeout`` s until each reports it loaded (the front swaps its own
+        map after: a Stream it plans on the new map then finds the map at its worker).
+        Returns the workers that did not report in time (logged)."""
+        asked = []
         for worker in self.workers:
             proc = worker.process
-            if proc is not None and proc.poll() is None:
+            if proc is not None and proc.poll() is None and worker.serving.is_set():
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signal.SIGHUP)
-                    asked += 1
-        log.info("data_workers_reload", workers=asked)
-        return asked
+                    asked.append(worker)
+        deadline = time.monotonic() + timeout
+
+        def late() -> list[Worker]:
+            return [w for w in asked if w.digest != digest and w.process is not None]
+
+        with self._reloaded:
+            while late() and (left := deadline - time.monotonic()) > 0:
+                self._reloaded.wait(min(left, 0.5))
+        missing = [w.index for w in late()]
+        if missing:
+            log.warning(
+                "data_workers_reload_late",
+                workers=missing,
+                timeout_s=timeout,
+                detail="they keep serving their previous scope map until they reload",
+            )
+        else:
+            log.info("data_workers_reloaded", workers=len(asked))
+        return missing
 
     def drain(self) -> None:
         """Hand out no more workers and ask each to drain (SIGTERM): it finishes its bounded
@@ -430,6 +446,12 @@ def _read_line(fd: int) -> bytes:
             break
         line += byte
     return bytes(line)
+
+
+def report_reloaded(digest: str) -> None:
+    """A worker tells its front it loaded the map ``digest`` (see :meth:`DataWorkers.reload`)."""
+    sys.stdout.write(f"{RELOADED}{digest}\n")
+    sys.stdout.flush()
 
 
 def main() -> int:

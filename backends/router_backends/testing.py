@@ -7,7 +7,6 @@ with mock_process(["--faults", "exit=10"]) as url: ...
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import selectors
 import signal
@@ -21,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Self
 
+from router.protocol.announce import serving_line
 from router.protocol.channel import ChannelMeta
 from router.protocol.gps import Clock
 from router_backends.catalog import Catalog, ChannelSpec, load_toml
@@ -110,19 +110,6 @@ def serve_mock(
         backend, url, clock=clock, latency_s=latency, faults=_faults(faults)
     ) as server:
         yield server.url
-
-
-def serving_line(line: str) -> str | None:
-    """The URL of a ``serving grpc://HOST:PORT`` line (our servers and the router), or of
-    its JSON form ``{"event": "serving", "url": ...}`` (``--log-format json``)."""
-    if line.startswith("{"):
-        try:
-            doc = json.loads(line)
-        except ValueError:
-            return None
-        url = doc.get("url") if isinstance(doc, dict) and doc.get("event") == "serving" else None
-        return url if isinstance(url, str) else None
-    return line.removeprefix("serving ").strip() if line.startswith("serving ") else None
 
 
 def upstream_url_line(line: str) -> str | None:
