@@ -45,6 +45,7 @@ _LONG_KEYS = frozenset({"error", "exception"})
 _KEEP_ON_STUB = ("event", "level", "timestamp", "request_id", "op", "error_type", "peer")
 
 _format = "console"
+_static: dict[str, Any] = {}  # fields on every line (configure's ``fields``)
 
 
 _DIGESTED = 64 * 1024  # bytes of a command that go into its digest
@@ -147,10 +148,11 @@ def configure(
 ) -> None:
     """Log in ``fmt`` from ``level`` up to ``stream`` (stderr); ``fields`` are added to every
     line (a data worker's ``worker=K``)."""
-    global _format
+    global _format, _static
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {FORMATS}, got {fmt!r}")
     _format = fmt
+    _static = dict(fields or {})
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
@@ -167,7 +169,9 @@ def configure(
             BoundedRenderer(renderer),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(std_logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+        # one write() per line (message and newline together): the lines of a front and its
+        # data workers, sharing one standard error, never interleave within a line
+        logger_factory=structlog.WriteLoggerFactory(file=stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
 
@@ -186,18 +190,25 @@ def _json_line(event: str, level: str, **fields: Any) -> str:
         "event": event,
         "level": level,
         "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        **_static,
         **fields,
     }
     return json.dumps(doc, default=str)
+
+
+def _line(out: Any, text: str) -> None:
+    """``text`` and its newline in one write (see ``configure``)."""
+    out.write(text + "\n")
+    out.flush()
 
 
 def announce(url: str, stream: Any = None, **fields: Any) -> None:
     """The ``serving URL`` line on stdout (``{"event": "serving", "url": ...}`` in JSON)."""
     out = stream or sys.stdout
     if _format == "json":
-        print(_json_line("serving", "info", url=url, **fields), file=out, flush=True)
+        _line(out, _json_line("serving", "info", url=url, **fields))
     else:
-        print(f"serving {url}", file=out, flush=True)
+        _line(out, f"serving {url}")
 
 
 def startup_error(message: str, stream: Any = None, **fields: Any) -> None:
@@ -206,6 +217,7 @@ def startup_error(message: str, stream: Any = None, **fields: Any) -> None:
     out = stream or sys.stderr
     if _format == "json":
         text = message if len(message) <= MAX_VALUE else message[: MAX_VALUE - 3] + "..."
-        print(_json_line("startup_failed", "error", error=text, **fields), file=out, flush=True)
+        _line(out, _json_line("startup_failed", "error", error=text, **fields))
     else:
-        print(f"router serve: {message}", file=out, flush=True)
+        tags = "".join(f" {k}={v}" for k, v in _static.items())
+        _line(out, f"router serve{tags}: {message}")

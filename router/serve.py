@@ -312,7 +312,7 @@ def run_worker(args: argparse.Namespace, index: int, metrics_dir: str | None) ->
     try:
         return _serve(args, worker=index, metrics_dir=metrics_dir)
     except Exception as exc:
-        router_logging.startup_error(f"data worker {index}: {type(exc).__name__}: {exc}")
+        router_logging.startup_error(f"{type(exc).__name__}: {exc}")
         return 1
 
 

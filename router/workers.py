@@ -171,7 +171,7 @@ class DataWorkers:
         for worker in self.workers:
             if not self._await(worker, deadline):
                 reason = self._why_not(worker)
-                self.stop(0.0)
+                self.stop(5.0)
                 raise WorkerStartError(f"data worker {worker.index} did not start: {reason}")
         self._supervisor = threading.Thread(
             target=self._supervise, name="data-workers", daemon=True

@@ -261,19 +261,29 @@ def assert_same_block(got: object, want: object, channels: Sequence[str]) -> Non
 # --------------------------------------------------------------------------- properties
 
 
+# Every path a stream can take: served by the router the client asked (in-process), or by
+# a data worker whose location the router handed out (``router serve --data-workers``).
+PATHS = pytest.mark.parametrize("data_workers", [0, 2], ids=["in-process", "data-workers"])
+
+
+@PATHS
 @given(layout=layouts(), span=time_ranges(), data=st.data())
 def test_router_fetch_equals_one_full_mock(
-    pool: Pool, layout: Layout, span: tuple[float, float], data: st.DataObject
+    pool: Pool, data_workers: int, layout: Layout, span: tuple[float, float], data: st.DataObject
 ) -> None:
     start, end = span
     servable = [c for c in CHANNELS if not layout.holes(c, ns(start), ns(end))]
     assume(servable)
     channels = data.draw(st.lists(st.sampled_from(servable), min_size=1, max_size=4, unique=True))
-    with running_router(layout.yaml(pool), clock=FakeClock(NOW)) as (url, _, server):
+    router = running_router(layout.yaml(pool), clock=FakeClock(NOW), data_workers=data_workers)
+    with router as (url, _, server):
         got = arrakis.Client(url).fetch(channels, start, end)
         # the client stops reading once it has [start, end): the router's end of stream (and
         # its clean-up) may come a moment after the client returned
         assert wait_until(lambda: server.open_streams == 0, timeout=5)
+        if data_workers:  # the workers served every stream, the front none
+            front, workers = server.streams_served()
+            assert front == 0 and workers >= 1, (front, workers)
     want = arrakis.Client(pool.full).fetch(channels, start, end)
     assert_same_block(got, want, channels)
     assert not got.has_gaps  # everything was covered: no data may be missing
@@ -296,9 +306,15 @@ def _seconds(t: int) -> str:
     return f"{whole}.{frac:09d}".rstrip("0").rstrip(".")
 
 
+@PATHS
 @given(layout=layouts(), span=time_ranges(), nudge=st.sampled_from([0, 0, 1, -1]), data=st.data())
 def test_router_refuses_a_layout_with_a_hole(
-    pool: Pool, layout: Layout, span: tuple[float, float], nudge: int, data: st.DataObject
+    pool: Pool,
+    data_workers: int,
+    layout: Layout,
+    span: tuple[float, float],
+    nudge: int,
+    data: st.DataObject,
 ) -> None:
     start, end = ns(span[0]) + nudge, ns(span[1])
     assume(start < end)
@@ -312,7 +328,8 @@ def test_router_refuses_a_layout_with_a_hole(
             )
         )
     )
-    with running_router(layout.yaml(pool), clock=FakeClock(NOW)) as (url, _, server):
+    router = running_router(layout.yaml(pool), clock=FakeClock(NOW), data_workers=data_workers)
+    with router as (url, _, server):
         client = flight.connect(url)
         try:
             with pytest.raises(flight.FlightUnavailableError) as info:
