@@ -15,7 +15,13 @@ router's RSS (/proc/<pid>/status) is reported after start-up and warm-up, at its
 the rounds (sampled every 20 ms) and after the last round, once it has been idle for
 ``--settle`` seconds.
 
-    python bench/concurrency.py [--reps 3] [--readers 1,8,32] [--quick] [-- ROUTER_ARGS...]
+With ``--workers 1,2,4`` the router is also measured as ``router serve --data-workers K``
+for each K (a front process handing each Stream to one of K worker processes; the readers
+follow the endpoint's location like the ``arrakis`` client): aggregate MB/s, and CPU seconds
+per GB of the front and all its workers together.
+
+    python bench/concurrency.py [--reps 3] [--readers 1,8,32] [--workers 1,2,4] [--quick]
+                                [-- ROUTER_ARGS...]
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ CASES = [  # (label, channels, seconds, quick seconds)
     ("20 x 16384 Hz, 32 s", FAST, 32, 4),
 ]
 TARGETS = ("direct", "relay", "router")
+REUSE = "arrow-flight-reuse-connection://?"
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -89,17 +96,24 @@ def reader_main(conn: Connection) -> None:
 
     options = flight.FlightCallOptions(read_options=pa.ipc.IpcReadOptions(use_threads=False))
     clients: dict[str, flight.FlightClient] = {}
+
+    def client_at(url: str) -> flight.FlightClient:
+        return clients.get(url) or clients.setdefault(url, flight.connect(url))
+
     while True:
         job = conn.recv()
         if job is None:
             break
         url, command, at = job
-        client = clients.get(url) or clients.setdefault(url, flight.connect(url))
+        client = client_at(url)
         time.sleep(max(0.0, at - time.time()))
         info = client.get_flight_info(flight.FlightDescriptor.for_command(command))
         total = 0
         for endpoint in info.endpoints:
-            for chunk in client.do_get(endpoint.ticket, options):
+            # the endpoint's location (a data worker), as the arrakis client does
+            where = endpoint.locations[0].uri.decode() if endpoint.locations else REUSE
+            source = client if where == REUSE else client_at(where)
+            for chunk in source.do_get(endpoint.ticket, options):
                 for column in chunk.data.columns[1:]:
                     total += column.values.nbytes
         conn.send((total, time.time()))
@@ -138,7 +152,9 @@ class Readers:
 
 # --------------------------------------------------------------------------- servers
 @contextlib.contextmanager
-def servers(tmp: Path, router_args: list[str]) -> Iterator[dict[str, ServerProcess]]:
+def servers(
+    tmp: Path, router_args: list[str], workers: list[int]
+) -> Iterator[dict[str, ServerProcess]]:
     toml = write_inputs(tmp)
     mock_argv = [str(BIN / "router-backend"), "mock", "--url", "grpc://127.0.0.1:0", str(toml)]
     with ServerProcess(mock_argv, name="mock") as mock:
@@ -148,16 +164,32 @@ def servers(tmp: Path, router_args: list[str]) -> Iterator[dict[str, ServerProce
         router_argv += ["--url", "grpc://127.0.0.1:0", "--log-format", "json", *router_args]
         relay_argv = [str(BIN / "python"), str(ROOT / "bench" / "relay.py")]
         relay_argv += ["--downstream", mock.url]
-        with (
-            ServerProcess(router_argv, name="router") as router,
-            ServerProcess(relay_argv, name="relay") as relay,
-        ):
-            yield {"direct": mock, "relay": relay, "router": router}
+        with contextlib.ExitStack() as stack:
+            procs = {"direct": mock}
+            procs["relay"] = stack.enter_context(ServerProcess(relay_argv, name="relay"))
+            procs["router"] = stack.enter_context(ServerProcess(router_argv, name="router"))
+            for k in workers:
+                argv = [*router_argv, "--data-workers", str(k)]
+                procs[f"router+{k}w"] = stack.enter_context(ServerProcess(argv, name=f"router{k}w"))
+            yield procs
 
 
 def pid_of(proc: ServerProcess) -> int:
     assert proc.process is not None
     return proc.process.pid
+
+
+def family(pid: int) -> list[int]:
+    """``pid`` and its child processes (a front's data workers)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return [pid, *map(int, children)]
+
+
+def cpu_of(pids: list[int]) -> float:
+    return sum(cpu_seconds(pid) for pid in pids)
 
 
 def main() -> None:
@@ -166,21 +198,26 @@ def main() -> None:
     parser.add_argument("--readers", default="1,8,32", help="comma-separated N")
     parser.add_argument("--settle", type=float, default=5.0, help="idle s before RSS after")
     parser.add_argument("--quick", action="store_true", help="1 rep, short ranges")
+    parser.add_argument(
+        "--workers", default="", help="comma-separated K: also `router serve --data-workers K`"
+    )
     parser.add_argument("router_args", nargs="*", help="extra `router serve` arguments")
     args = parser.parse_args()
     reps = 1 if args.quick else args.reps
     counts = [int(n) for n in args.readers.split(",")]
+    workers = [int(k) for k in args.workers.split(",") if k.strip()]
+    targets = [*TARGETS, *(f"router+{k}w" for k in workers)]
     readers = Readers(max(counts))
-    rows, cpu_rows = [], []
+    rows, cpu_rows, worker_rows = [], [], []
     try:
         with (
             tempfile.TemporaryDirectory(prefix="arrakis-bench-") as tmpdir,
-            servers(Path(tmpdir), args.router_args) as procs,
+            servers(Path(tmpdir), args.router_args, workers) as procs,
         ):
             urls = {k: p.url for k, p in procs.items()}
-            pids = {k: pid_of(p) for k, p in procs.items()}
-            router_pid = pids["router"]
-            for target in TARGETS:  # warm-up: connections, imports, Describe cache
+            pids = {k: family(pid_of(p)) for k, p in procs.items()}
+            router_pid = pids["router"][0]
+            for target in targets:  # warm-up: connections, imports, Describe cache
                 readers.round(min(2, max(counts)), urls[target], stream_cmd(FAST[:1], 1))
             time.sleep(1.0)
             rss_before = rss_mb(router_pid)
@@ -189,13 +226,13 @@ def main() -> None:
                 for label, channels, seconds, quick in CASES:
                     command = stream_cmd(channels, quick if args.quick else seconds)
                     for n in counts:
-                        rate: dict[str, list[float]] = {t: [] for t in TARGETS}
-                        cost: dict[str, list[float]] = {t: [] for t in TARGETS}
+                        rate: dict[str, list[float]] = {t: [] for t in targets}
+                        cost: dict[str, list[float]] = {t: [] for t in targets}
                         for _ in range(reps):
-                            for target in TARGETS:
-                                cpu0 = cpu_seconds(pids[target])
+                            for target in targets:
+                                cpu0 = cpu_of(pids[target])
                                 nbytes, secs = readers.round(n, urls[target], command)
-                                used = cpu_seconds(pids[target]) - cpu0
+                                used = cpu_of(pids[target]) - cpu0
                                 rate[target].append(nbytes / secs / 1e6)
                                 cost[target].append(used / (nbytes / 1e9))
                         d, b, r = (median(rate[t]) for t in TARGETS)
@@ -204,6 +241,12 @@ def main() -> None:
                         row += [f"{r / b:.2f}", f"{cb:.1f} / {cr:.1f}", f"{cd:.1f}"]
                         rows.append(row)
                         cpu_rows.append((label, n, cr, r))
+                        if workers:
+                            more = [
+                                f"{median(rate[t]):.0f} / {median(cost[t]):.1f}"
+                                for t in targets[3:]
+                            ]
+                            worker_rows.append([label, str(n), f"{r:.0f} / {cr:.1f}", *more])
                         print(" | ".join(row), f"(router peak {peak.peak:.0f} MB)", flush=True)
             time.sleep(args.settle)
             rss_after = rss_mb(router_pid)
@@ -217,6 +260,12 @@ def main() -> None:
     headers += ["server CPU s per GB: relay / router", "mock CPU s per GB (direct)"]
     print(table(headers, rows))
     print()
+    if workers:
+        headers = ["case", "N", "router MB/s / CPU s per GB"]
+        headers += [f"{k} data worker{'s' if k > 1 else ''}" for k in workers]
+        print(table(headers, worker_rows))
+        print("(CPU s per GB: the front and all its workers together)")
+        print()
     for label in dict.fromkeys(r[0] for r in cpu_rows):
         by_n = {n: (c, r) for lbl, n, c, r in cpu_rows if lbl == label}
         lo, hi = min(by_n), max(by_n)
