@@ -169,7 +169,7 @@ def test_a_worker_killed_mid_stream_fails_the_stream_and_is_restarted(
         killed_at = time.monotonic()
         os.kill(workers[location], signal.SIGKILL)  # the worker serving this stream
         # the client: an error, not a clean (silently short) end of stream
-        with pytest.raises(flight.FlightError):
+        with pytest.raises(flight.FlightUnavailableError):
             while True:
                 chunk = reader.read_chunk()
                 received += chunk.data.num_rows
