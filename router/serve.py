@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -408,10 +409,17 @@ def _serve(
         live_buffer=args.live_buffer,
     )
     if data_workers:  # the front of data workers: every process's metric values summed
-        from router.workers import metrics_directory
+        from router.workers import WorkerStartError, metrics_directory
 
-        with metrics_directory() as directory:
+        try:
+            directory = metrics_directory()
+        except WorkerStartError as exc:
+            fail(str(exc))
+            return 1
+        try:
             return _serve_with(args, result, settings, roots, tls, worker, directory)
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
     return _serve_with(args, result, settings, roots, tls, worker, metrics_dir)
 
 

@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -40,6 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 import structlog
@@ -369,7 +369,11 @@ class WorkersCollector(Collector):
     | ``arrakis_router_data_workers`` | gauge | (configured) |
     | ``arrakis_router_data_workers_up`` | gauge | (serving now) |
     | ``arrakis_router_data_worker_restarts_total`` | counter | ``worker`` |
-    """
+    | ``arrakis_router_data_worker_cpu_seconds_total`` | counter | ``worker`` (the process now) |
+    | ``arrakis_router_data_worker_resident_memory_bytes`` | gauge | ``worker`` |
+
+    The last two complete the front's own ``process_*`` series (read from ``/proc``; absent
+    where there is none)."""
 
     def __init__(self, workers: DataWorkers) -> None:
         self.workers = workers
@@ -390,9 +394,39 @@ class WorkersCollector(Collector):
             "Data worker restarts after the worker exited, by worker slot",
             labels=["worker"],
         )
+        cpu = CounterMetricFamily(
+            "arrakis_router_data_worker_cpu_seconds",
+            "User and system CPU seconds of the data worker's current process",
+            labels=["worker"],
+        )
+        rss = GaugeMetricFamily(
+            "arrakis_router_data_worker_resident_memory_bytes",
+            "Resident memory of the data worker's current process, bytes",
+            labels=["worker"],
+        )
         for worker in self.workers.workers:
             restarts.add_metric([str(worker.index)], worker.restarts)
+            usage = process_usage(worker.pid) if worker.pid is not None else None
+            if usage is not None:
+                cpu.add_metric([str(worker.index)], usage[0])
+                rss.add_metric([str(worker.index)], usage[1])
         yield restarts
+        yield cpu
+        yield rss
+
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def process_usage(pid: int) -> tuple[float, int] | None:
+    """(CPU seconds, resident bytes) of ``pid`` from ``/proc``; None when unreadable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        resident = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICKS, resident * _PAGE
 
 
 # ---------------------------------------------------------------------- metrics, shared
@@ -413,14 +447,16 @@ def forget_process(directory: str, pid: int) -> None:
         multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
 
 
-@contextlib.contextmanager
-def metrics_directory() -> Iterator[str]:
-    """A fresh directory for the metric files of one front and its workers."""
-    path = tempfile.mkdtemp(prefix="arrakis-router-metrics-")
+def metrics_directory() -> str:
+    """A fresh directory for the metric files of one front and its workers (the caller
+    removes it when they have stopped)."""
     try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+        return tempfile.mkdtemp(prefix="arrakis-router-metrics-")
+    except OSError as exc:
+        raise WorkerStartError(
+            "--data-workers needs a writable temporary directory for the metrics of its "
+            f"processes (set TMPDIR, or mount a tmpfs on /tmp): {exc}"
+        ) from None
 
 
 # ---------------------------------------------------------------------- the worker side

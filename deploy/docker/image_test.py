@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,103 @@ def run(image: str) -> None:
             raise
         finally:
             docker("rm", "--force", name, check_rc=False)
+        data_workers(image, mock.url, maps)
+
+
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive free ports."""
+    for _ in range(50):
+        first = free_port()
+        socks = [socket.socket() for _ in range(count)]
+        try:
+            for i, sock in enumerate(socks):
+                sock.bind(("127.0.0.1", first + i))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise Failed(f"no {count} consecutive free ports")
+
+
+def data_workers(image: str, mock_url: str, maps: Path) -> None:
+    """The same image with two data workers: a read-only root needs a tmpfs for the workers'
+    metrics (without one the router says so and exits 1); with one, streams are served by
+    the workers at their fixed ports, the metrics are summed, ``docker stop`` drains all."""
+    name = f"arrakis-router-image-workers-{os.getpid()}"
+    port, metrics, first = free_port(), free_port(), free_ports(2)
+    argv = [
+        "run", "--detach", "--name", name, "--network", "host",
+        "--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+        "-v", f"{maps}:/etc/arrakis-router/maps:ro",
+        "-e", f"ARRAKIS_ROUTER_URL=grpc://127.0.0.1:{port}",
+        "-e", f"ARRAKIS_ROUTER_METRICS_PORT={metrics}",
+        "-e", "ARRAKIS_ROUTER_DATA_WORKERS=2",
+        "-e", f"ARRAKIS_ROUTER_DATA_WORKER_PORT={first}",
+        "-e", "ARRAKIS_ROUTER_ADVERTISE_HOST=127.0.0.1",
+    ]  # fmt: skip
+    try:
+        docker(*argv, image)
+        wait_for(lambda: not inspect(name, ".State.Running"), 60, "the router to refuse")
+        logs = container_logs(name)
+        code = inspect(name, ".State.ExitCode")
+        check(
+            code == 1 and "writable temporary directory" in logs,
+            f"no writable /tmp: exit code {code} and the reason logged",
+        )
+    finally:
+        docker("rm", "--force", name, check_rc=False)
+    try:
+        docker(*argv[:4], "--tmpfs", "/tmp", *argv[4:], image)
+        url = f"grpc://127.0.0.1:{port}"
+        client = arrakis.Client(url)
+
+        def answers() -> bool:
+            try:
+                return bool(client.count("H1:*") > 0)
+            except flight.FlightError:
+                return False
+
+        wait_for(answers, 90, "the router with data workers to answer")
+        request = {
+            "request": "Stream",
+            "args": {
+                "channels": [CHANNEL],
+                "start": 1_400_000_000 * 10**9,
+                "end": 1_400_000_002 * 10**9,
+            },
+        }
+        raw = flight.connect(url)
+        info = raw.get_flight_info(flight.FlightDescriptor.for_command(json.dumps(request)))
+        raw.close()
+        location = info.endpoints[0].locations[0].uri.decode()
+        workers = {f"grpc://127.0.0.1:{first}", f"grpc://127.0.0.1:{first + 1}"}
+        check(location in workers, f"a Stream is handed to a data worker: {location}")
+        t0 = 1_400_000_000
+        got = client.fetch([CHANNEL], t0, t0 + 2).data[CHANNEL]
+        want = arrakis.Client(mock_url).fetch([CHANNEL], t0, t0 + 2).data[CHANNEL]
+        check(np.array_equal(got, want) and got.size > 0, "fetch through a data worker matches")
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10) as r:
+            page = r.read().decode()
+        check("arrakis_router_data_workers_up 2.0" in page, "metrics: 2 data workers up")
+        served = 'arrakis_router_requests_total{kind="Stream",outcome="OK",rpc="DoGet"} 1.0'
+        check(served in page, "metrics: the workers' stream summed on the front's page")
+        sent = time.monotonic()
+        docker("stop", "--time", "30", name, timeout=60)
+        took = time.monotonic() - sent
+        code = inspect(name, ".State.ExitCode")
+        check(code == 0 and took < 7 + 3, f"docker stop: exit code {code} after {took:.1f} s")
+        lines = [line for line in container_logs(name).splitlines() if line.strip()]
+        bad = [line for line in lines if not _is_json(line)]
+        check(lines and not bad, f"all {len(lines)} log lines of 3 processes are JSON {bad[:2]}")
+        stopped = [json.loads(line) for line in lines if '"router_stopped"' in line]
+        check(sorted(e.get("worker", -1) for e in stopped) == [-1, 0, 1], "all 3 stopped")
+    except BaseException:
+        print(container_logs(name)[-4000:], file=sys.stderr)
+        raise
+    finally:
+        docker("rm", "--force", name, check_rc=False)
 
 
 def exercise(name: str, port: int, metrics: int, mock_url: str, maps: Path) -> None:

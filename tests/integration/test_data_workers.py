@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -81,9 +82,13 @@ def _location(info: flight.FlightInfo) -> str:
     return str(location.uri.decode())
 
 
-def _metrics(port: int) -> dict[str, float]:
+def _exposition(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
+        return str(response.read().decode())
+
+
+def _metrics(port: int) -> dict[str, float]:
+    text = _exposition(port)
     values = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
@@ -148,6 +153,16 @@ def test_streams_go_to_the_workers_in_turn_and_equal_a_direct_read(
         assert values["arrakis_router_data_workers"] == 2
         assert values["arrakis_router_data_workers_up"] == 2
         assert values['arrakis_router_stream_bytes_total{stream="bounded"}'] > 16 * 16384 * 8
+        for k in (0, 1):
+            assert values[f'arrakis_router_data_worker_resident_memory_bytes{{worker="{k}"}}'] > 0
+            assert values[f'arrakis_router_data_worker_cpu_seconds_total{{worker="{k}"}}'] > 0
+        # the summed exposition is valid (no family twice, types and names as promtool wants)
+        promtool = shutil.which("promtool")
+        assert promtool, "promtool is not installed (Debian: apt-get install prometheus)"
+        check = subprocess.run(
+            [promtool, "check", "metrics"], input=_exposition(port), capture_output=True, text=True
+        )
+        assert check.returncode == 0 and not (check.stdout + check.stderr).strip(), check
         done = [e for e in _events(front, "stream_done") if "worker" in e]
         assert len(done) == 1 and done[0]["worker"] in (0, 1)
         started = _events(front, "router_started")
