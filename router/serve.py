@@ -493,7 +493,8 @@ def _serve_with(
     metrics_server = None
     if args.metrics_port:
         try:
-            pages: dict[str, Page] = {"/": status_page_for(service)}
+            views = workers.views if workers is not None else None
+            pages: dict[str, Page] = {"/": status_page_for(service, workers=views)}
             pages.update(health_pages(service.health, service.draining.is_set))
             metrics_server = metrics.serve(args.metrics_port, host, pages)
         except OSError as exc:

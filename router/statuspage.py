@@ -63,6 +63,16 @@ class EndpointView:
 
 
 @dataclass(frozen=True)
+class WorkerView:
+    """One data worker slot (router.workers), as the front sees it."""
+
+    index: int
+    location: str | None  # None: not serving now
+    pid: int | None
+    restarts: int
+
+
+@dataclass(frozen=True)
 class StatusSnapshot:
     map_file: str
     fingerprint: str
@@ -72,6 +82,7 @@ class StatusSnapshot:
     endpoints: tuple[EndpointView, ...]
     streams: tuple[StreamView, ...]
     problems: tuple[str, ...] = ()  # providers that failed: the page says so
+    workers: tuple[WorkerView, ...] | None = None  # None: no data workers
 
 
 T = TypeVar("T")
@@ -108,8 +119,10 @@ class StatusPage:
         health: Callable[[], Mapping[str, object]] | None = None,
         errors: Callable[[], Mapping[str, Sequence[ErrorView]]] | None = None,
         streams: Callable[[], Sequence[StreamView]] | None = None,
+        workers: Callable[[], Sequence[WorkerView]] | None = None,
     ) -> None:
         self.current_map = current_map
+        self.workers = workers
         self.clock = clock
         self.health = health
         self.errors = errors
@@ -146,6 +159,12 @@ class StatusPage:
         )
         no_streams: Sequence[StreamView] = ()
         streams = tuple(_provided("streams in flight", self.streams, no_streams, problems))
+        no_workers: Sequence[WorkerView] = ()
+        workers = (
+            tuple(_provided("data workers", self.workers, no_workers, problems))
+            if self.workers is not None
+            else None
+        )
         return StatusSnapshot(
             sm.file,
             self._fingerprint_of(sm),
@@ -155,6 +174,7 @@ class StatusPage:
             endpoints,
             streams,
             tuple(problems),
+            workers,
         )
 
     def __call__(self) -> tuple[str, list[tuple[str, str]], bytes]:
@@ -168,10 +188,13 @@ class StatusPage:
 
 
 def status_page_for(
-    service: RouterService, health: Callable[[], Mapping[str, object]] | None = None
+    service: RouterService,
+    health: Callable[[], Mapping[str, object]] | None = None,
+    workers: Callable[[], Sequence[WorkerView]] | None = None,
 ) -> StatusPage:
     """The page of a ``RouterService``: its routing, clock, endpoint health (its registry's
-    states unless ``health`` is given), recent errors and streams."""
+    states unless ``health`` is given), recent errors and streams; ``workers``: the data
+    workers of a front (router.workers)."""
     if health is None:
         registry = service.health
 
@@ -188,6 +211,7 @@ def status_page_for(
         health=health,
         errors=service.metrics.recent_errors.snapshot,
         streams=service.inflight.snapshot,
+        workers=workers,
     )
 
 
@@ -279,6 +303,25 @@ def _channels(chans: Sequence[str], limit: int = 5) -> str:
     return shown + (f", … ({len(chans)} channels)" if len(chans) > limit else "")
 
 
+def _workers_section(s: StatusSnapshot) -> str:
+    if s.workers is None:
+        return ""
+    head = _head("worker", "location", "pid", "state", "restarts")
+    rows = "".join(
+        f'<tr class="worker"><td>{w.index}</td><td><code>{_e(w.location or "-")}</code></td>'
+        f"<td>{w.pid if w.pid is not None else '-'}</td>"
+        f'<td class="health-{"up" if w.location else "bad"}">'
+        f"{'serving' if w.location else 'not serving'}</td><td>{w.restarts}</td></tr>"
+        for w in s.workers
+    )
+    return (
+        f'<section id="workers"><h2>Data workers ({len(s.workers)})</h2>'
+        "<p>Streams are handed to these processes in turn; the streams they serve are not "
+        "listed below (their figures are in the summed <code>/metrics</code>).</p>"
+        f"<table><thead>{head}</thead><tbody>{rows}</tbody></table></section>"
+    )
+
+
 def _streams_section(s: StatusSnapshot) -> str:
     if not s.streams:
         return '<section id="streams"><h2>Streams in flight</h2><p>none</p></section>'
@@ -314,5 +357,5 @@ def render_html(s: StatusSnapshot) -> str:
         f"{_map_section(s)}{_endpoints_section(s)}"
         '<section id="coverage"><h2>Coverage by data age</h2>'
         f"{render_timelines(s.scope_map)}</section>"
-        f"{_streams_section(s)}</body></html>\n"
+        f"{_workers_section(s)}{_streams_section(s)}</body></html>\n"
     )

@@ -47,6 +47,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from router.protocol.announce import serving_line
+from router.statuspage import WorkerView
 
 log = structlog.get_logger("router.workers")
 
@@ -157,6 +158,10 @@ class DataWorkers:
                     self._next = (worker.index + 1) % n
                     return worker.location
         return None
+
+    def views(self) -> list[WorkerView]:
+        """The slots for the status page."""
+        return [WorkerView(w.index, w.location, w.pid, w.restarts) for w in self.workers]
 
     def locations(self) -> list[str]:
         return [w.location for w in self.workers if w.location is not None]

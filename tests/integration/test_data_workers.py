@@ -163,6 +163,12 @@ def test_streams_go_to_the_workers_in_turn_and_equal_a_direct_read(
             [promtool, "check", "metrics"], input=_exposition(port), capture_output=True, text=True
         )
         assert check.returncode == 0 and not (check.stdout + check.stderr).strip(), check
+        # the status page lists the workers and says where their streams are
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+            page = response.read().decode()
+        assert "Data workers (2)" in page and page.count('<tr class="worker">') == 2
+        assert all(f"<code>{location}</code>" in page for location in workers)
+        assert "not listed below" in page
         done = [e for e in _events(front, "stream_done") if "worker" in e]
         assert len(done) == 1 and done[0]["worker"] in (0, 1)
         started = _events(front, "router_started")

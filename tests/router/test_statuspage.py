@@ -250,3 +250,22 @@ def test_a_failing_provider_is_named_not_fatal() -> None:
     assert len(tree.find("td", **{"class": "health-unknown"})) == 3
     assert [e["event"] for e in logs] == ["status_provider_failed"]
     assert logs[0]["provider"] == "health"
+
+
+def test_data_workers_are_listed_only_when_there_are_some() -> None:
+    from router.statuspage import WorkerView
+
+    sm = _map(GAPPY)
+    assert "Data workers" not in page_for(sm)()[2].decode()
+    views = [
+        WorkerView(0, "grpc://10.0.0.5:31210", 4242, 0),
+        WorkerView(1, None, None, 3),  # exited, waiting for its restart
+    ]
+    tree = Tree(page_for(sm, workers=lambda: views)()[2].decode())
+    rows = tree.find("tr", **{"class": "worker"})
+    assert len(rows) == 2
+    assert "Data workers (2)" in tree.all_text
+    assert "grpc://10.0.0.5:31210" in tree.all_text and "4242" in tree.all_text
+    assert len(tree.find("td", **{"class": "health-up"})) == 1
+    assert len(tree.find("td", **{"class": "health-bad"})) == 1
+    assert "not serving" in tree.all_text
