@@ -12,7 +12,8 @@ as the front would. With no worker running the front hands out its own address
 (reuse-connection) and serves the stream itself: nothing is refused for want of a worker.
 
 The front supervises its workers (:class:`DataWorkers`): started before the front announces
-itself, restarted with a growing back-off when one exits, sent SIGHUP when the front's own
+itself, restarted with a growing back-off when one exits, probed for liveness (a worker that
+stops answering gets no new streams, then is killed and restarted), sent SIGHUP when the front's own
 scope map reload succeeds (workers do not watch the file themselves, so all processes follow
 one decision), SIGTERM when the front drains. A worker exits when the front's pipe to it
 closes (the front died, even by SIGKILL). Metrics of all processes are aggregated by
@@ -58,6 +59,12 @@ STABLE_AFTER = 60.0  # a worker up this long has its back-off reset
 WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]", "")
 RELOADED = "reloaded "  # a worker's line on its standard output: "reloaded SHA256"
 RELOAD_TIMEOUT = 60.0  # a front waits this long for its workers to load a new map
+# liveness: every PROBE_INTERVAL s the front asks each worker for server-info (deadline
+# PROBE_TIMEOUT s); one failure takes it out of the hand-out, PROBE_STRIKES in a row kill it
+# (it is then restarted like a worker that exited)
+PROBE_INTERVAL = 2.0
+PROBE_TIMEOUT = 2.0
+PROBE_STRIKES = 3
 
 
 def advertised_host(bind_host: str, configured: str | None) -> str:
@@ -90,6 +97,9 @@ class Worker:
     backoff: float = RESTART_BACKOFF
     serving: threading.Event = field(default_factory=threading.Event)
     digest: str = ""  # of the scope map the worker last reported loaded
+    advertised: str | None = None  # the location while this process serves
+    port: int = 0  # of this process
+    strikes: int = 0  # failed liveness probes in a row
 
     @property
     def pid(self) -> int | None:
@@ -121,6 +131,9 @@ class DataWorkers:
         command: Sequence[str] | None = None,
         on_exit: Callable[[int], None] | None = None,
         start_timeout: float = START_TIMEOUT,
+        probe_interval: float = PROBE_INTERVAL,
+        probe_timeout: float = PROBE_TIMEOUT,
+        probe_strikes: int = PROBE_STRIKES,
     ) -> None:
         if count < 1:
             raise ValueError(f"data workers must be >= 1, got {count}")
@@ -134,6 +147,9 @@ class DataWorkers:
         self.command = list(command or [sys.executable, "-m", "router.workers"])
         self.on_exit = on_exit
         self.start_timeout = start_timeout
+        self.probe_interval = probe_interval
+        self.probe_timeout = probe_timeout
+        self.probe_strikes = probe_strikes
         self._lock = threading.Lock()
         self._reloaded = threading.Condition()
         self._next = 0
@@ -182,6 +198,8 @@ class DataWorkers:
             target=self._supervise, name="data-workers", daemon=True
         )
         self._supervisor.start()
+        if self.probe_interval > 0:
+            threading.Thread(target=self._probe_loop, name="data-worker-probe", daemon=True).start()
 
     def _why_not(self, worker: Worker) -> str:
         proc = worker.process
@@ -209,7 +227,8 @@ class DataWorkers:
             },
         }
         worker.serving.clear()
-        worker.location = None
+        worker.location = worker.advertised = None
+        worker.strikes = 0
         proc = subprocess.Popen(
             self.command,
             stdin=subprocess.PIPE,
@@ -240,8 +259,9 @@ class DataWorkers:
                 continue
             url = serving_line(line) if not worker.serving.is_set() else None
             if url is not None and worker.process is proc:
-                location = f"{self.scheme}://{_host_in_url(self.advertise_host)}:{port_of(url)}"
-                worker.location = location
+                worker.port = port_of(url)
+                location = f"{self.scheme}://{_host_in_url(self.advertise_host)}:{worker.port}"
+                worker.location = worker.advertised = location
                 worker.serving.set()
                 log.info(
                     "data_worker_serving", worker=worker.index, pid=proc.pid, location=location
@@ -272,8 +292,55 @@ class DataWorkers:
                         log.error("data_worker_restart_failed", worker=worker.index, error=str(exc))
                         pending[worker.index] = now + worker.backoff
 
+    def _probe_loop(self) -> None:
+        """Asks every serving worker for server-info, one after the other, each interval."""
+        while not self._stopping.wait(self.probe_interval):
+            for worker in self.workers:
+                proc = worker.process
+                if proc is None or not worker.serving.is_set() or self._stopping.is_set():
+                    continue
+                error = self._probe(worker)
+                if error is None:
+                    if worker.strikes:
+                        log.info("data_worker_answering", worker=worker.index, pid=proc.pid)
+                    worker.strikes = 0
+                    if worker.process is proc:
+                        worker.location = worker.advertised
+                    continue
+                worker.strikes += 1
+                worker.location = None  # no new streams while it does not answer
+                fields = {"worker": worker.index, "pid": proc.pid, "error": error[:300]}
+                if worker.strikes < self.probe_strikes:
+                    log.warning("data_worker_not_answering", strikes=worker.strikes, **fields)
+                    continue
+                log.error(
+                    "data_worker_unresponsive",
+                    strikes=worker.strikes,
+                    detail="killed: it will be restarted",
+                    **fields,
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+
+    def _probe(self, worker: Worker) -> str | None:
+        """None when the worker answers server-info in time, else why not."""
+        import pyarrow.flight as flight
+
+        host = self.bind_host if self.bind_host not in WILDCARD_HOSTS else "127.0.0.1"
+        url = f"{self.scheme}://{_host_in_url(host)}:{worker.port}"
+        options = flight.FlightCallOptions(timeout=self.probe_timeout)
+        try:
+            # our own child: its certificate names the advertised host, not loopback
+            tls = {"disable_server_verification": True} if self.scheme == "grpc+tls" else {}
+            with flight.connect(url, **tls) as client:
+                for _ in client.do_action(flight.Action("server-info", b""), options):
+                    pass
+        except Exception as exc:  # any failure to answer counts, whatever its kind
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
     def _exited(self, worker: Worker, proc: subprocess.Popen[bytes], now: float) -> None:
-        worker.location = None
+        worker.location = worker.advertised = None
         worker.serving.clear()
         worker.process = None
         code = proc.returncode
@@ -334,7 +401,7 @@ class DataWorkers:
         streams within its own ``--drain-timeout`` and exits."""
         self._stopping.set()
         for worker in self.workers:
-            worker.location = None
+            worker.location = worker.advertised = None
             proc = worker.process
             if proc is not None and proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):

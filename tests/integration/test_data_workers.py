@@ -8,6 +8,7 @@ against the differential property (tests/integration/test_differential.py, data-
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -215,6 +216,45 @@ def test_a_worker_killed_mid_stream_fails_the_stream_and_is_restarted(
         assert location not in now and len(now) == 2
         got = arrakis.Client(front.url).fetch([STRAIN], *(t / NS for t in _historical(4)))
         assert got.data[STRAIN].shape == (4 * 16384,)
+
+
+def test_a_worker_that_stops_answering_is_taken_out_then_replaced(
+    mock: str, tmp_path: Path
+) -> None:
+    """A hung worker (SIGSTOP: it accepts connections and answers nothing) gets no new
+    streams from its first failed liveness probe, and is killed and restarted after three."""
+    port = free_port()
+    with _front(_map(tmp_path / "map.yaml", mock), "--metrics-port", str(port)) as front:
+        workers = _worker_pids(front)
+        hung, pid = sorted(workers.items())[0]
+        os.kill(pid, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        try:
+            assert wait_until(lambda: _events(front, "data_worker_not_answering"), 15)
+            noticed = time.monotonic() - stopped_at
+            # the client: every new stream goes to the worker that answers
+            handed = {
+                _location(_stream_info(front.url, [STRAIN], *_historical(4))) for _ in range(4)
+            }
+            assert handed == set(workers) - {hung}
+            got = arrakis.Client(front.url).fetch([STRAIN], *(t / NS for t in _historical(4)))
+            assert got.data[STRAIN].shape == (4 * 16384,)
+            assert wait_until(lambda: _events(front, "data_worker_unresponsive"), 30)
+            killed = time.monotonic() - stopped_at
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        # the operator: a warning per failed probe, one error, the exit, a new process
+        (unresponsive,) = _events(front, "data_worker_unresponsive")
+        assert unresponsive["pid"] == pid and unresponsive["strikes"] == 3
+        assert unresponsive["level"] == "error"
+        warnings = _events(front, "data_worker_not_answering")
+        assert [e["strikes"] for e in warnings] == [1, 2] and warnings[0]["level"] == "warning"
+        assert noticed < 2 + 2 + 3 and killed < 3 * (2 + 2) + 3, (noticed, killed)
+        assert wait_until(lambda: len(_events(front, "data_worker_serving")) == 3, 30)
+        (exited,) = _events(front, "data_worker_exited")
+        assert exited["pid"] == pid and exited["exit"] == "signal SIGKILL"
+        assert wait_until(lambda: _metrics(port)["arrakis_router_data_workers_up"] == 2, 10)
 
 
 def test_a_reload_reaches_every_worker_before_the_front_swaps(mock: str, tmp_path: Path) -> None:

@@ -53,6 +53,7 @@ def make(stopped: list[DataWorkers], count: int, body: str, **kw: object) -> Dat
         bind_host="0.0.0.0",
         advertise_host="router.example.org",
         command=stand_in(body),
+        probe_interval=0,  # the stand-ins answer no server-info (probes: the integration tests)
         **kw,  # type: ignore[arg-type]
     )
     stopped.append(workers)
@@ -120,6 +121,7 @@ def test_a_worker_that_never_announces_fails_the_start_in_time(
         advertise_host="127.0.0.1",
         command=silent,
         start_timeout=1.0,
+        probe_interval=0,
     )
     stopped.append(workers)
     started = time.monotonic()
