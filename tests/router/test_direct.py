@@ -307,3 +307,138 @@ def test_chunked_stream_cancel_and_early_exit_close_everything() -> None:
     next(batches)
     batches.close()  # type: ignore[attr-defined]
     assert downstream.open == 0 and _threads() == []
+
+
+# ------------------------------------------------------------------ runs checked at once
+# A historical stream's reader thread reads the downstream in lists and checks a list that
+# is a run of whole blocks filling the next slots in one pass (OnGridRelay.runs); any other
+# list goes through the per-block path. The output must be the per-block path's, batch for
+# batch, with the same counters, however the input is cut into lists.
+
+
+def _flat(chunks: list[Any]) -> list[pa.RecordBatch]:
+    return [b for c in chunks for b in (c.to_batches() if isinstance(c, pa.Table) else c)]
+
+
+def _same_output(got: list[pa.RecordBatch], want: list[pa.RecordBatch]) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert g.schema.equals(w.schema, check_metadata=True)
+        assert g.equals(w)
+    assert rows(got) == rows(want)
+
+
+def _cut(batches: list[pa.RecordBatch], sizes: list[int]) -> list[list[pa.RecordBatch]]:
+    """``batches`` in lists of the given sizes (cycled; the last list shorter)."""
+    out, i, k = [], 0, 0
+    while i < len(batches):
+        size = sizes[k % len(sizes)]
+        out.append(batches[i : i + size])
+        i, k = i + size, k + 1
+    return out
+
+
+# mostly runs of consecutive whole blocks (what a well-behaved downstream sends), broken
+# now and then by a gap, a repeat, a row going back or a row only the general path takes
+EDIT = st.one_of(
+    st.just(("whole", 0)),
+    st.tuples(st.sampled_from(["gap", "repeat", "back"]), st.integers(1, 3)),
+    st.tuples(st.sampled_from(["off-grid", "double", "half", "null-list"]), st.just(0)),
+)
+
+
+def _edited(first: int, edits: list[tuple[str, int]]) -> list[pa.RecordBatch]:
+    out: list[pa.RecordBatch] = []
+    k = first
+    for kind, n in edits:
+        if kind == "gap":
+            k += n
+        elif kind in ("repeat", "back"):
+            out.append(_row("whole", k - n if kind == "back" else k - 1))
+        elif kind != "whole":
+            out.append(_row(kind, k))
+            k += 1
+            continue
+        out.append(_row("whole", k))
+        k += 1
+    return out
+
+
+@given(
+    st.integers(-3, 2),
+    st.lists(EDIT, max_size=40),
+    st.lists(st.integers(1, 20), min_size=1, max_size=4),
+    st.sampled_from([2, 16, 64]),
+    st.one_of(st.none(), st.integers(1, 45)),
+)
+def test_runs_equal_the_per_block_path(
+    first: int, edits: list[Any], sizes: list[int], rows_: int, n: int | None
+) -> None:
+    batches = _edited(first, edits)
+    end = None if n is None else T0 + n * S
+    plain = _relay(batches, T0, end)
+    want = list(plain)
+    relay = OnGridRelay((), GRID, T0, end)
+    got = _flat(list(relay.runs(_cut(batches, sizes), rows_)))
+    _same_output(got, want)
+    assert (relay.passed, relay.gap_blocks, relay.duplicates) == (
+        plain.passed,
+        plain.gap_blocks,
+        plain.duplicates,
+    )
+    assert (relay.fallback is None) == (plain.fallback is None)
+
+
+@given(st.lists(ROW, max_size=20), st.lists(st.integers(1, 20), min_size=1, max_size=4))
+def test_runs_equal_the_per_block_path_on_any_rows(spec: list[Any], sizes: list[int]) -> None:
+    batches = [_row(kind, k) for kind, k in spec]
+    end = T0 + 12 * S
+    plain = _relay(batches, T0, end)
+    want = list(plain)
+    relay = OnGridRelay((), GRID, T0, end)
+    _same_output(_flat(list(relay.runs(_cut(batches, sizes), 16))), want)
+    assert (relay.gap_blocks, relay.duplicates) == (plain.gap_blocks, plain.duplicates)
+
+
+def test_a_run_of_whole_blocks_is_passed_on_as_one_table_of_its_own_batches() -> None:
+    batches = downstream_blocks([A, B], [T0 + k * S for k in range(40)], S)
+    relay = OnGridRelay((), GRID, T0, T0 + 40 * S)
+    chunks = list(relay.runs([batches[:20], batches[20:]], 32))
+    assert [type(c) for c in chunks] == [pa.Table, pa.Table]
+    assert [c.num_rows for c in chunks] == [20, 20]
+    _same_output(_flat(chunks), batches)
+    assert relay.passed == 40 and relay.fallback is None
+
+
+def test_reading_stops_at_the_end_of_the_stream() -> None:
+    """``wanted`` asks for no more rows than the slots left, and no list is read after the
+    one that completes the stream."""
+    relay = OnGridRelay((), GRID, T0, T0 + 5 * S)
+    assert relay.wanted(64) == 5
+    read: list[int] = []
+
+    def lists() -> Any:
+        for k in range(0, 20, 3):
+            read.append(k)
+            yield downstream_blocks([A, B], [T0 + (k + i) * S for i in range(3)], S)
+
+    out = _flat(list(relay.runs(lists(), 64)))
+    assert [t for t, _ in rows(out)] == [T0 + k * S for k in range(5)]
+    assert read == [0, 3]
+    assert relay.wanted(64) == 1  # at least one, whatever is asked after the end
+
+
+def test_chunked_stream_fails_over_mid_run_resuming_after_the_last_delivered_block() -> None:
+    """Runs checked at once (32 blocks per chunk): the first replica fails in the middle of
+    a list; what it delivered is sent, the replica resumes after it, and the stream is the
+    same as the plain path's."""
+    blocks = downstream_blocks([A, B], [T0 + k * S for k in range(40)], S)
+    first = ScriptedDownstream(URL, [[*blocks[:23], UnavailableError(f"{URL}: gone")]])
+    replica = ScriptedDownstream(REPLICA, [blocks[23:]])
+    execution = _execution([first, replica], 40, historical=True, chunk_bytes=32 * BLOCK_BYTES)
+    out = list(execution)
+    assert any(isinstance(x, pa.Table) and x.num_rows > 1 for x in out)
+    _same_output(_unchunked(out), blocks)
+    assert replica.commands[0]["args"]["start"] == T0 + 23 * S
+    assert (execution.blocks, execution.gap_blocks, execution.duplicates_dropped) == (40, 0, 0)
+    assert first.open == replica.open == 0 and _threads() == []
