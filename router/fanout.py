@@ -403,7 +403,8 @@ class ReplicaFeed:
         self, stream: BatchStream, size: Callable[[], int]
     ) -> Generator[list[pa.RecordBatch], None, None]:
         """``stream``'s batches in lists of up to ``size()``: the idle clock restarts at
-        every batch received, as one batch at a time; a list cut short by a failure is
+        every batch received and the idle limit applies from the first one on, as when
+        reading one batch at a time; a list cut short by a failure is
         delivered first (what was received counts as delivered), then the failure raised."""
         monotonic = self.timer.monotonic
         batches = iter(stream)
@@ -414,7 +415,9 @@ class ReplicaFeed:
             try:
                 for batch in batches:
                     append(batch)
+                    # the watch's clock: from the first batch on, the idle limit applies
                     self.progress = monotonic()
+                    self.attempt_delivered += 1
                     if len(run) >= want:
                         break
             except BaseException:
@@ -434,5 +437,4 @@ class ReplicaFeed:
         self.reading = False
         self._last = run[-1]
         self.delivered += len(run)
-        self.attempt_delivered += len(run)
         return run

@@ -357,3 +357,32 @@ def test_a_run_cut_short_by_a_failure_is_delivered_and_the_replica_resumes_after
     assert all(x is y for x, y in zip([b for run in runs for b in run], blocks, strict=True))
     assert b.commands[0]["args"]["start"] == 3 * S
     assert feed.delivered == 6 and a.open == b.open == 0
+
+
+def test_a_run_waiting_after_its_first_batch_is_held_to_the_idle_limit() -> None:
+    """Read in lists of four, the downstream goes silent after one batch: the list holds a
+    batch already, so the idle limit applies (not the open limit of a stream that has not
+    started)."""
+    blocks = downstream_blocks([A], [0], S)
+    a = ScriptedDownstream("grpc://silent:1", [[blocks[0], HANG]])
+    feed = ReplicaFeed(
+        StaticPool({"grpc://silent:1": a}),
+        RequestContext("req-1"),
+        ["grpc://silent:1"],
+        _command,
+        CALL,
+        start=0,
+        end=6 * S,
+        batch_end=batch_end(GRID),
+        timer=TIMER,
+        open_timeout=30.0,
+        idle_timeout=0.2,
+        label="[0, 1) {A}",
+    )
+    runs = feed.runs(lambda: 4)
+    assert next(runs) == blocks  # what came before the failure, delivered first
+    with pytest.raises(TimedOutError) as info:
+        next(runs)
+    assert "no data for 0.2 s" in str(info.value)
+    runs.close()
+    assert a.open == 0
