@@ -22,7 +22,7 @@ import dataclasses
 import threading
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Executor, Future, wait
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pyarrow as pa
 import structlog
@@ -265,18 +265,6 @@ class ReplicaFeed:
             current.cancel()
 
     def __iter__(self) -> Generator[pa.RecordBatch, None, None]:
-        return self._attempts(self._read_one)
-
-    def runs(self, size: Callable[[], int]) -> Generator[list[pa.RecordBatch], None, None]:
-        """The same batches in lists of up to ``size()`` (asked before each list), read in
-        one tight loop: what a reader thread hands on at once. A list never spans two
-        replicas; one cut short by a failure is delivered before the failover, so a
-        replica still resumes after the last batch delivered."""
-        return self._attempts(lambda url: self._read_runs(url, size))
-
-    def _attempts(
-        self, read: Callable[[str], Generator[T, None, None]]
-    ) -> Generator[T, None, None]:
         ctx = self.ctx
         while True:
             step = next_step(self.endpoints, self.outcomes, self._retry_backoff)
@@ -303,7 +291,7 @@ class ReplicaFeed:
             ctx.check(f"Stream {self.label}")
             before = self.delivered
             try:
-                yield from read(step.url)
+                yield from self._read_one(step.url)
                 return
             except ArrakisError as exc:
                 if self._closed:
@@ -331,17 +319,10 @@ class ReplicaFeed:
                 setattr(out, key, value)
         return out
 
-    def _read_runs(
-        self, url: str, size: Callable[[], int]
-    ) -> Generator[list[pa.RecordBatch], None, None]:
-        return self._read_one(url, size)
-
-    def _read_one(
-        self, url: str, size: Callable[[], int] | None = None
-    ) -> Generator[Any, None, None]:
-        """Yield the stream from ``url`` resuming at ``self.resume`` (batch by batch, or in
-        lists of up to ``size()``); returns when it reached the end (or the feed was
-        closed), raises the translated fault otherwise (an early end included)."""
+    def _read_one(self, url: str) -> Generator[pa.RecordBatch, None, None]:
+        """Yield the stream from ``url`` resuming at ``self.resume``; returns when it reached
+        the end (or the feed was closed), raises the translated fault otherwise (an early
+        end included)."""
         resume = self.resume
         if resume is not None:
             log.info("downstream_resume", endpoint=url, slice=self.label, resume=seconds(resume))
@@ -360,20 +341,17 @@ class ReplicaFeed:
             if self._closed:
                 return
             monotonic = self.timer.monotonic
-            if size is not None:
-                yield from self._runs_of(stream, size)
-            else:
-                # No Python function call per batch on this path (see router.server.guarded)
-                for batch in stream:
-                    self.reading = False
-                    yield batch
-                    self._last = batch
-                    self.delivered += 1
-                    self.attempt_delivered += 1
-                    if self._closed:
-                        return
-                    self.progress = monotonic()
-                    self.reading = True
+            # No Python function call per batch on this path (see router.server.guarded)
+            for batch in stream:
+                self.reading = False
+                yield batch
+                self._last = batch
+                self.delivered += 1
+                self.attempt_delivered += 1
+                if self._closed:
+                    return
+                self.progress = monotonic()
+                self.reading = True
             self.reading = False
             watch.stop()
             if watch.fired is not None:
@@ -398,43 +376,3 @@ class ReplicaFeed:
             with self._lock:
                 self._current = None
             stream.close()
-
-    def _runs_of(
-        self, stream: BatchStream, size: Callable[[], int]
-    ) -> Generator[list[pa.RecordBatch], None, None]:
-        """``stream``'s batches in lists of up to ``size()``: the idle clock restarts at
-        every batch received and the idle limit applies from the first one on, as when
-        reading one batch at a time; a list cut short by a failure is
-        delivered first (what was received counts as delivered), then the failure raised."""
-        monotonic = self.timer.monotonic
-        batches = iter(stream)
-        while not self._closed:
-            want = size()
-            run: list[pa.RecordBatch] = []
-            append = run.append
-            try:
-                for batch in batches:
-                    append(batch)
-                    # the watch's clock: from the first batch on, the idle limit applies
-                    self.progress = monotonic()
-                    self.attempt_delivered += 1
-                    if len(run) >= want:
-                        break
-            except BaseException:
-                if run and not self._closed:
-                    yield self._delivered(run)
-                raise
-            if not run:
-                return
-            yield self._delivered(run)
-            if self._closed:
-                return
-            self.progress = monotonic()
-            self.reading = True
-
-    def _delivered(self, run: list[pa.RecordBatch]) -> list[pa.RecordBatch]:
-        """``run`` counted as delivered (the consumer holds it: the idle clock stops)."""
-        self.reading = False
-        self._last = run[-1]
-        self.delivered += len(run)
-        return run

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, islice
+from typing import TypeVar
 
 import pyarrow as pa
 import structlog
@@ -40,12 +41,13 @@ from router.stitch import (
     merge_groups,
     trim,
 )
-from router.stitch.direct import Chunk, OnGridRelay
+from router.stitch.direct import OnGridRelay
 from router.stitch.output import block_to_batch
 from router.stitch.rebucket import cell_length, stitch_rows
 from router.timers import Timer
 from scopemap import StreamPlan, StreamSlice
 
+T = TypeVar("T")
 log = structlog.get_logger("router.streaming")
 NS = 1_000_000_000
 
@@ -112,6 +114,18 @@ def chunk_rows(grid: Grid, budget: int) -> int:
     """Blocks per chunk: as many as fit ``budget`` bytes of samples (1 to 256)."""
     block = sum(c.samples * max(1, c.value_type.bit_width // 8) for c in grid.channels.values())
     return int(max(1, min(256, budget // max(1, block))))
+
+
+def chunks_of(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last one shorter); closing it closes ``items``."""
+    it = iter(items)
+    try:
+        while chunk := list(islice(it, size)):
+            yield chunk
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
 
 
 class RepeatCounter:
@@ -358,18 +372,12 @@ class StreamExecution:
         lo = self.grid.floor(sl.start) if sl.start is not None else None
         feed = self.feeds.feed(group.channels, group.endpoints, lo, sl.end)
         self._direct_feed = feed
+        batches = iter(feed)
+        relay = OnGridRelay(batches, self.grid, head, self.plan.request.end)
         rows = chunk_rows(self.grid, self.feeds.options.chunk_bytes) if self.historical else 1
-        end = self.plan.request.end
-        batches: Generator[object, None, None]
-        if rows > 1:
-            relay = OnGridRelay((), self.grid, head, end)
-            batches = runs = feed.runs(functools.partial(relay.wanted, rows))
-        else:
-            batches = iter(feed)
-            relay = OnGridRelay(batches, self.grid, head, end)
         try:
             if rows > 1:
-                yield from self._chunked(relay.runs(runs, rows), feed)
+                yield from self._chunked(self._counted(relay), rows, feed)
             else:
                 yield from self._counted(relay)
         finally:
@@ -389,24 +397,21 @@ class StreamExecution:
             yield batch
 
     def _chunked(
-        self, chunks: Iterator[Chunk], feed: ReplicaFeed
+        self, blocks: Iterator[pa.RecordBatch], rows: int, feed: ReplicaFeed
     ) -> Iterator[pa.RecordBatch | pa.Table]:
-        """``chunks`` (:meth:`OnGridRelay.runs` over the feed read a list of batches at a
-        time) made by a thread of their own, each handed over as one ``pa.Table`` of
-        one-block record batches.
+        """``blocks`` read by a thread of their own and handed over ``rows`` at a time as one
+        ``pa.Table`` of one-block record batches.
 
         Rationale: this generator runs in a gRPC thread, which takes the GIL (and, under
         CPython 3.11, a fresh frame stack) for every ``next()``. Given a Table, pyarrow
         writes its record batches one by one in C++ (one block per batch on the wire, as
         before: PROTOCOL §4.4), so the serving thread takes the GIL once per chunk instead
         of once per block; the per-block work runs in the reader thread, which also overlaps
-        the downstream read with the client write. The reader thread reads the downstream a
-        list at a time and, on the common path, checks a run of whole blocks at once (its
-        Python work is per list, not per block). Memory: at most two chunks wait in the
+        the downstream read with the client write. Memory: at most two chunks wait in the
         buffer, one is being built and one written, per stream."""
         schema = self.grid.schema
         ahead = ReadAhead(
-            self._counted_chunks(chunks),
+            chunks_of(blocks, rows),
             self._ctx,
             size=2,
             name=feed.label,
@@ -414,27 +419,9 @@ class StreamExecution:
         ).start()
         try:
             for chunk in ahead:
-                if isinstance(chunk, pa.Table):
-                    yield chunk
-                else:
-                    yield chunk[0] if len(chunk) == 1 else pa.Table.from_batches(chunk, schema)
+                yield chunk[0] if len(chunk) == 1 else pa.Table.from_batches(chunk, schema)
         finally:
             ahead.close()
-
-    def _counted_chunks(self, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
-        """``chunks`` counted (blocks), stopped when the request is cancelled; closing it
-        closes ``chunks``."""
-        token = self._ctx.token
-        try:
-            for chunk in chunks:
-                if token.cancelled:
-                    raise self._ctx.error("Stream")
-                self.blocks += len(chunk)
-                yield chunk
-        finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
 
     def close(self) -> None:
         if self.gap_blocks and not getattr(self, "_gaps_logged", False):

@@ -14,12 +14,10 @@ with what was already emitted, so the output is exactly what the general path gi
 
 from __future__ import annotations
 
-import functools
 import sys
 from collections.abc import Iterable, Iterator
-from itertools import chain, islice
-from operator import attrgetter, is_
-from typing import TypeAlias, TypeVar
+from itertools import chain
+from operator import is_
 
 import numpy as np
 import pyarrow as pa
@@ -28,30 +26,6 @@ from router.stitch.blocks import Block, Grid
 from router.stitch.merge import fill_gaps
 from router.stitch.output import block_to_batch
 from router.stitch.rebucket import Rebucketer, cell_length, stitch_rows
-
-T = TypeVar("T")
-Chunk: TypeAlias = (
-    list[pa.RecordBatch] | pa.Table
-)  # blocks handed on at once (see OnGridRelay.runs)
-
-# Blocks per chunk from which a run is checked at once: below it the per-block check costs
-# less (measured per block, run check against per-block: 1 channel, 128 blocks: 0.7
-# against 3.0 us; 4 channels, 32 blocks: 2.6 against 3.1 us; 20 channels, 6 blocks: 19
-# against 10 us).
-VECTORISED_ROWS = 16
-_schema = attrgetter("schema")
-
-
-def chunks_of(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    """``items`` in lists of ``size`` (the last one shorter); closing it closes ``items``."""
-    it = iter(items)
-    try:
-        while chunk := list(islice(it, size)):
-            yield chunk
-    finally:
-        close = getattr(it, "close", None)
-        if close is not None:
-            close()
 
 
 class OnGridRelay:
@@ -73,16 +47,10 @@ class OnGridRelay:
         self.fallback: str | None = None
         self._batches = batches
         self._state: Rebucketer | None = None  # the general pipeline's, once it took over
-        self._expected = start  # the next slot to emit
-        self._last: int | None = None  # the latest slot taken from the input
-        self._stopped = False  # the end is reached: read no more
-        self._rejected: pa.RecordBatch | None = None  # the row the short path could not take
-        self._is_grid_schema = functools.partial(grid.schema.equals, check_metadata=True)
         self._samples = [(i, c.samples) for i, c in enumerate(grid.channels.values(), start=1)]
         self._nones = [None] * len(self._samples)
         self._buffer_count = 3 + 4 * len(self._samples)
         self._offsets = np.array([(0, n) for _, n in self._samples], np.int32).tobytes()
-        self._pairs = [np.array((0, n), np.int32).tobytes() for _, n in self._samples]
 
     @property
     def duplicates(self) -> int:
@@ -113,15 +81,6 @@ class OnGridRelay:
         return block_to_batch(Block(t, {}), self.grid)
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
-        batches = iter(self._batches)
-        yield from self._blocks(batches)
-        yield from self._rest(batches)
-
-    def _blocks(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        """Pass ``batches`` through while they are whole on-grid blocks, from the state the
-        last call left (``_expected``, ``_last``). Returns when they are exhausted, at the
-        end of the stream (``_stopped``), or at a row that is not a whole block (kept in
-        ``_rejected``; ``batches`` holds the rest of the input)."""
         # This loop runs in a gRPC thread, where (CPython 3.11) the first Python function
         # call of every ``next()`` allocates the thread's frame stack (mmap/munmap, ~10 us):
         # the whole-block check is inlined and calls only C methods. It looks at every
@@ -133,132 +92,50 @@ class OnGridRelay:
         duration, end, schema = self.grid.duration, self.end, self.grid.schema
         count, offsets, order = self._buffer_count, self._offsets, sys.byteorder
         nones = self._nones
-        expected = self._expected  # the next slot to emit
-        last = self._last  # the latest slot taken from the input (late rows: older)
-        try:
-            for batch in batches:
-                t: int | None = None
-                if batch.num_rows == 1 and batch.schema.equals(schema, check_metadata=True):
-                    b = batch.to_struct_array().buffers()
-                    if (
-                        len(b) == count
-                        and b[1] is None
-                        and b[2] is not None
-                        and len(b[2]) == 8
-                        and all(map(is_, b[3::4], nones))
-                        and b"".join(b[4::4]) == offsets
-                    ):
-                        t = int.from_bytes(b[2], order, signed=True)
-                    else:
-                        t = self._checked_time(batch)
-                    if t is not None and t % duration:
-                        t = None
-                if t is None:
-                    self.fallback = f"row of {batch.num_rows} at slot {expected}: not a whole block"
-                    self._rejected = batch
-                    return
-                if last is not None and t <= last:
-                    self.repeats += 1
-                    continue  # late (a repeat or out of order): the first copy won
-                last = t
-                if t < expected:
-                    continue  # before the start
-                if end is not None and t >= end:
-                    self._stopped = True
-                    return
-                while expected < t:
-                    yield self._gap(expected)
-                    expected += duration
-                self.passed += 1
-                yield batch
-                expected = t + duration
-                if end is not None and expected >= end:
-                    self._stopped = True
-                    return  # complete: the downstream's end of stream is not waited for
-        finally:
-            self._expected, self._last = expected, last
-
-    def _rest(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        """After :meth:`_blocks`: the general pipeline from a rejected row on (over it and
-        ``batches``), else the null blocks up to the end."""
-        rejected, self._rejected = self._rejected, None
-        if rejected is not None:
-            yield from self._general(chain([rejected], batches), self._last, self._expected)
-            return
-        if self.end is not None:
-            while self._expected < self.end:
-                yield self._gap(self._expected)
-                self._expected += self.grid.duration
-
-    def wanted(self, most: int) -> int:
-        """How many more downstream rows to read at once, at most ``most``: no more than the
-        slots left before the end, so a run of whole blocks ends where the stream does."""
-        if self.end is None or self._state is not None:
-            return most
-        left = (self.end - self._expected) // self.grid.duration
-        return int(max(1, min(most, left)))
-
-    def runs(self, runs: Iterable[list[pa.RecordBatch]], rows: int) -> Iterator[Chunk]:
-        """The same stream as iterating, from lists of downstream batches, in chunks of
-        about ``rows`` blocks: a list that is a run of whole blocks filling the next slots
-        is checked at once (:meth:`_whole_run`) and passed on as one ``Table`` of its own
-        batches; any other goes through the per-block path (:meth:`_blocks`), so the output
-        and the counters are the same batch for batch."""
-        runs = iter(runs)
-        vectorised = rows >= VECTORISED_ROWS
-        for batches in runs:
-            if vectorised and len(batches) > 1:
-                table = self._whole_run(batches)
-                if table is not None:
-                    yield table
-                    if self._stopped:
-                        break
-                    continue
-            rest = iter(batches)
-            yield from chunks_of(self._blocks(rest), rows)
-            if self._stopped:
-                break
-            if self._rejected is not None:
-                yield from chunks_of(self._rest(chain(rest, chain.from_iterable(runs))), rows)
+        expected = self.start  # the next slot to emit
+        last: int | None = None  # the latest slot taken from the input (late rows: older)
+        batches = iter(self._batches)
+        for batch in batches:
+            t: int | None = None
+            if batch.num_rows == 1 and batch.schema.equals(schema, check_metadata=True):
+                b = batch.to_struct_array().buffers()
+                if (
+                    len(b) == count
+                    and b[1] is None
+                    and b[2] is not None
+                    and len(b[2]) == 8
+                    and all(map(is_, b[3::4], nones))
+                    and b"".join(b[4::4]) == offsets
+                ):
+                    t = int.from_bytes(b[2], order, signed=True)
+                else:
+                    t = self._checked_time(batch)
+                if t is not None and t % duration:
+                    t = None
+            if t is None:
+                self.fallback = f"row of {batch.num_rows} at slot {expected}: not a whole block"
+                yield from self._general(chain([batch], batches), last, expected)
                 return
-        yield from chunks_of(self._rest(iter(())), rows)
-
-    def _whole_run(self, batches: list[pa.RecordBatch]) -> pa.Table | None:
-        """``batches`` as one Table if they are whole blocks of the grid's schema filling
-        the slots from the next one on, in order and before the end (what :meth:`_blocks`
-        would pass through unchanged, one by one), else None. One pass over the time column
-        and each channel's list offsets."""
-        n, duration, end = len(batches), self.grid.duration, self.end
-        first = self._expected
-        stop = first + n * duration
-        if end is not None and stop > end:
-            return None
-        try:
-            table = pa.Table.from_batches(batches)
-        except pa.ArrowInvalid:  # not one schema
-            return None
-        if table.num_rows != n or not all(map(self._is_grid_schema, map(_schema, batches))):
-            return None
-        if set(map(len, batches)) != {1}:
-            return None
-        # Each row's buffers as IPC leaves them: the time value alone, list offsets
-        # [0, samples]; anything else (a sliced row for one) is left to the per-block path,
-        # which decides it. Read as bytes: ChunkedArray.to_numpy would import pandas
-        # (~35 MB of RSS for good).
-        time = table.column(0)
-        times = np.arange(first, stop, duration, dtype=np.int64).tobytes()
-        if time.null_count or b"".join([c.buffers()[1] for c in time.chunks]) != times:
-            return None
-        for (i, _), pair in zip(self._samples, self._pairs, strict=True):
-            column = table.column(i)
-            if column.null_count or b"".join([c.buffers()[1] for c in column.chunks]) != pair * n:
-                return None
-        self._expected = stop
-        self._last = stop - duration
-        self.passed += n
-        if end is not None and stop >= end:
-            self._stopped = True
-        return table
+            if last is not None and t <= last:
+                self.repeats += 1
+                continue  # late (a repeat or out of order): the first copy won
+            last = t
+            if t < expected:
+                continue  # before the start
+            if end is not None and t >= end:
+                break
+            while expected < t:
+                yield self._gap(expected)
+                expected += duration
+            self.passed += 1
+            yield batch
+            expected = t + duration
+            if end is not None and expected >= end:
+                return  # complete: the downstream's end of stream is not waited for
+        if end is not None:
+            while expected < end:
+                yield self._gap(expected)
+                expected += duration
 
     def _general(
         self, batches: Iterable[pa.RecordBatch], last: int | None, expected: int

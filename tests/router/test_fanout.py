@@ -1,13 +1,12 @@
 """Fan-out over scripted in-memory downstreams: failover, timeouts, cancellation, cleanup.
-Every feed test runs three times: the feed read in the consumer's thread (the one-group
-short path), read ahead by its own thread (a ReadAhead), and read in lists of two
-(``ReplicaFeed.runs``, what a historical stream's reader thread does), flattened."""
+Every feed test runs twice: the feed read in the consumer's thread (the one-group short
+path) and read ahead by its own thread (a ReadAhead)."""
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 
 import pyarrow as pa
 import pytest
@@ -40,36 +39,24 @@ def _command(resume: int | None) -> bytes:
 TIMER = Timer()
 
 
-@pytest.fixture(params=["read-ahead", "inline", "runs"])
-def inline(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-def _flat(runs: Generator[list[pa.RecordBatch], None, None]) -> Iterator[pa.RecordBatch]:
-    try:
-        for run in runs:
-            assert 1 <= len(run) <= 2
-            yield from run
-    finally:
-        runs.close()
+@pytest.fixture(params=[False, True], ids=["read-ahead", "inline"])
+def inline(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
 
 
 class _Feed:
-    """A ReplicaFeed, iterated inline, through a ReadAhead or in runs; closed on exit."""
+    """A ReplicaFeed, iterated inline or through a ReadAhead; closed on exit."""
 
-    def __init__(self, feed: ReplicaFeed, inline: str, queue_size: int) -> None:
+    def __init__(self, feed: ReplicaFeed, inline: bool, queue_size: int) -> None:
         self.feed = feed
         self.inline = inline
         self.buffer: ReadAhead[pa.RecordBatch] | None = None
         self._iter: Iterator[pa.RecordBatch] | None = None
-        if inline == "read-ahead":
+        if not inline:
             self.buffer = ReadAhead(iter(feed), feed.ctx, size=queue_size, interrupt=feed.cancel)
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
-        if self.inline == "runs":
-            self._iter = _flat(self.feed.runs(lambda: 2))
-        else:
-            self._iter = iter(self.feed) if self.buffer is None else iter(self.buffer)
+        self._iter = iter(self.feed) if self.buffer is None else iter(self.buffer)
         return self._iter
 
     def close(self) -> None:
@@ -89,7 +76,7 @@ class _Feed:
 def _feed(
     pool: StaticPool,
     urls: list[str],
-    inline: str,
+    inline: bool,
     *,
     ctx: RequestContext | None = None,
     queue_size: int = 16,
@@ -117,7 +104,7 @@ def _times(batches: list[pa.RecordBatch]) -> list[int]:
     return [b.column(0)[0].as_py() for b in batches]
 
 
-def test_failover_resumes_after_last_delivered_batch(inline: str) -> None:
+def test_failover_resumes_after_last_delivered_batch(inline: bool) -> None:
     blocks = downstream_blocks([A], [k * S for k in range(6)], S)
     a = ScriptedDownstream("grpc://a:1", [[*blocks[:2], UnavailableError("grpc://a:1: gone")]])
     b = ScriptedDownstream("grpc://b:1", [blocks[2:]])
@@ -130,7 +117,7 @@ def test_failover_resumes_after_last_delivered_batch(inline: str) -> None:
     assert a.open == b.open == 0
 
 
-def test_every_replica_failing_names_each_endpoint(inline: str) -> None:
+def test_every_replica_failing_names_each_endpoint(inline: bool) -> None:
     a = ScriptedDownstream("grpc://a:1", [UnavailableError("DoGet on grpc://a:1: refused")])
     b = ScriptedDownstream("grpc://b:1", [UnavailableError("DoGet on grpc://b:1: refused")])
     feed = _feed(
@@ -141,7 +128,7 @@ def test_every_replica_failing_names_each_endpoint(inline: str) -> None:
     assert "grpc://a:1" in str(info.value) and "grpc://b:1" in str(info.value)
 
 
-def test_request_errors_are_not_failed_over(inline: str) -> None:
+def test_request_errors_are_not_failed_over(inline: bool) -> None:
     a = ScriptedDownstream("grpc://a:1", [ChannelsNotAvailableError(["H1:A-X"])])
     b = ScriptedDownstream("grpc://b:1", [[]])
     feed = _feed(
@@ -152,7 +139,7 @@ def test_request_errors_are_not_failed_over(inline: str) -> None:
     assert b.commands == []
 
 
-def test_idle_downstream_times_out_naming_endpoint_and_slice(inline: str) -> None:
+def test_idle_downstream_times_out_naming_endpoint_and_slice(inline: bool) -> None:
     blocks = downstream_blocks([A], [0], S)
     a = ScriptedDownstream("grpc://silent:1", [[blocks[0], HANG]])
     feed = _feed(StaticPool({"grpc://silent:1": a}), ["grpc://silent:1"], inline, idle_timeout=0.2)
@@ -162,7 +149,7 @@ def test_idle_downstream_times_out_naming_endpoint_and_slice(inline: str) -> Non
     assert a.open == 0
 
 
-def test_idle_replica_fails_over_to_the_next(inline: str) -> None:
+def test_idle_replica_fails_over_to_the_next(inline: bool) -> None:
     blocks = downstream_blocks([A], [0, S, 2 * S], S)
     a = ScriptedDownstream("grpc://silent:1", [[blocks[0], HANG]])
     b = ScriptedDownstream("grpc://b:1", [blocks[1:]])
@@ -173,7 +160,7 @@ def test_idle_replica_fails_over_to_the_next(inline: str) -> None:
     assert b.commands[0]["args"]["start"] == S
 
 
-def test_early_consumer_exit_closes_the_downstream_stream(inline: str) -> None:
+def test_early_consumer_exit_closes_the_downstream_stream(inline: bool) -> None:
     blocks = downstream_blocks([A], [k * S for k in range(100)], S)
     a = ScriptedDownstream("grpc://a:1", [[*blocks, HANG]])
     feed = _feed(StaticPool({"grpc://a:1": a}), ["grpc://a:1"], inline, queue_size=2)
@@ -184,7 +171,7 @@ def test_early_consumer_exit_closes_the_downstream_stream(inline: str) -> None:
     assert not any(t.name.startswith("feed ") and t.is_alive() for t in threading.enumerate())
 
 
-def test_client_cancel_stops_the_feed(inline: str) -> None:
+def test_client_cancel_stops_the_feed(inline: bool) -> None:
     a = ScriptedDownstream("grpc://a:1", [[HANG]])
     ctx = RequestContext("req-1")
     feed = _feed(StaticPool({"grpc://a:1": a}), ["grpc://a:1"], inline, ctx=ctx)
@@ -207,7 +194,7 @@ def test_fetch_first_uses_next_replica_and_forwards_request_id() -> None:
     assert b.calls[0].request_id == "req-1"
 
 
-def test_client_cancel_during_a_blocked_read_ends_the_feed(inline: str) -> None:
+def test_client_cancel_during_a_blocked_read_ends_the_feed(inline: bool) -> None:
     """The client leaves while the downstream is silent: the token cancels the read at once
     and the feed (either mode) raises CancelledError; nothing stays open."""
     blocks = downstream_blocks([A], [0], S)
@@ -224,7 +211,7 @@ def test_client_cancel_during_a_blocked_read_ends_the_feed(inline: str) -> None:
     assert not any(t.name.startswith("feed ") and t.is_alive() for t in threading.enumerate())
 
 
-def test_a_slow_consumer_is_not_an_idle_downstream(inline: str) -> None:
+def test_a_slow_consumer_is_not_an_idle_downstream(inline: bool) -> None:
     """The idle clock runs only while waiting for the downstream: a consumer holding each
     batch longer than the idle timeout does not make the feed fail over."""
     blocks = downstream_blocks([A], [0, S, 2 * S], S)
@@ -331,58 +318,3 @@ def test_once_started_the_idle_limit_applies_and_the_replica_takes_over() -> Non
     assert _times(result) == [0, S, 2 * S]  # type: ignore[arg-type]
     assert feed.outcomes[0].url == "grpc://a:1" and "no data for 1 s" in str(feed.outcomes[0].error)
     assert a.open == 0 and timer.pending == 0
-
-
-def test_a_run_cut_short_by_a_failure_is_delivered_and_the_replica_resumes_after_it() -> None:
-    """Read in lists of four: the first replica fails after three batches of a list; those
-    three are delivered as a shorter list, and the replica resumes after the third."""
-    blocks = downstream_blocks([A], [k * S for k in range(6)], S)
-    a = ScriptedDownstream("grpc://a:1", [[*blocks[:3], UnavailableError("grpc://a:1: gone")]])
-    b = ScriptedDownstream("grpc://b:1", [blocks[3:]])
-    feed = ReplicaFeed(
-        StaticPool({"grpc://a:1": a, "grpc://b:1": b}),
-        RequestContext("req-1"),
-        ["grpc://a:1", "grpc://b:1"],
-        _command,
-        CALL,
-        start=0,
-        end=6 * S,
-        batch_end=batch_end(GRID),
-        timer=TIMER,
-        label="[0, 1) {A}",
-        retry_backoff=0.01,
-    )
-    runs = list(feed.runs(lambda: 4))
-    assert [_times(run) for run in runs] == [[0, S, 2 * S], [3 * S, 4 * S, 5 * S]]
-    assert all(x is y for x, y in zip([b for run in runs for b in run], blocks, strict=True))
-    assert b.commands[0]["args"]["start"] == 3 * S
-    assert feed.delivered == 6 and a.open == b.open == 0
-
-
-def test_a_run_waiting_after_its_first_batch_is_held_to_the_idle_limit() -> None:
-    """Read in lists of four, the downstream goes silent after one batch: the list holds a
-    batch already, so the idle limit applies (not the open limit of a stream that has not
-    started)."""
-    blocks = downstream_blocks([A], [0], S)
-    a = ScriptedDownstream("grpc://silent:1", [[blocks[0], HANG]])
-    feed = ReplicaFeed(
-        StaticPool({"grpc://silent:1": a}),
-        RequestContext("req-1"),
-        ["grpc://silent:1"],
-        _command,
-        CALL,
-        start=0,
-        end=6 * S,
-        batch_end=batch_end(GRID),
-        timer=TIMER,
-        open_timeout=30.0,
-        idle_timeout=0.2,
-        label="[0, 1) {A}",
-    )
-    runs = feed.runs(lambda: 4)
-    assert next(runs) == blocks  # what came before the failure, delivered first
-    with pytest.raises(TimedOutError) as info:
-        next(runs)
-    assert "no data for 0.2 s" in str(info.value)
-    runs.close()
-    assert a.open == 0
