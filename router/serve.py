@@ -460,17 +460,11 @@ def _serve_with(
     service = RouterService(result.scope_map, settings, pool=DownstreamPool(roots), metrics=metrics)
     location, host = _bind_location(args.url, tls is not None)
     certificates = [flight.CertKeyPair(*tls)] if tls is not None else []
-    try:
-        # serving from here on: pyarrow's serve() is never called (it installs its own
-        # SIGINT/SIGTERM handling and waits for open calls without a deadline)
-        server = RouterFlightServer(service, location, tls_certificates=certificates)
-    except Exception as exc:
-        fail(f"cannot bind {location}: {exc}")
-        service.close()
-        return 1
     scheme = "grpc+tls" if tls is not None else "grpc"
     workers: DataWorkers | None = None
     if worker is None and args.data_workers:
+        # started (and serving) before the front binds: from its first call on, the front
+        # hands Streams to them
         workers = DataWorkers(
             args.data_workers,
             worker_settings(args),
@@ -485,11 +479,20 @@ def _serve_with(
             workers.start()
         except (WorkerStartError, OSError) as exc:
             fail(str(exc))
-            server.shutdown()
             service.close()
             return 1
         service.stream_location = workers.location
         metrics.register(WorkersCollector(workers))
+    try:
+        # serving from here on: pyarrow's serve() is never called (it installs its own
+        # SIGINT/SIGTERM handling and waits for open calls without a deadline)
+        server = RouterFlightServer(service, location, tls_certificates=certificates)
+    except Exception as exc:
+        fail(f"cannot bind {location}: {exc}")
+        if workers is not None:
+            workers.stop(5.0)
+        service.close()
+        return 1
     metrics_server = None
     if args.metrics_port:
         try:

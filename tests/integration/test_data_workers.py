@@ -338,6 +338,25 @@ def test_a_worker_that_cannot_start_stops_the_front_with_a_reason(
     assert len(pids) == 2 and wait_until(lambda: all(_gone(pid) for pid in pids), 5)
 
 
+def test_a_front_that_cannot_bind_stops_its_workers(mock: str, tmp_path: Path) -> None:
+    """The workers start first (so the front's first Stream goes to one): a front whose own
+    port is taken stops them again and exits 1 with the reason."""
+    busy = flight.FlightServerBase("grpc://127.0.0.1:0")
+    try:
+        argv = _front(_map(tmp_path / "map.yaml", mock)).argv
+        argv[argv.index("grpc://127.0.0.1:0")] = f"grpc://127.0.0.1:{busy.port}"
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    finally:
+        busy.shutdown()
+    assert done.returncode == 1 and "serving" not in done.stdout
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    (failed,) = [e for e in lines if e["event"] == "startup_failed"]
+    assert failed["error"].startswith(f"cannot bind grpc://127.0.0.1:{busy.port}")
+    pids = [e["pid"] for e in lines if e["event"] == "data_worker_serving"]
+    assert len(pids) == 2 and wait_until(lambda: all(_gone(pid) for pid in pids), 5)
+    assert not [e for e in lines if e["event"] == "data_worker_killed"]  # they drained
+
+
 def test_tls_front_hands_out_tls_worker_locations(
     mock: str, tmp_path: Path, certificate: tuple[Path, Path]
 ) -> None:
