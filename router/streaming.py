@@ -377,7 +377,7 @@ class StreamExecution:
         rows = chunk_rows(self.grid, self.feeds.options.chunk_bytes) if self.historical else 1
         try:
             if rows > 1:
-                yield from self._chunked(self._counted(relay), rows, feed)
+                yield from self._chunked(self._counted(relay), rows)
             else:
                 yield from self._counted(relay)
         finally:
@@ -397,31 +397,22 @@ class StreamExecution:
             yield batch
 
     def _chunked(
-        self, blocks: Iterator[pa.RecordBatch], rows: int, feed: ReplicaFeed
+        self, blocks: Iterator[pa.RecordBatch], rows: int
     ) -> Iterator[pa.RecordBatch | pa.Table]:
-        """``blocks`` read by a thread of their own and handed over ``rows`` at a time as one
-        ``pa.Table`` of one-block record batches.
+        """``blocks`` handed over ``rows`` at a time as one ``pa.Table`` of one-block record
+        batches, read in this (the serving) thread.
 
         Rationale: this generator runs in a gRPC thread, which takes the GIL (and, under
         CPython 3.11, a fresh frame stack) for every ``next()``. Given a Table, pyarrow
         writes its record batches one by one in C++ (one block per batch on the wire, as
         before: PROTOCOL §4.4), so the serving thread takes the GIL once per chunk instead
-        of once per block; the per-block work runs in the reader thread, which also overlaps
-        the downstream read with the client write. Memory: at most two chunks wait in the
-        buffer, one is being built and one written, per stream."""
+        of once per block. The chunk is read here, not by a reader thread of its own: under
+        many concurrent streams a second thread per stream cost more in thread switches
+        than its overlap of reading and writing gained (interleaved A/B in bench/README.md,
+        "Fourth round": equal at one stream, 10 to 35 % less CPU per GB at 8 and 32)."""
         schema = self.grid.schema
-        ahead = ReadAhead(
-            chunks_of(blocks, rows),
-            self._ctx,
-            size=2,
-            name=feed.label,
-            interrupt=feed.cancel,
-        ).start()
-        try:
-            for chunk in ahead:
-                yield chunk[0] if len(chunk) == 1 else pa.Table.from_batches(chunk, schema)
-        finally:
-            ahead.close()
+        for chunk in chunks_of(blocks, rows):
+            yield chunk[0] if len(chunk) == 1 else pa.Table.from_batches(chunk, schema)
 
     def close(self) -> None:
         if self.gap_blocks and not getattr(self, "_gaps_logged", False):
