@@ -52,6 +52,7 @@ class _Group:
     pending: deque[Block] = field(default_factory=deque)
     finished: bool = False
     absent: bool = False
+    seen: bool = False  # has delivered a block (live-start alignment)
 
 
 class LiveMerge:
@@ -59,9 +60,11 @@ class LiveMerge:
 
     ``end`` (exclusive, ``None``: forever) bounds the output. ``now`` is the GPS time the
     merge starts waiting (the head's "since"). With ``align`` (a live start), the first slot
-    moves forward to the first block delivered (downstreams choose their own first live
-    block) if nothing has been emitted yet; ``head`` is then only the fallback used when
-    nothing arrives before its deadline.
+    moves forward to the latest of the groups' first blocks (downstreams choose their own
+    first live block, and two of them may start a slot apart) as long as nothing has been
+    emitted; earlier blocks are trimmed, so the stream begins where every group has data
+    instead of with a slot that silently lacks a group. ``head`` is then only the fallback
+    used when nothing arrives before its deadline.
     """
 
     def __init__(
@@ -121,10 +124,10 @@ class LiveMerge:
     def push(self, group: int, block: Block) -> None:
         """One on-grid block of ``group`` (blocks of a group arrive in increasing time)."""
         g = self._groups[group]
-        if self._align:
-            self._align = False
+        if self._align and not g.seen:
+            g.seen = True
             if self.stats.emitted == 0 and block.time > self.head:
-                self.head = block.time  # live start: begin where the first downstream begins
+                self._start_at(block.time)
         if block.time < self.head:
             if self.stats.emitted == 0:
                 self.stats.trimmed += 1  # before the first slot: start alignment
@@ -140,6 +143,14 @@ class LiveMerge:
             g.absent = False
             self.stats.absent_since.pop(group, None)
         g.pending.append(block)
+
+    def _start_at(self, t: int) -> None:
+        """Live start: begin at ``t``, the latest first block so far; earlier ones are trimmed."""
+        self.head = t
+        for other in self._groups:
+            while other.pending and other.pending[0].time < t:
+                other.pending.popleft()
+                self.stats.trimmed += 1
 
     def finish(self, group: int) -> None:
         """``group``'s stream has ended: never wait for it again."""
@@ -201,6 +212,7 @@ class LiveMerge:
                     self.stats.absent_since.setdefault(i, t)
         self.head = t + self.duration
         self._head_since = now
+        self._align = False  # the start is fixed once a slot has left
         self.stats.emitted += 1
         if present == len(self._groups):
             self.stats.complete += 1

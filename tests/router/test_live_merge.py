@@ -3,8 +3,12 @@ catching-up groups, backpressure, live-start alignment, bounded end. No threads,
 
 from __future__ import annotations
 
+import random
+
 import pyarrow as pa
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from router.protocol.gps import FakeClock
 from router.stitch import Block, LiveMerge
@@ -189,3 +193,44 @@ def test_invalid_construction(bad: dict[str, int]) -> None:
     kw.update(bad)
     with pytest.raises(ValueError):
         LiveMerge(kw["groups"], D, T0, allowance=ALLOW, now=T0, buffer=kw["buffer"])
+
+
+def test_live_start_begins_where_every_group_has_data() -> None:
+    """Two live downstreams may begin a slot apart (found by CI: the first block lacked one
+    group, silently). The stream begins at the later first block; the earlier is trimmed."""
+    m, clock = merge(align=True)
+    m.push(0, block(slot(1), "A"))
+    m.push(0, block(slot(2), "A"))
+    assert emitted(m, clock.now_ns()) == []  # B has not shown where it begins
+    m.push(1, block(slot(2), "B"))
+    assert emitted(m, clock.now_ns()) == [(2, ["A", "B"])]
+    assert m.stats.trimmed == 1 and m.stats.null_filled == 0 and m.stats.complete == 1
+
+
+def test_live_start_follows_only_each_groups_first_block() -> None:
+    """A group catching up does not drag the start forward: only first blocks count."""
+    m, clock = merge(align=True)
+    for k in range(1, 4):
+        m.push(0, block(slot(k), "A"))
+    m.push(1, block(slot(1), "B"))
+    assert emitted(m, clock.now_ns()) == [(1, ["A", "B"])]
+    assert m.stats.trimmed == 0
+
+
+@given(first=st.lists(st.integers(0, 5), min_size=1, max_size=4), rnd=st.randoms())
+def test_live_start_first_slot_is_complete(first: list[int], rnd: random.Random) -> None:
+    """Whatever slot each group begins at and however their blocks interleave, the first
+    slot out begins at the latest first block, every slot is complete, nothing null-filled."""
+    m, clock = merge(groups=len(first), align=True)
+    turns = [g for g, k0 in enumerate(first) for _ in range(k0, 7)]
+    rnd.shuffle(turns)  # an interleaving; each group's own blocks stay in time order
+    nxt = list(first)
+    out: list[tuple[int, list[str]]] = []
+    for g in turns:
+        m.push(g, block(slot(nxt[g]), f"G{g}"))
+        nxt[g] += 1
+        out += emitted(m, clock.now_ns())
+    assert out and out[0][0] == max(first)
+    assert [k for k, _ in out] == list(range(max(first), 7))
+    assert all(cells == sorted(f"G{g}" for g in range(len(first))) for _, cells in out)
+    assert m.stats.null_filled == 0
