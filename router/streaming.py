@@ -17,7 +17,7 @@ import dataclasses
 import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain, islice
+from itertools import chain
 from typing import TypeVar
 
 import pyarrow as pa
@@ -27,6 +27,7 @@ from router.context import RequestContext
 from router.downstream import Call, DownstreamPool
 from router.errors import UnavailableError
 from router.fanout import ReplicaFeed, seconds
+from router.inflight import blocks_in
 from router.protocol.arrow import stream_schema
 from router.protocol.blocks import block_duration
 from router.protocol.channel import ChannelMeta
@@ -114,18 +115,6 @@ def chunk_rows(grid: Grid, budget: int) -> int:
     """Blocks per chunk: as many as fit ``budget`` bytes of samples (1 to 256)."""
     block = sum(c.samples * max(1, c.value_type.bit_width // 8) for c in grid.channels.values())
     return int(max(1, min(256, budget // max(1, block))))
-
-
-def chunks_of(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    """``items`` in lists of ``size`` (the last one shorter); closing it closes ``items``."""
-    it = iter(items)
-    try:
-        while chunk := list(islice(it, size)):
-            yield chunk
-    finally:
-        close = getattr(it, "close", None)
-        if close is not None:
-            close()
 
 
 class RepeatCounter:
@@ -309,7 +298,7 @@ class StreamExecution:
     run at the end of iteration) closes every downstream feed still open.
 
     ``historical``: the downstreams hold the whole range already (its end is past), so the
-    short path may hand its blocks over in chunks (see :meth:`_chunked`)."""
+    short path may hand its blocks over in chunks (see :meth:`_counted`)."""
 
     def __init__(self, plan: StreamPlan, feeds: Feeds, *, historical: bool = False) -> None:
         self.plan = plan
@@ -376,10 +365,7 @@ class StreamExecution:
         relay = OnGridRelay(batches, self.grid, head, self.plan.request.end)
         rows = chunk_rows(self.grid, self.feeds.options.chunk_bytes) if self.historical else 1
         try:
-            if rows > 1:
-                yield from self._chunked(self._counted(relay), rows)
-            else:
-                yield from self._counted(relay)
+            yield from self._counted(relay.chunks(rows) if rows > 1 else relay)
         finally:
             self.gap_blocks += relay.gap_blocks
             self._relayed = relay.duplicates
@@ -388,21 +374,13 @@ class StreamExecution:
             batches.close()
             self.close()
 
-    def _counted(self, relay: OnGridRelay) -> Iterator[pa.RecordBatch]:
-        token = self._ctx.token
-        for batch in relay:
-            if token.cancelled:
-                raise self._ctx.error("Stream")
-            self.blocks += 1
-            yield batch
-
-    def _chunked(
-        self, blocks: Iterator[pa.RecordBatch], rows: int
+    def _counted(
+        self, items: Iterable[pa.RecordBatch | pa.Table]
     ) -> Iterator[pa.RecordBatch | pa.Table]:
-        """``blocks`` handed over ``rows`` at a time as one ``pa.Table`` of one-block record
-        batches, read in this (the serving) thread.
+        """``items`` (blocks, or chunks of them from :meth:`OnGridRelay.chunks`), counted;
+        the request's token is looked at once per item.
 
-        Rationale: this generator runs in a gRPC thread, which takes the GIL (and, under
+        Chunks: this generator runs in a gRPC thread, which takes the GIL (and, under
         CPython 3.11, a fresh frame stack) for every ``next()``. Given a Table, pyarrow
         writes its record batches one by one in C++ (one block per batch on the wire, as
         before: PROTOCOL §4.4), so the serving thread takes the GIL once per chunk instead
@@ -410,9 +388,12 @@ class StreamExecution:
         many concurrent streams a second thread per stream cost more in thread switches
         than its overlap of reading and writing gained (interleaved A/B in bench/README.md,
         "Fourth round": equal at one stream, 10 to 35 % less CPU per GB at 8 and 32)."""
-        schema = self.grid.schema
-        for chunk in chunks_of(blocks, rows):
-            yield chunk[0] if len(chunk) == 1 else pa.Table.from_batches(chunk, schema)
+        token = self._ctx.token
+        for item in items:
+            if token.cancelled:
+                raise self._ctx.error("Stream")
+            self.blocks += blocks_in(item)
+            yield item
 
     def close(self) -> None:
         if self.gap_blocks and not getattr(self, "_gaps_logged", False):

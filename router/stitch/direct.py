@@ -15,9 +15,10 @@ with what was already emitted, so the output is exactly what the general path gi
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator
-from itertools import chain
-from operator import is_
+from collections.abc import Generator, Iterable, Iterator
+from itertools import chain, islice, repeat
+from operator import attrgetter, is_, itemgetter, methodcaller
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +27,56 @@ from router.stitch.blocks import Block, Grid
 from router.stitch.merge import fill_gaps
 from router.stitch.output import block_to_batch
 from router.stitch.rebucket import Rebucketer, cell_length, stitch_rows
+
+#: the most blocks :meth:`OnGridRelay.chunks` puts in one chunk
+CHUNK_MAX = 256
+#: chunks of fewer blocks are checked block by block: the one-pass check costs ~50 us a chunk
+#: plus ~3 us a channel, the per-block one ~2 us a block (bench/README.md, "Fifth round")
+VECTOR_MIN = 16
+
+_ONE = 1
+_NUM_ROWS = attrgetter("num_rows")
+_SCHEMA = attrgetter("schema")
+_BUFFERS = methodcaller("buffers")
+_SECOND = itemgetter(1)
+
+
+def _table(batches: list[pa.RecordBatch], schema: pa.Schema) -> pa.RecordBatch | pa.Table:
+    return batches[0] if len(batches) == 1 else pa.Table.from_batches(batches, schema)
+
+
+def _in_chunks(
+    blocks: Generator[pa.RecordBatch, None, Any], rows: int, schema: pa.Schema
+) -> Generator[pa.RecordBatch | pa.Table, None, Any]:
+    """``blocks`` ``rows`` at a time (see :func:`_table`); returns what ``blocks`` returns.
+    Closing it closes ``blocks``."""
+    out: list[pa.RecordBatch] = []
+    try:
+        while True:
+            try:
+                out.append(next(blocks))
+            except StopIteration as stop:
+                if out:
+                    yield _table(out, schema)
+                return stop.value
+            if len(out) == rows:
+                yield _table(out, schema)
+                out = []
+    finally:
+        blocks.close()
+
+
+def _grouped(
+    blocks: Iterator[pa.RecordBatch], rows: int, schema: pa.Schema
+) -> Iterator[pa.RecordBatch | pa.Table]:
+    """``blocks`` ``rows`` at a time (see :func:`_table`); closing it closes ``blocks``."""
+    try:
+        while chunk := list(islice(blocks, rows)):
+            yield _table(chunk, schema)
+    finally:
+        close = getattr(blocks, "close", None)
+        if close is not None:
+            close()
 
 
 class OnGridRelay:
@@ -51,6 +102,14 @@ class OnGridRelay:
         self._nones = [None] * len(self._samples)
         self._buffer_count = 3 + 4 * len(self._samples)
         self._offsets = np.array([(0, n) for _, n in self._samples], np.int32).tobytes()
+        #: per channel, [0, samples] as int32 repeated: a run's raw offsets (see chunks())
+        self._patterns = [
+            np.array([0, n], np.int32).tobytes() * CHUNK_MAX for _, n in self._samples
+        ]
+        #: chunks shorter than this are checked block by block (cheaper for a few rows)
+        self.vector_min = VECTOR_MIN
+        self._expected = start  # the next slot to emit
+        self._last: int | None = None  # the latest slot taken from the input
 
     @property
     def duplicates(self) -> int:
@@ -81,6 +140,91 @@ class OnGridRelay:
         return block_to_batch(Block(t, {}), self.grid)
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
+        batches = iter(self._batches)
+        odd = yield from self._blocks(batches)
+        if isinstance(odd, pa.RecordBatch):
+            yield from self._hand_over(odd, batches)
+            return
+        yield from self._tail()
+
+    def chunks(self, rows: int) -> Iterator[pa.RecordBatch | pa.Table]:
+        """The same stream handed over ``rows`` blocks at a time, each chunk a ``pa.Table``
+        of one-block batches (a lone block as itself).
+
+        Rationale: the per-block check in :meth:`_blocks` costs ~2 us of interpreter time
+        per block, and under many concurrent streams every such microsecond is also GIL
+        contention (bench/README.md, "Fifth round"). Here the downstream rows are read
+        ``rows`` at a time without a Python frame per row, and a chunk that is exactly the
+        next run of whole on-grid blocks (the usual case) is checked in one pass
+        (:meth:`_whole_run`: every row one block in the grid's schema, times consecutive
+        from the next slot without nulls, every channel list unmasked with the grid's
+        samples). Any other chunk goes through the per-block path unchanged, so the
+        output and the counters are those of ``iter(self)``. Rows are read only up to the
+        slots still missing, so a downstream that keeps its stream open after the end is
+        not waited for unless it skipped slots."""
+        batches = iter(self._batches)
+        schema, duration, end = self.grid.schema, self.grid.duration, self.end
+        rows = max(1, min(rows, CHUNK_MAX))
+        while True:
+            want = rows if end is None else min(rows, -(-(end - self._expected) // duration))
+            chunk = list(islice(batches, want)) if want > 0 else []
+            if not chunk:
+                break
+            run = self._whole_run(chunk) if len(chunk) >= self.vector_min else None
+            if run is not None:
+                yield run
+                if end is not None and self._expected >= end:
+                    return
+                continue
+            rest = iter(chunk)
+            odd = yield from _in_chunks(self._blocks(rest), rows, schema)
+            if isinstance(odd, pa.RecordBatch):
+                yield from _grouped(self._hand_over(odd, chain(rest, batches)), rows, schema)
+                return
+            if odd is True:
+                break
+        yield from _grouped(self._tail(), rows, schema)
+
+    def _whole_run(self, chunk: list[pa.RecordBatch]) -> pa.Table | None:
+        """``chunk`` as one Table if it is exactly the next ``len(chunk)`` slots as whole
+        blocks (then taken: the state moves past them), else None."""
+        schema, duration, expected = self.grid.schema, self.grid.duration, self._expected
+        if not (
+            all(map(_ONE.__eq__, map(_NUM_ROWS, chunk)))
+            and all(map(schema.equals, map(_SCHEMA, chunk), repeat(True)))
+        ):
+            return None
+        table = pa.Table.from_batches(chunk, schema)
+        times = table.column(0)
+        if times.null_count:
+            return None
+        t = times.to_numpy()
+        k = len(chunk)
+        stop = int(t[-1]) + duration
+        if int(t[0]) != expected or stop != expected + k * duration:
+            return None
+        if self.end is not None and int(t[-1]) >= self.end:
+            return None
+        if k > 1 and not bool((np.diff(t) == duration).all()):
+            return None
+        size = 8 * k  # [0, samples] as two int32 per row
+        for i, pattern in enumerate(self._patterns, start=1):
+            cells = table.column(i)
+            # a one-row list's raw offsets are exactly [0, samples] when whole and unsliced
+            if (
+                cells.null_count
+                or b"".join(map(_SECOND, map(_BUFFERS, cells.chunks))) != (pattern[:size])
+            ):
+                return None
+        self._expected, self._last = stop, int(t[-1])
+        self.passed += k
+        return table
+
+    def _blocks(self, batches: Iterator[pa.RecordBatch]) -> Generator[pa.RecordBatch, None, Any]:
+        """The per-block path over ``batches`` from the current state; returns None when
+        ``batches`` ran out, True when the stream's rows are all in (complete, or a row at
+        or past the end: the tail is the caller's), else the first row that is not a whole
+        block (the state is left just before it)."""
         # This loop runs in a gRPC thread, where (CPython 3.11) the first Python function
         # call of every ``next()`` allocates the thread's frame stack (mmap/munmap, ~10 us):
         # the whole-block check is inlined and calls only C methods. It looks at every
@@ -92,50 +236,61 @@ class OnGridRelay:
         duration, end, schema = self.grid.duration, self.end, self.grid.schema
         count, offsets, order = self._buffer_count, self._offsets, sys.byteorder
         nones = self._nones
-        expected = self.start  # the next slot to emit
-        last: int | None = None  # the latest slot taken from the input (late rows: older)
-        batches = iter(self._batches)
-        for batch in batches:
-            t: int | None = None
-            if batch.num_rows == 1 and batch.schema.equals(schema, check_metadata=True):
-                b = batch.to_struct_array().buffers()
-                if (
-                    len(b) == count
-                    and b[1] is None
-                    and b[2] is not None
-                    and len(b[2]) == 8
-                    and all(map(is_, b[3::4], nones))
-                    and b"".join(b[4::4]) == offsets
-                ):
-                    t = int.from_bytes(b[2], order, signed=True)
-                else:
-                    t = self._checked_time(batch)
-                if t is not None and t % duration:
-                    t = None
-            if t is None:
-                self.fallback = f"row of {batch.num_rows} at slot {expected}: not a whole block"
-                yield from self._general(chain([batch], batches), last, expected)
-                return
-            if last is not None and t <= last:
-                self.repeats += 1
-                continue  # late (a repeat or out of order): the first copy won
-            last = t
-            if t < expected:
-                continue  # before the start
-            if end is not None and t >= end:
-                break
-            while expected < t:
-                yield self._gap(expected)
-                expected += duration
-            self.passed += 1
-            yield batch
-            expected = t + duration
-            if end is not None and expected >= end:
-                return  # complete: the downstream's end of stream is not waited for
-        if end is not None:
-            while expected < end:
-                yield self._gap(expected)
-                expected += duration
+        expected = self._expected  # the next slot to emit
+        last = self._last  # the latest slot taken from the input (late rows: older)
+        try:
+            for batch in batches:
+                t: int | None = None
+                if batch.num_rows == 1 and batch.schema.equals(schema, check_metadata=True):
+                    b = batch.to_struct_array().buffers()
+                    if (
+                        len(b) == count
+                        and b[1] is None
+                        and b[2] is not None
+                        and len(b[2]) == 8
+                        and all(map(is_, b[3::4], nones))
+                        and b"".join(b[4::4]) == offsets
+                    ):
+                        t = int.from_bytes(b[2], order, signed=True)
+                    else:
+                        t = self._checked_time(batch)
+                    if t is not None and t % duration:
+                        t = None
+                if t is None:
+                    return batch
+                if last is not None and t <= last:
+                    self.repeats += 1
+                    continue  # late (a repeat or out of order): the first copy won
+                last = t
+                if t < expected:
+                    continue  # before the start
+                if end is not None and t >= end:
+                    return True  # the tail is filled by the caller
+                while expected < t:
+                    yield self._gap(expected)
+                    expected += duration
+                self.passed += 1
+                yield batch
+                expected = t + duration
+                if end is not None and expected >= end:
+                    return True  # complete: the downstream's end of stream is not waited for
+            return None
+        finally:
+            self._expected, self._last = expected, last
+
+    def _hand_over(
+        self, odd: pa.RecordBatch, batches: Iterator[pa.RecordBatch]
+    ) -> Iterator[pa.RecordBatch]:
+        expected = self._expected
+        self.fallback = f"row of {odd.num_rows} at slot {expected}: not a whole block"
+        yield from self._general(chain([odd], batches), self._last, expected)
+
+    def _tail(self) -> Iterator[pa.RecordBatch]:
+        """Null blocks from the next slot to the end (none when unbounded)."""
+        if self.end is not None:
+            while self._expected < self.end:
+                yield self._gap(self._expected)
+                self._expected += self.grid.duration
 
     def _general(
         self, batches: Iterable[pa.RecordBatch], last: int | None, expected: int

@@ -165,6 +165,98 @@ def test_short_path_equals_general_path(spec: list[Any], sort: bool, n: int) -> 
     assert (len(got), relay.gap_blocks, relay.duplicates) == counters
 
 
+def _flat(out: list[Any]) -> list[pa.RecordBatch]:
+    return [b for x in out for b in (x.to_batches() if isinstance(x, pa.Table) else [x])]
+
+
+@given(
+    st.lists(ROW, max_size=14),
+    st.booleans(),
+    st.one_of(st.none(), st.integers(1, 12)),
+    st.integers(1, 6),
+    st.integers(1, 4),
+)
+def test_chunks_equal_the_block_by_block_stream(
+    spec: list[Any], sort: bool, n: int | None, per_chunk: int, vector_min: int
+) -> None:
+    """Chunked (one-pass runs, block-by-block otherwise, hand-over) == block by block:
+    the same rows, the same counters, no chunk over ``per_chunk`` blocks."""
+    if sort:
+        spec = sorted(spec, key=lambda r: r[1])
+    batches = [_row(kind, k) for kind, k in spec]
+    end = None if n is None else T0 + n * S
+    plain = _relay(batches, T0, end)
+    want = rows(plain)
+    chunked = _relay(batches, T0, end)
+    chunked.vector_min = vector_min
+    out = list(chunked.chunks(per_chunk))
+    assert all(isinstance(x, pa.RecordBatch) or x.num_rows <= per_chunk for x in out)
+    assert all(b.num_rows == 1 for b in _flat(out))
+    assert rows(_flat(out)) == want
+    assert (chunked.gap_blocks, chunked.duplicates, chunked.fallback) == (
+        plain.gap_blocks,
+        plain.duplicates,
+        plain.fallback,
+    )
+
+
+def test_a_whole_run_is_taken_in_one_pass_as_the_same_batches() -> None:
+    batches = downstream_blocks([A, B], [T0 + k * S for k in range(10)], S)
+    relay = _relay(batches, T0, T0 + 10 * S)
+    out = list(relay.chunks(4))
+    assert [x.num_rows for x in out] == [4, 4, 2]
+    assert all(isinstance(x, pa.Table) for x in out)
+    sent = _flat(out)
+    # the downstream's own buffers go out: no copy
+    assert all(
+        s.column(2).buffers()[-1].address == b.column(2).buffers()[-1].address
+        for s, b in zip(sent, batches, strict=True)
+    )
+    assert relay.passed == 10 and relay.gap_blocks == 0 and relay.fallback is None
+
+
+def _with_bitmap(t: int) -> pa.RecordBatch:
+    """A whole block whose first channel carries an all-valid list bitmap."""
+    batch = downstream_batch([A, B], t, S)
+    cell = batch.column(1)
+    masked = pa.ListArray.from_arrays(cell.offsets, cell.values, mask=pa.array([False]))
+    return pa.RecordBatch.from_arrays(
+        [batch.column(0), masked, batch.column(2)], schema=batch.schema
+    )
+
+
+def _sliced(t: int) -> pa.RecordBatch:
+    """A whole block sliced out of a two-row batch (its raw offsets hold three values)."""
+    two = pa.Table.from_batches(downstream_blocks([A, B], [t - S, t], S)).combine_chunks()
+    return two.to_batches()[0].slice(1, 1)
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        lambda t: _with_bitmap(t),
+        lambda t: _sliced(t),
+        lambda t: pa.RecordBatch.from_arrays(
+            downstream_batch([A, B], t, S).columns,
+            schema=downstream_batch([A, B], t, S).schema.with_metadata({"x": "1"}),
+        ),
+        _null_list,
+        lambda t: downstream_batch([A, B], t + S // 2, S),  # off the grid
+    ],
+)
+def test_a_run_with_one_odd_row_is_checked_block_by_block(odd: Any) -> None:
+    """One odd row in a run of 6: the one-pass check declines the chunk, the block-by-block
+    path decides (passes it, or hands over to the general pipeline) as ``iter`` does."""
+    batches = downstream_blocks([A, B], [T0 + k * S for k in range(6)], S)
+    batches[3] = odd(T0 + 3 * S)
+    plain = _relay(batches, T0, T0 + 6 * S)
+    want = rows(plain)
+    chunked = _relay(batches, T0, T0 + 6 * S)
+    chunked.vector_min = 2
+    assert rows(_flat(list(chunked.chunks(6)))) == want
+    assert (chunked.passed, chunked.fallback) == (plain.passed, plain.fallback)
+
+
 # ---------------------------------------------------------------------- StreamExecution
 
 URL, REPLICA = "grpc://a:1", "grpc://b:1"
