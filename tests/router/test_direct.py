@@ -4,7 +4,10 @@ rows, its fall-backs, and StreamExecution reading the downstream in the consumer
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -255,6 +258,44 @@ def test_a_run_with_one_odd_row_is_checked_block_by_block(odd: Any) -> None:
     chunked.vector_min = 2
     assert rows(_flat(list(chunked.chunks(6)))) == want
     assert (chunked.passed, chunked.fallback) == (plain.passed, plain.fallback)
+
+
+PANDAS_PROBE = """
+import sys
+import pyarrow as pa
+from router.stitch.direct import OnGridRelay
+from tests.router.blockgen import grid_for, meta
+
+S = 62_500_000
+grid = grid_for([meta("H1:A-X", 256, S)], S)
+batches = list(pa.ipc.open_stream(sys.stdin.buffer.read()))
+assert "pandas" not in sys.modules, "imported before the relay ran"
+relay = OnGridRelay(batches, grid, 100 * S, 140 * S)
+out = list(relay.chunks(32))
+assert [x.num_rows for x in out] == [32, 8] and relay.passed == 40, out
+print("pandas" in sys.modules)
+"""
+
+
+def test_the_one_pass_check_does_not_import_pandas() -> None:
+    """``ChunkedArray.to_numpy()`` imports pandas (+35 MB RSS in the router, for good):
+    the run check must not. Batches read from IPC, as the router gets them, in a fresh
+    interpreter (building arrays with ``pa.array`` imports pandas on its own)."""
+    sink = pa.BufferOutputStream()
+    a = meta("H1:A-X", 256, S)
+    with pa.ipc.new_stream(sink, grid_for([a], S).schema) as writer:
+        for batch in downstream_blocks([a], [T0 + k * S for k in range(40)], S):
+            writer.write_batch(batch)
+    done = subprocess.run(
+        [sys.executable, "-c", PANDAS_PROBE],
+        input=sink.getvalue().to_pybytes(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+        cwd=Path(__file__).parents[2],
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout.decode().strip() == "False"
 
 
 # ---------------------------------------------------------------------- StreamExecution
