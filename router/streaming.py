@@ -18,7 +18,6 @@ import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
-from typing import TypeVar
 
 import pyarrow as pa
 import structlog
@@ -48,7 +47,6 @@ from router.stitch.rebucket import cell_length, stitch_rows
 from router.timers import Timer
 from scopemap import StreamPlan, StreamSlice
 
-T = TypeVar("T")
 log = structlog.get_logger("router.streaming")
 NS = 1_000_000_000
 

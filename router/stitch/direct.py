@@ -66,19 +66,6 @@ def _in_chunks(
         blocks.close()
 
 
-def _grouped(
-    blocks: Iterator[pa.RecordBatch], rows: int, schema: pa.Schema
-) -> Iterator[pa.RecordBatch | pa.Table]:
-    """``blocks`` ``rows`` at a time (see :func:`_table`); closing it closes ``blocks``."""
-    try:
-        while chunk := list(islice(blocks, rows)):
-            yield _table(chunk, schema)
-    finally:
-        close = getattr(blocks, "close", None)
-        if close is not None:
-            close()
-
-
 class OnGridRelay:
     """The stitched stream of one group's downstream batches over ``[start, end)``
     (``start`` on the grid; ``end`` None: unbounded). Iterate once.
@@ -179,11 +166,11 @@ class OnGridRelay:
             rest = iter(chunk)
             odd = yield from _in_chunks(self._blocks(rest), rows, schema)
             if isinstance(odd, pa.RecordBatch):
-                yield from _grouped(self._hand_over(odd, chain(rest, batches)), rows, schema)
+                yield from _in_chunks(self._hand_over(odd, chain(rest, batches)), rows, schema)
                 return
             if odd is True:
                 break
-        yield from _grouped(self._tail(), rows, schema)
+        yield from _in_chunks(self._tail(), rows, schema)
 
     def _whole_run(self, chunk: list[pa.RecordBatch]) -> pa.Table | None:
         """``chunk`` as one Table if it is exactly the next ``len(chunk)`` slots as whole
@@ -213,10 +200,8 @@ class OnGridRelay:
         for i, pattern in enumerate(self._patterns, start=1):
             cells = table.column(i)
             # a one-row list's raw offsets are exactly [0, samples] when whole and unsliced
-            if (
-                cells.null_count
-                or b"".join(map(_SECOND, map(_BUFFERS, cells.chunks))) != (pattern[:size])
-            ):
+            offsets = b"".join(map(_SECOND, map(_BUFFERS, cells.chunks)))
+            if cells.null_count or offsets != pattern[:size]:
                 return None
         self._expected, self._last = stop, int(t[-1])
         self.passed += k
@@ -282,12 +267,12 @@ class OnGridRelay:
 
     def _hand_over(
         self, odd: pa.RecordBatch, batches: Iterator[pa.RecordBatch]
-    ) -> Iterator[pa.RecordBatch]:
+    ) -> Generator[pa.RecordBatch, None, None]:
         expected = self._expected
         self.fallback = f"row of {odd.num_rows} at slot {expected}: not a whole block"
         yield from self._general(chain([odd], batches), self._last, expected)
 
-    def _tail(self) -> Iterator[pa.RecordBatch]:
+    def _tail(self) -> Generator[pa.RecordBatch, None, None]:
         """Null blocks from the next slot to the end (none when unbounded)."""
         if self.end is not None:
             while self._expected < self.end:
