@@ -440,3 +440,56 @@ def test_chunked_stream_cancel_and_early_exit_close_everything() -> None:
     next(batches)
     batches.close()  # type: ignore[attr-defined]
     assert downstream.open == 0 and _threads() == []
+
+
+def _spy_runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Sizes of the chunks the one-pass check took, as they are taken."""
+    taken: list[int] = []
+    whole_run = OnGridRelay._whole_run
+
+    def spy(self: OnGridRelay, chunk: list[pa.RecordBatch]) -> pa.Table | None:
+        run = whole_run(self, chunk)
+        if run is not None:
+            taken.append(run.num_rows)
+        return run
+
+    monkeypatch.setattr(OnGridRelay, "_whole_run", spy)
+    return taken
+
+
+def test_one_pass_chunk_spans_a_failover_and_equals_the_plain_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run of 40 whole blocks whose downstream fails after 20: the replica resumes at the
+    21st, the chunk read across the failover is still one run (one Table of 40, taken in
+    one pass), the rows equal a plain read, and both downstreams are closed."""
+    blocks = downstream_blocks([A, B], [T0 + k * S for k in range(40)], S)
+    first = ScriptedDownstream(URL, [[*blocks[:20], UnavailableError(f"{URL}: gone")]])
+    replica = ScriptedDownstream(REPLICA, [blocks[20:]])
+    execution = _execution([first, replica], 40, historical=True, chunk_bytes=64 * BLOCK_BYTES)
+    taken = _spy_runs(monkeypatch)
+    out = list(execution)
+    assert taken == [40]
+    assert [type(x) for x in out] == [pa.Table] and out[0].num_rows == 40
+    assert rows(_unchunked(out)) == rows(blocks)
+    assert replica.commands[0]["args"]["start"] == T0 + 20 * S
+    assert (execution.blocks, execution.gap_blocks, execution.duplicates_dropped) == (40, 0, 0)
+    assert first.open == replica.open == 0 and _threads() == []
+
+
+def test_one_pass_chunks_stop_at_a_client_cancel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of 16 taken in one pass; the client leaves after the first: the stream raises
+    CancelledError at the next chunk and the downstream (hanging after 40 blocks) is closed."""
+    blocks = downstream_blocks([A, B], [T0 + k * S for k in range(40)], S)
+    downstream = ScriptedDownstream(URL, [[*blocks, HANG]])
+    ctx = RequestContext("req-1")
+    execution = _execution([downstream], 100, ctx, historical=True, chunk_bytes=16 * BLOCK_BYTES)
+    taken = _spy_runs(monkeypatch)
+    got = []
+    with pytest.raises(CancelledError):
+        for item in execution:
+            got.append(item)
+            ctx.cancel(CLIENT_LEFT)
+    assert len(got) == 1 and isinstance(got[0], pa.Table) and got[0].num_rows == 16
+    assert taken[0] == 16 and execution.blocks == 16
+    assert downstream.open == 0 and _threads() == []
