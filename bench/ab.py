@@ -1,0 +1,149 @@
+"""Interleaved A/B of serving variants under concurrent readers: routers at git revisions and
+bare-relay shapes, side by side in one run.
+
+One `router-backend mock`; every variant serves in front of it as its own process; the
+readers of bench/concurrency.py (spawned once) do N simultaneous raw DoGets of the same
+historical range per round, rounds interleaved over the variants so machine noise hits them
+alike. Per variant and N, medians over the repetitions of: aggregate MB/s of samples, the
+serving process's CPU seconds per GB (/proc), its context switches per GB (voluntary and
+involuntary, every thread: GIL and lock hand-overs show here first) and its peak RSS.
+
+Variants (comma-separated):
+
+* ``router``: this checkout; ``router@REV``: the router at git revision REV (``git archive``
+  into a temporary directory, run with that directory first on ``sys.path``);
+* ``relay``: bench/relay.py; ``relay+window``, ``relay+table:K``, ``relay+list:K`` and
+  combinations (``relay+window+table:128``): its router-shaped modes (see bench/relay.py).
+
+    python bench/ab.py router@HEAD~1,router [--readers 1,8,32] [--reps 5]
+                       [--channels 1] [--seconds 256]
+
+This machine's noise (2 cores shared by the readers, the mock and the servers) moves a
+variant's CPU per GB by about +-10 % between runs: compare variants within one run, with
+5 or more repetitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from _harness import BIN, FAST, ROOT, median, stream_cmd, table, write_inputs
+from concurrency import PeakRss, Readers, cpu_of, family, pid_of
+
+from router_backends.testing import ServerProcess
+
+
+def switches(pid: int) -> int:
+    """Context switches of every thread of ``pid`` so far."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        with contextlib.suppress(OSError):
+            for line in status.read_text().splitlines():
+                if "ctxt_switches" in line:
+                    total += int(line.split()[1])
+    return total
+
+
+def checkout(rev: str, into: Path) -> Path:
+    """The tree of ``rev`` (this repository) extracted under ``into``."""
+    where = into / rev.replace("/", "_").replace("~", "-").replace("^", "-")
+    where.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True)
+    return where
+
+
+def argv_for(variant: str, downstream: str, scope_map: Path, tmp: Path) -> list[str]:
+    if variant == "relay" or variant.startswith("relay+"):
+        argv = [str(BIN / "python"), str(ROOT / "bench" / "relay.py"), "--downstream", downstream]
+        for mode in variant.split("+")[1:]:
+            argv += ["--window"] if mode == "window" else ["--shape", mode]
+        return argv
+    if variant == "router" or variant.startswith("router@"):
+        serve = ["serve", "--scope-map", str(scope_map), "--url", "grpc://127.0.0.1:0"]
+        serve += ["--log-format", "json"]
+        if variant == "router":
+            return [str(BIN / "router"), *serve]
+        tree = checkout(variant.removeprefix("router@"), tmp)
+        boot = f"import sys; sys.path.insert(0, {str(tree)!r}); from router.cli import main; main()"
+        return [str(BIN / "python"), "-c", boot, *serve]
+    raise SystemExit(f"unknown variant {variant!r} (router, router@REV, relay[+MODE...])")
+
+
+@contextlib.contextmanager
+def serving(variants: list[str], tmp: Path) -> Iterator[dict[str, ServerProcess]]:
+    toml = write_inputs(tmp)
+    mock_argv = [str(BIN / "router-backend"), "mock", "--url", "grpc://127.0.0.1:0", str(toml)]
+    with ServerProcess(mock_argv, name="mock") as mock, contextlib.ExitStack() as stack:
+        smap = tmp / "ab-scope-map.yaml"
+        smap.write_text(f"{mock.url}:\n  scopes:\n    X1:\n      - all: true\n  retention: {{}}\n")
+        yield {
+            v: stack.enter_context(
+                ServerProcess(argv_for(v, mock.url, smap, tmp), name=f"variant{i}")
+            )
+            for i, v in enumerate(variants)
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variants", help="comma-separated (see the module text)")
+    parser.add_argument("--readers", default="1,8,32", help="comma-separated N")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--channels", type=int, default=1, choices=range(1, len(FAST) + 1))
+    parser.add_argument("--seconds", type=int, default=256, help="of data per reader")
+    args = parser.parse_args()
+    variants = args.variants.split(",")
+    counts = [int(n) for n in args.readers.split(",")]
+    command = stream_cmd(FAST[: args.channels], args.seconds)
+    readers = Readers(max(counts))
+    rows: list[list[str]] = []
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="arrakis-ab-") as tmpdir,
+            serving(variants, Path(tmpdir)) as procs,
+        ):
+            pids = {v: family(pid_of(p)) for v, p in procs.items()}
+            for proc in procs.values():  # warm-up: connections, imports, caches
+                readers.round(min(2, max(counts)), proc.url, stream_cmd(FAST[:1], 1))
+            for n in counts:
+                seen: dict[str, dict[str, list[float]]] = {
+                    v: {"rate": [], "cpu": [], "cs": [], "rss": []} for v in variants
+                }
+                for _ in range(args.reps):
+                    for v, proc in procs.items():
+                        cpu0, cs0 = cpu_of(pids[v]), switches(pids[v][0])
+                        with PeakRss(pids[v][0]) as peak:
+                            nbytes, secs = readers.round(n, proc.url, command)
+                        gb = nbytes / 1e9
+                        seen[v]["rate"].append(nbytes / secs / 1e6)
+                        seen[v]["cpu"].append((cpu_of(pids[v]) - cpu0) / gb)
+                        seen[v]["cs"].append((switches(pids[v][0]) - cs0) / gb)
+                        seen[v]["rss"].append(peak.peak)
+                for v in variants:
+                    m = {key: median(values) for key, values in seen[v].items()}
+                    row = [str(n), v, f"{m['rate']:.0f}", f"{m['cpu']:.2f}"]
+                    row += [f"{m['cs'] / 1e3:.0f}k", f"{max(seen[v]['rss']):.0f}"]
+                    rows.append(row)
+                    print(" | ".join(row), flush=True)
+            for name, proc in procs.items():
+                if proc.returncode is not None:
+                    raise SystemExit(f"{name} exited early:\n{proc.log_text()[-2000:]}")
+    finally:
+        readers.close()
+    print()
+    print(f"{args.channels} x 16384 Hz, {args.seconds} s per reader; medians of {args.reps}")
+    headers = ["N", "variant", "MB/s", "CPU s per GB", "context switches per GB"]
+    print(table([*headers, "peak RSS MB"], rows))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
