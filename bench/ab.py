@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from _harness import BIN, FAST, ROOT, median, stream_cmd, table, write_inputs
-from concurrency import PeakRss, Readers, cpu_of, family, pid_of
+from concurrency import PeakRss, Readers, check_alive, cpu_of, family, pid_of
 
 from router_backends.testing import ServerProcess
 
@@ -134,9 +134,7 @@ def main() -> None:
                     row += [f"{m['cs'] / 1e3:.0f}k", f"{max(seen[v]['rss']):.0f}"]
                     rows.append(row)
                     print(" | ".join(row), flush=True)
-            for name, proc in procs.items():
-                if proc.returncode is not None:
-                    raise SystemExit(f"{name} exited early:\n{proc.log_text()[-2000:]}")
+            check_alive(procs)
     finally:
         readers.close()
     print()

@@ -174,6 +174,13 @@ def servers(
             yield procs
 
 
+def check_alive(procs: dict[str, ServerProcess]) -> None:
+    """Fail the bench, with the end of its log, if a server exited during the rounds."""
+    for name, proc in procs.items():
+        if proc.returncode is not None:
+            raise SystemExit(f"{name} exited early:\n{proc.log_text()[-2000:]}")
+
+
 def pid_of(proc: ServerProcess) -> int:
     assert proc.process is not None
     return proc.process.pid
@@ -250,9 +257,7 @@ def main() -> None:
                         print(" | ".join(row), f"(router peak {peak.peak:.0f} MB)", flush=True)
             time.sleep(args.settle)
             rss_after = rss_mb(router_pid)
-            for name, proc in procs.items():
-                if proc.returncode is not None:
-                    raise SystemExit(f"{name} exited early:\n{proc.log_text()[-2000:]}")
+            check_alive(procs)
     finally:
         readers.close()
     print()
