@@ -28,14 +28,19 @@ def process(name: str, argv: list[str], **options: Any) -> Iterator[str]:
         yield proc.url
 
 
+def one_endpoint_map(path: Path, url: str) -> Path:
+    """Write a scope map at ``path``: the endpoint ``url`` serves X1, everything retained."""
+    path.write_text(f"{url}:\n  scopes:\n    X1:\n      - all: true\n  retention: {{}}\n")
+    return path
+
+
 @contextlib.contextmanager
 def mock_behind_router(tmp: Path, toml: Path, *router_args: str) -> Iterator[tuple[str, str]]:
     """`router-backend mock TOML` and `router serve` (proxy mode) on a one-endpoint map in
     front of it (X1, everything retained); yields ``(mock_url, router_url)``."""
     mock_argv = [str(BIN / "router-backend"), "mock", "--url", "grpc://127.0.0.1:0", str(toml)]
     with process("mock", mock_argv) as mock:
-        smap = tmp / "bench-scope-map.yaml"
-        smap.write_text(f"{mock}:\n  scopes:\n    X1:\n      - all: true\n  retention: {{}}\n")
+        smap = one_endpoint_map(tmp / "bench-scope-map.yaml", mock)
         router_argv = [str(BIN / "router"), "serve", "--scope-map", str(smap)]
         router_argv += ["--url", "grpc://127.0.0.1:0", "--log-format", "json", *router_args]
         with process("router", router_argv) as router:

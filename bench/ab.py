@@ -33,7 +33,16 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from _harness import BIN, FAST, ROOT, median, stream_cmd, table, write_inputs
+from _harness import (
+    BIN,
+    FAST,
+    ROOT,
+    median,
+    one_endpoint_map,
+    stream_cmd,
+    table,
+    write_inputs,
+)
 from concurrency import PeakRss, Readers, check_alive, cpu_of, family, pid_of
 
 from router_backends.testing import ServerProcess
@@ -83,8 +92,7 @@ def serving(variants: list[str], tmp: Path) -> Iterator[dict[str, ServerProcess]
     toml = write_inputs(tmp)
     mock_argv = [str(BIN / "router-backend"), "mock", "--url", "grpc://127.0.0.1:0", str(toml)]
     with ServerProcess(mock_argv, name="mock") as mock, contextlib.ExitStack() as stack:
-        smap = tmp / "ab-scope-map.yaml"
-        smap.write_text(f"{mock.url}:\n  scopes:\n    X1:\n      - all: true\n  retention: {{}}\n")
+        smap = one_endpoint_map(tmp / "ab-scope-map.yaml", mock.url)
         yield {
             v: stack.enter_context(
                 ServerProcess(argv_for(v, mock.url, smap, tmp), name=f"variant{i}")

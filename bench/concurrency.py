@@ -37,7 +37,16 @@ from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from _harness import BIN, FAST, ROOT, median, stream_cmd, table, write_inputs
+from _harness import (
+    BIN,
+    FAST,
+    ROOT,
+    median,
+    one_endpoint_map,
+    stream_cmd,
+    table,
+    write_inputs,
+)
 
 from router_backends.testing import ServerProcess
 
@@ -158,8 +167,7 @@ def servers(
     toml = write_inputs(tmp)
     mock_argv = [str(BIN / "router-backend"), "mock", "--url", "grpc://127.0.0.1:0", str(toml)]
     with ServerProcess(mock_argv, name="mock") as mock:
-        smap = tmp / "bench-scope-map.yaml"
-        smap.write_text(f"{mock.url}:\n  scopes:\n    X1:\n      - all: true\n  retention: {{}}\n")
+        smap = one_endpoint_map(tmp / "bench-scope-map.yaml", mock.url)
         router_argv = [str(BIN / "router"), "serve", "--scope-map", str(smap)]
         router_argv += ["--url", "grpc://127.0.0.1:0", "--log-format", "json", *router_args]
         relay_argv = [str(BIN / "python"), str(ROOT / "bench" / "relay.py")]
