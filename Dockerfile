@@ -17,7 +17,8 @@
 # deploy/docker/base-image.sh (debootstrap bookworm minbase + python3 3.11 + python3-venv).
 # Python packages are installed offline from the wheels `make image` collects into
 # build/image-wheels, pinned by constraints.txt (the file `make venv` uses too). What the
-# router never loads is left out: headers, tests, Cython sources, pyarrow's S3 filesystem.
+# router never loads is left out: headers, tests, Cython sources, pyarrow's S3 filesystem,
+# and the compiler of the build stage.
 
 # Any image with python3.11 and python3-venv at /usr/bin works; with a registry, pin it by
 # digest (--build-arg BASE_IMAGE=registry/image@sha256:...). The local base has no registry
@@ -25,17 +26,25 @@
 ARG BASE_IMAGE=arrakis-router-base:bookworm
 
 FROM ${BASE_IMAGE} AS build
+# The native output stage (router/_chunkstream, hatch_build.py) is compiled here, so the
+# build stage needs a C++ compiler and the Python headers; the final stage does not.
+RUN apt-get update -qq \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        g++ python3-dev >/dev/null \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY build/image-wheels/ /deps/
 COPY constraints.txt ./
 # Everything the wheel is built from (tests/test_dockerfile.py keeps this list honest).
-COPY pyproject.toml README.md LICENSE ./
+COPY pyproject.toml README.md LICENSE hatch_build.py ./
 COPY schemas/ schemas/
 COPY scopemap/ scopemap/
 COPY router/ router/
+# PIP_CONSTRAINT pins the wheel's isolated build environment too: the native stage is
+# compiled against the same pyarrow the image runs
 RUN python3 -m venv /opt/router \
-    && /opt/router/bin/pip wheel --no-index --find-links /deps -c constraints.txt --no-deps \
-        --wheel-dir /wheels . \
+    && PIP_CONSTRAINT=/src/constraints.txt /opt/router/bin/pip wheel --no-index \
+        --find-links /deps -c constraints.txt --no-deps --wheel-dir /wheels . \
     && /opt/router/bin/pip install --no-index --find-links /deps -c constraints.txt \
         --no-compile /wheels/arrakis_router-*.whl \
     && /opt/router/bin/pip uninstall --yes pip setuptools \
@@ -44,6 +53,7 @@ RUN python3 -m venv /opt/router \
         numpy/_core/include numpy/f2py pyarrow/*.pxd pyarrow/*.pyx pyarrow/includes \
         pyarrow/libarrow_s3.so* pyarrow/_s3fs.*.so \
     && /opt/router/bin/python -c "import pyarrow.flight, pyarrow.fs, numpy, router.serve" \
+    && /opt/router/bin/python -m router.outstream \
     && /opt/router/bin/python -m compileall -q -j 0 /opt/router/lib
 
 FROM ${BASE_IMAGE}

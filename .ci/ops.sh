@@ -5,6 +5,7 @@
 #   promtool (prometheus):     tests/integration/test_sre_metrics.py checks the exposition
 #   docker.io, debootstrap:    make image / make image-test (base image built from Debian)
 #   docker-compose:            make image-test runs the compose demo (deploy/compose)
+#   g++, python3-dev:          make venv compiles the native output stage (hatch_build.py)
 set -euo pipefail
 need=()
 command -v systemd-analyze >/dev/null || need+=(systemd)
@@ -12,6 +13,9 @@ command -v promtool >/dev/null || need+=(prometheus)
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || need+=(docker-compose)
+command -v g++ >/dev/null || need+=(g++)
+python3 -c 'import pathlib, sys, sysconfig; sys.exit(not (pathlib.Path(sysconfig.get_paths()["include"]) / "Python.h").exists())' \
+    || need+=(python3-dev)
 if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
@@ -22,4 +26,4 @@ if ! docker info >/dev/null 2>&1; then
     for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
     docker info >/dev/null 2>&1 || { echo ".ci/ops.sh: dockerd did not start:" >&2; tail -20 /tmp/dockerd.log >&2; exit 1; }
 fi
-echo ".ci/ops.sh: systemd-analyze, promtool, docker $(docker version -f '{{.Server.Version}}') ready"
+echo ".ci/ops.sh: g++, systemd-analyze, promtool, docker $(docker version -f '{{.Server.Version}}') ready"

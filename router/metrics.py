@@ -65,6 +65,7 @@ from prometheus_client.registry import Collector
 
 from router import __version__
 from router.errors import CancelledError, to_flight_error
+from router.outstream import NATIVE
 from router.recenterrors import RecentErrors
 
 log = structlog.get_logger("router.metrics")
@@ -348,6 +349,8 @@ class RouterMetrics:
                 "version": __version__,
                 "python": platform.python_version(),
                 "pyarrow": pa.__version__,
+                # "native" when DoGet streams leave through router._chunkstream
+                "output": "native" if NATIVE else "python",
             }
         )
         ProcessCollector(registry=own)

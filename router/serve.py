@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 import structlog
 
-from router import __version__
+from router import __version__, outstream
 from router import logging as router_logging
 from router.config import ENV_PREFIX, ConfigError, env_name, layered, render, resolve
 from router.limits import Limits
@@ -552,8 +552,15 @@ def _serve_with(
         mode=args.mode,
         endpoints=len(result.scope_map.endpoints),
         drain_timeout_s=args.drain_timeout,
+        output="native" if outstream.NATIVE else "python",
         **({"data_workers": workers.locations()} if workers is not None else {}),
     )
+    if not outstream.NATIVE:
+        log.warning(
+            "native_output_unavailable",
+            reason=outstream.WHY_NOT_NATIVE,
+            effect="streams use pyarrow's GeneratorStream: more CPU per block under many readers",
+        )
     router_logging.announce(url)
     while not stop.wait(0.5):
         pass

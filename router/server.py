@@ -35,6 +35,7 @@ from router.limits import check_size
 from router.logging import RepeatFilter, command_summary
 from router.memory import IdleTrim
 from router.metrics import RouterMetrics, stream_kind
+from router.outstream import NATIVE, data_stream
 from router.protocol.auth import (
     AUTHORIZATION_MIDDLEWARE_KEY,
     AuthorizationMiddlewareFactory,
@@ -229,13 +230,22 @@ class Meter:
 class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     """Arrow Flight front of a :class:`RouterService`."""
 
-    def __init__(self, service: RouterService, location: str, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        service: RouterService,
+        location: str,
+        *,
+        native_output: bool = True,
+        **kwargs: Any,
+    ) -> None:
         middleware = {
             REQUEST_ID_MIDDLEWARE_KEY: RequestIdMiddlewareFactory(),
             AUTHORIZATION_MIDDLEWARE_KEY: AuthorizationMiddlewareFactory(),
         }
         super().__init__(location, middleware=middleware, **kwargs)
         self.service = service
+        # DoGet streams leave through router._chunkstream when built (router.outstream)
+        self.native_output = native_output and NATIVE
         self.repeats = RepeatFilter()  # collapses identical failures per peer in the log
         # memory freed by a burst of streams goes back to the system once they have ended
         self.idle_trim = IdleTrim(service.timer.call_later, lambda: self.open_streams == 0)
@@ -326,7 +336,7 @@ class RouterFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             # `guarded` accounts for the stream on every exit once gRPC starts reading it; a
             # client gone before the first read never starts it: account when it is collected.
             weakref.finalize(stream, closed, GeneratorExit())
-            return flight.GeneratorStream(schema, stream)
+            return data_stream(schema, stream, native=self.native_output)
 
     def do_action(
         self, context: flight.ServerCallContext, action: flight.Action

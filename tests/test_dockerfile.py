@@ -50,6 +50,8 @@ def _pip_targets(shell: str) -> list[str]:
     targets: list[str] = []
     for part in re.split(r"&&|;|\n", shell):
         words = shlex.split(part.replace("$(PY) -m pip", "pip"))
+        while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):  # VAR=value pip ...
+            words = words[1:]
         if len(words) >= 2 and words[0].endswith("pip") and words[1] in ("install", "wheel"):
             args = words[2:]
             skip_next = False
@@ -79,6 +81,7 @@ def test_build_context_copies_everything_the_wheel_is_built_from(
     wheel = tool["hatch"]["build"]["targets"]["wheel"]
     needed = set(wheel["packages"]) | {"pyproject.toml", "README.md", "LICENSE"}
     needed |= {src.split("/")[0] for src in wheel["force-include"]}
+    needed |= {hook["path"] for hook in wheel["hooks"].values()}  # hatch_build.py
     missing = sorted(n for n in needed if n not in copied)
     assert not missing, f"Dockerfile does not COPY {missing}, the wheel needs them"
 
@@ -208,8 +211,12 @@ def test_image_and_makefile_use_the_same_constraints(
         for line in (ROOT / "constraints.txt").read_text().splitlines()
         if "==" in line
     }
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    for requirement in project["dependencies"]:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    # the build stack too: the native output stage is compiled against the pinned pyarrow
+    for requirement in [
+        *pyproject["project"]["dependencies"],
+        *pyproject["build-system"]["requires"],
+    ]:
         name = re.split(r"[<>=!~\[ ]", requirement)[0].lower().replace("_", "-")
         assert name in pins, f"{name} is not pinned in constraints.txt"
 

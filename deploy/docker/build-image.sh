@@ -21,8 +21,10 @@ fi
 started=$(date +%s)
 deploy/docker/base-image.sh "$BASE_IMAGE"
 rm -rf build/image-wheels
-"$PY" -m pip wheel --quiet --disable-pip-version-check -c constraints.txt \
-    --wheel-dir build/image-wheels . hatchling
+# the wheels of the build stack too: the image builds the router's wheel (and its native
+# output stage) offline from these
+"$PY" -m pip wheel --quiet --disable-pip-version-check -c constraints.txt --no-build-isolation \
+    --wheel-dir build/image-wheels . hatchling Cython
 rm -f build/image-wheels/arrakis_router-*.whl  # built from source inside the image
 docker build --quiet \
     --build-arg BASE_IMAGE="$BASE_IMAGE" \

@@ -84,6 +84,7 @@ def running_router(
     clock: Clock | None = None,
     pool: DownstreamPool | None = None,
     data_workers: int = 0,
+    native_output: bool = True,
     **settings: object,
 ) -> Iterator[tuple[str, RouterService, Any]]:
     """The router on port 0 in this process; yields ``(url, service, server)``.
@@ -91,13 +92,14 @@ def running_router(
     ``data_workers``: that many more routers on the same map, settings and clock, whose
     locations the front hands out for Streams in turn (the data-worker path of ``router
     serve --data-workers``, without the processes: tests/integration/test_data_workers.py
-    runs those); ``server`` is then a :class:`FrontAndWorkers`."""
+    runs those); ``server`` is then a :class:`FrontAndWorkers`. ``native_output=False``:
+    streams leave through pyarrow's GeneratorStream instead of router._chunkstream."""
     result = load_text(yaml_text, "test-map.yaml")
     assert result.ok and result.scope_map is not None, [d.format() for d in result.diagnostics]
     services, servers, threads = [], [], []
     for _ in range(1 + data_workers):
         service = RouterService(result.scope_map, Settings(**settings), clock=clock, pool=pool)  # type: ignore[arg-type]
-        server = RouterFlightServer(service, "grpc://127.0.0.1:0")
+        server = RouterFlightServer(service, "grpc://127.0.0.1:0", native_output=native_output)
         thread = threading.Thread(target=server.serve, daemon=True)
         thread.start()
         services.append(service)

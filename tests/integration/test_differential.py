@@ -24,6 +24,7 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow.flight as flight
@@ -262,26 +263,32 @@ def assert_same_block(got: object, want: object, channels: Sequence[str]) -> Non
 
 
 # Every path a stream can take: served by the router the client asked (in-process), or by
-# a data worker whose location the router handed out (``router serve --data-workers``).
-PATHS = pytest.mark.parametrize("data_workers", [0, 2], ids=["in-process", "data-workers"])
+# a data worker whose location the router handed out (``router serve --data-workers``);
+# written by the native output stage (router._chunkstream) or by pyarrow's GeneratorStream
+# (the fallback when the native stage is not built).
+PATHS = pytest.mark.parametrize(
+    "path",
+    [{}, {"data_workers": 2}, {"native_output": False}],
+    ids=["in-process", "data-workers", "generator-stream"],
+)
 
 
 @PATHS
 @given(layout=layouts(), span=time_ranges(), data=st.data())
 def test_router_fetch_equals_one_full_mock(
-    pool: Pool, data_workers: int, layout: Layout, span: tuple[float, float], data: st.DataObject
+    pool: Pool, path: dict[str, Any], layout: Layout, span: tuple[float, float], data: st.DataObject
 ) -> None:
     start, end = span
     servable = [c for c in CHANNELS if not layout.holes(c, ns(start), ns(end))]
     assume(servable)
     channels = data.draw(st.lists(st.sampled_from(servable), min_size=1, max_size=4, unique=True))
-    router = running_router(layout.yaml(pool), clock=FakeClock(NOW), data_workers=data_workers)
+    router = running_router(layout.yaml(pool), clock=FakeClock(NOW), **path)
     with router as (url, _, server):
         got = arrakis.Client(url).fetch(channels, start, end)
         # the client stops reading once it has [start, end): the router's end of stream (and
         # its clean-up) may come a moment after the client returned
         assert wait_until(lambda: server.open_streams == 0, timeout=5)
-        if data_workers:  # the workers served every stream, the front none
+        if path.get("data_workers"):  # the workers served every stream, the front none
             front, workers = server.streams_served()
             assert front == 0 and workers >= 1, (front, workers)
     want = arrakis.Client(pool.full).fetch(channels, start, end)
@@ -310,7 +317,7 @@ def _seconds(t: int) -> str:
 @given(layout=layouts(), span=time_ranges(), nudge=st.sampled_from([0, 0, 1, -1]), data=st.data())
 def test_router_refuses_a_layout_with_a_hole(
     pool: Pool,
-    data_workers: int,
+    path: dict[str, Any],
     layout: Layout,
     span: tuple[float, float],
     nudge: int,
@@ -328,7 +335,7 @@ def test_router_refuses_a_layout_with_a_hole(
             )
         )
     )
-    router = running_router(layout.yaml(pool), clock=FakeClock(NOW), data_workers=data_workers)
+    router = running_router(layout.yaml(pool), clock=FakeClock(NOW), **path)
     with router as (url, _, server):
         client = flight.connect(url)
         try:

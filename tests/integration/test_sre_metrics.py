@@ -79,7 +79,7 @@ REQUIRED = {
     "arrakis_router_reloads": ("counter", {"result"}),
     "arrakis_router_last_reload_success_timestamp_seconds": ("gauge", set()),
     "arrakis_router_scope_map_info": ("gauge", {"fingerprint", "endpoints"}),
-    "arrakis_router_build_info": ("gauge", {"version", "python", "pyarrow"}),
+    "arrakis_router_build_info": ("gauge", {"version", "python", "pyarrow", "output"}),
     "arrakis_router_draining": ("gauge", set()),
     "process_cpu_seconds": ("counter", set()),
     "process_resident_memory_bytes": ("gauge", set()),

@@ -1,0 +1,104 @@
+"""The stream a DoGet hands to pyarrow: the router's output stage.
+
+A DoGet's batches (one block each, or Tables of them: router.streaming) go to the client
+through one of two stages, both writing the same bytes:
+
+* **native** (the default when built): ``router._chunkstream``, a small C++
+  ``RecordBatchReader`` that pulls one item at a time from the Python iterator and lets
+  pyarrow's C++ ``RecordBatchStream`` write a Table's batches without the GIL. pyarrow's
+  ``GeneratorStream`` takes the GIL twice for every batch it sends (also when draining a
+  Table); with one block per batch and many concurrent streams, those hand-overs were most
+  of what the router cost beyond a bare relay (bench/README.md, "Sixth and seventh round").
+* **python**: ``pyarrow.flight.GeneratorStream``; used when the native module is not built
+  (``ARRAKIS_ROUTER_PURE=1``) or was built for another pyarrow major version.
+
+Errors keep their meaning on both: a Flight error raised by the stream reaches the client
+with the class and text pyarrow's GeneratorStream gives it (the native stage is handed
+``(code, message, extra_info)`` and builds the same status), never a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TypeAlias
+
+import pyarrow as pa
+import pyarrow.flight as flight
+import structlog
+
+log = structlog.get_logger("router.outstream")
+
+# arrow::flight::FlightStatusCode, most specific class first (as pyarrow maps them)
+_CODES: tuple[tuple[type[flight.FlightError], int], ...] = (
+    (flight.FlightInternalError, 0),
+    (flight.FlightTimedOutError, 1),
+    (flight.FlightCancelledError, 2),
+    (flight.FlightServerError, 6),
+    (flight.FlightUnauthenticatedError, 3),
+    (flight.FlightUnauthorizedError, 4),
+    (flight.FlightUnavailableError, 5),
+)
+UNKNOWN = -1  # a base FlightError: pyarrow sends UNKNOWN "Flight error: <text>"
+
+Item: TypeAlias = "pa.RecordBatch | pa.Table"
+
+
+def _load() -> tuple[object | None, str]:
+    """The native module and '' when usable, else None and why not."""
+    try:
+        from router import _chunkstream
+    except ImportError as exc:
+        return None, f"not built ({exc})"
+    built = _chunkstream.PYARROW_VERSION
+    if built.split(".")[0] != pa.__version__.split(".")[0]:
+        return None, f"built for pyarrow {built}, running {pa.__version__} (rebuild: make native)"
+    return _chunkstream, ""
+
+
+_NATIVE, WHY_NOT_NATIVE = _load()
+#: whether the native output stage can be used in this process
+NATIVE = _NATIVE is not None
+
+
+def flight_status(exc: flight.FlightError) -> tuple[int, str, bytes]:
+    """``exc`` as the native stage's error item: the status pyarrow builds for it when a
+    GeneratorStream raises it."""
+    extra = getattr(exc, "extra_info", b"") or b""
+    extra = extra if isinstance(extra, bytes) else str(extra).encode()
+    for cls, code in _CODES:
+        if isinstance(exc, cls):
+            return code, str(exc), extra
+    return UNKNOWN, f"Flight error: {exc}", b""
+
+
+def _items(batches: Iterable[Item]) -> Iterator[Item | tuple[int, str, bytes]]:
+    """``batches``, ending with the error item if they raise a Flight error. The router's
+    edge (router.server.guarded) turns every failure into one, so anything else is our bug:
+    logged here, sent as INTERNAL without its text."""
+    try:
+        yield from batches
+    except flight.FlightError as exc:
+        yield flight_status(exc)
+    except Exception as exc:
+        log.error("stream_output_failed", error_type=type(exc).__name__, exc_info=True)
+        yield 0, f"internal error ({type(exc).__name__})", b""
+
+
+def data_stream(
+    schema: pa.Schema, batches: Iterator[Item], *, native: bool = True
+) -> flight.FlightDataStream:
+    """The Flight data stream sending ``batches`` (of ``schema``) to the client: the native
+    stage when ``native`` and built, else pyarrow's GeneratorStream."""
+    if native and _NATIVE is not None:
+        reader = _NATIVE.chunk_reader(schema, _items(batches))  # type: ignore[attr-defined]
+        return flight.RecordBatchStream(reader)
+    return flight.GeneratorStream(schema, batches)
+
+
+if __name__ == "__main__":  # python -m router.outstream: which output stage serves (exit 1: python)
+    import sys
+
+    if NATIVE:
+        print(f"output stage: native (router._chunkstream, pyarrow {pa.__version__})")
+    else:
+        sys.exit(f"output stage: python (GeneratorStream): native stage {WHY_NOT_NATIVE}")
