@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml backends/pyproject.toml examples/backend-plugin/pyproje
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	# the build stack first: the router's native output stage (hatch_build.py) is compiled
 	# against this venv's pyarrow (needs g++ and the Python headers)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt hatchling Cython pyarrow numpy
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt hatchling editables Cython pyarrow numpy
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt --no-build-isolation -e ".[test,bench]" -e ./backends -e ./examples/backend-plugin
 	touch $(STAMP) $(NATIVE)
 
