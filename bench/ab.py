@@ -11,7 +11,8 @@ involuntary, every thread: GIL and lock hand-overs show here first) and its peak
 Variants (comma-separated):
 
 * ``router``: this checkout; ``router@REV``: the router at git revision REV (``git archive``
-  into a temporary directory, run with that directory first on ``sys.path``);
+  into a temporary directory, its native output stage compiled there when it has one, run
+  with that directory first on ``sys.path``);
 * ``relay``: bench/relay.py; ``relay+window``, ``relay+table:K``, ``relay+list:K`` and
   combinations (``relay+window+table:128``): its router-shaped modes (see bench/relay.py).
 
@@ -67,6 +68,8 @@ def checkout(rev: str, into: Path) -> Path:
         ["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True)
+    if (where / "hatch_build.py").exists():  # the native output stage, as make venv builds it
+        subprocess.run([str(BIN / "python"), "hatch_build.py"], cwd=where, check=True)
     return where
 
 

@@ -24,6 +24,7 @@
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include <arrow/api.h>
 #include <arrow/flight/types.h>
@@ -141,6 +142,74 @@ class ChunkReader : public arrow::RecordBatchReader {
   PyObject* source_;
   std::shared_ptr<arrow::Schema> schema_;
   std::shared_ptr<arrow::RecordBatchReader> current_;
+};
+
+// The one-pass check of router.stitch.direct.OnGridRelay (see _whole_run there): is a
+// chunk of downstream rows exactly the next len(chunk) slots of the grid as whole blocks?
+// Every row: a RecordBatch of one row in the grid's schema (metadata included), its time
+// column unsliced without nulls and equal to the slot (consecutive from `expected` by
+// `duration`, before `end` when bounded), every channel an unsliced one-row list without a
+// null list whose offsets are [0, samples]. Runs with the GIL held; costs no Python object
+// per row. A row it declines goes through the Python per-block path, which decides.
+class RunChecker {
+ public:
+  RunChecker(std::shared_ptr<arrow::Schema> schema, int64_t duration,
+             std::vector<int32_t> samples)
+      : schema_(std::move(schema)), duration_(duration), samples_(std::move(samples)) {}
+
+  bool WholeRun(PyObject* chunk, int64_t expected, bool bounded, int64_t end) {
+    if (!PyList_Check(chunk)) return false;
+    const Py_ssize_t rows = PyList_GET_SIZE(chunk);
+    const size_t columns = samples_.size() + 1;
+    for (Py_ssize_t i = 0; i < rows; ++i) {
+      PyObject* item = PyList_GET_ITEM(chunk, i);
+      if (!arrow::py::is_batch(item)) return false;
+      auto unwrapped = arrow::py::unwrap_batch(item);
+      if (!unwrapped.ok()) return false;
+      const arrow::RecordBatch& batch = **unwrapped;
+      if (batch.num_rows() != 1 || static_cast<size_t>(batch.num_columns()) != columns) {
+        return false;
+      }
+      if (!SameSchema(batch.schema())) return false;
+      const arrow::ArrayData& time = *batch.column_data(0);
+      if (time.type->id() != arrow::Type::INT64 || time.offset != 0 || time.length != 1 ||
+          time.GetNullCount() != 0 || time.buffers.size() < 2 || time.buffers[1] == nullptr) {
+        return false;
+      }
+      const int64_t t = time.GetValues<int64_t>(1)[0];
+      if (t != expected + i * duration_ || (bounded && t >= end)) return false;
+      for (size_t c = 1; c < columns; ++c) {
+        const arrow::ArrayData& cell = *batch.column_data(static_cast<int>(c));
+        if (cell.type->id() != arrow::Type::LIST || cell.offset != 0 || cell.length != 1 ||
+            cell.GetNullCount() != 0 || cell.buffers.size() < 2 ||
+            cell.buffers[1] == nullptr || cell.buffers[1]->size() < 8 ||
+            cell.child_data.size() != 1) {
+          return false;
+        }
+        const int32_t* offsets = cell.GetValues<int32_t>(1);
+        if (offsets[0] != 0 || offsets[1] != samples_[c - 1] ||
+            cell.child_data[0]->length < samples_[c - 1]) {
+          return false;
+        }
+      }
+    }
+    return true;
+  }
+
+ private:
+  // the grid's schema, metadata included; a downstream's own schema object, once equal,
+  // is recognised by identity (one stream's batches share it)
+  bool SameSchema(const std::shared_ptr<arrow::Schema>& schema) {
+    if (schema == matched_) return true;
+    if (!schema->Equals(*schema_, true)) return false;
+    matched_ = schema;
+    return true;
+  }
+
+  std::shared_ptr<arrow::Schema> schema_;
+  int64_t duration_;
+  std::vector<int32_t> samples_;
+  std::shared_ptr<arrow::Schema> matched_;
 };
 
 inline std::shared_ptr<arrow::RecordBatchReader> MakeChunkReader(

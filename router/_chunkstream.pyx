@@ -5,12 +5,19 @@
 Built by hatch_build.py against the installed pyarrow (its C++ ABI changes with every major
 version); router/outstream.py checks the version before using it."""
 
-from libcpp.memory cimport shared_ptr
+from libc.stdint cimport int32_t, int64_t
+from libcpp cimport bool as cbool
+from libcpp.memory cimport shared_ptr, unique_ptr
+from libcpp.utility cimport move
+from libcpp.vector cimport vector
 from pyarrow.includes.libarrow cimport CRecordBatchReader, CSchema
 from pyarrow.lib cimport RecordBatchReader, pyarrow_unwrap_schema
 
 cdef extern from "_chunkstream.h" namespace "router_native":
     shared_ptr[CRecordBatchReader] MakeChunkReader(object source, shared_ptr[CSchema] schema)
+    cdef cppclass RunChecker:
+        RunChecker(shared_ptr[CSchema] schema, int64_t duration, vector[int32_t] samples)
+        cbool WholeRun(object chunk, int64_t expected, cbool bounded, int64_t end)
 
 cdef extern from *:
     """
@@ -33,3 +40,27 @@ def chunk_reader(schema, source):
     cdef RecordBatchReader reader = RecordBatchReader.__new__(RecordBatchReader)
     reader.reader = MakeChunkReader(iter(source), c_schema)
     return reader
+
+
+cdef class RunCheck:
+    """The one-pass check of ``router.stitch.direct.OnGridRelay`` for one grid (see
+    ``RunChecker`` in _chunkstream.h): ``check(chunk, expected, end)`` is True when the list
+    ``chunk`` is exactly the next ``len(chunk)`` slots from ``expected`` as whole blocks."""
+
+    cdef unique_ptr[RunChecker] checker
+
+    def __init__(self, schema, int64_t duration, samples):
+        cdef shared_ptr[CSchema] c_schema = pyarrow_unwrap_schema(schema)
+        if c_schema.get() == NULL:
+            raise TypeError(f"expected a pyarrow.Schema, got {type(schema).__name__}")
+        cdef vector[int32_t] counts
+        for n in samples:
+            counts.push_back(n)
+        if <size_t>counts.size() + 1 != <size_t>len(schema):
+            raise ValueError("one sample count per channel column")
+        self.checker.reset(new RunChecker(c_schema, duration, move(counts)))
+
+    def check(self, list chunk, int64_t expected, end):
+        if end is None:
+            return self.checker.get().WholeRun(chunk, expected, False, 0)
+        return self.checker.get().WholeRun(chunk, expected, True, <int64_t>end)

@@ -20,7 +20,7 @@ with the class and text pyarrow's GeneratorStream gives it (the native stage is 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -58,6 +58,15 @@ def _load() -> tuple[object | None, str]:
 _NATIVE, WHY_NOT_NATIVE = _load()
 #: whether the native output stage can be used in this process
 NATIVE = _NATIVE is not None
+
+
+def run_check(schema: pa.Schema, duration: int, samples: list[int]) -> Any | None:
+    """The native one-pass check of whole-block runs for one grid
+    (``router._chunkstream.RunCheck``: ``check(chunk, expected, end) -> bool``), or None
+    when the native module is not usable (the Python check then runs)."""
+    if _NATIVE is None:
+        return None
+    return _NATIVE.RunCheck(schema, duration, samples)  # type: ignore[attr-defined]
 
 
 def flight_status(exc: flight.FlightError) -> tuple[int, str, bytes]:

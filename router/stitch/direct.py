@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from router.outstream import run_check
 from router.stitch.blocks import Block, Grid
 from router.stitch.merge import fill_gaps
 from router.stitch.output import block_to_batch
@@ -93,8 +94,13 @@ class OnGridRelay:
         self._patterns = [
             np.array([0, n], np.int32).tobytes() * CHUNK_MAX for _, n in self._samples
         ]
-        #: chunks shorter than this are checked block by block (cheaper for a few rows)
-        self.vector_min = VECTOR_MIN
+        #: the one-pass check in C++ (router._chunkstream) when built, else None
+        self.native_check = run_check(
+            grid.schema, grid.duration, [n for _, n in self._samples]
+        )
+        #: chunks shorter than this are checked block by block (cheaper for a few rows in
+        #: Python; the native check is cheaper from one row on)
+        self.vector_min = 1 if self.native_check is not None else VECTOR_MIN
         self._expected = start  # the next slot to emit
         self._last: int | None = None  # the latest slot taken from the input
 
@@ -176,6 +182,13 @@ class OnGridRelay:
         """``chunk`` as one Table if it is exactly the next ``len(chunk)`` slots as whole
         blocks (then taken: the state moves past them), else None."""
         schema, duration, expected = self.grid.schema, self.grid.duration, self._expected
+        if self.native_check is not None:
+            if not self.native_check.check(chunk, expected, self.end):
+                return None
+            k = len(chunk)
+            self._expected, self._last = expected + k * duration, expected + (k - 1) * duration
+            self.passed += k
+            return pa.Table.from_batches(chunk, schema)
         if not (
             all(map(_ONE.__eq__, map(_NUM_ROWS, chunk)))
             and all(map(schema.equals, map(_SCHEMA, chunk), repeat(True)))

@@ -48,8 +48,17 @@ def _counted(
     return rows(to_batches(out, GRID)), (len(out), gaps, state.late_rows)
 
 
-def _relay(batches: list[pa.RecordBatch], start: int, end: int | None) -> OnGridRelay:
-    return OnGridRelay(batches, GRID, start, end)
+def _relay(
+    batches: list[pa.RecordBatch], start: int, end: int | None, native: bool = True
+) -> OnGridRelay:
+    """The relay; ``native=False``: its one-pass check in Python, as when the native
+    module (router._chunkstream) is not built."""
+    relay = OnGridRelay(batches, GRID, start, end)
+    if native:
+        assert relay.native_check is not None, "router._chunkstream is not built"
+    else:
+        relay.native_check = None
+    return relay
 
 
 def _null_list(t: int) -> pa.RecordBatch:
@@ -178,19 +187,21 @@ def _flat(out: list[Any]) -> list[pa.RecordBatch]:
     st.one_of(st.none(), st.integers(1, 12)),
     st.integers(1, 6),
     st.integers(1, 4),
+    st.booleans(),
 )
 def test_chunks_equal_the_block_by_block_stream(
-    spec: list[Any], sort: bool, n: int | None, per_chunk: int, vector_min: int
+    spec: list[Any], sort: bool, n: int | None, per_chunk: int, vector_min: int, native: bool
 ) -> None:
     """Chunked (one-pass runs, block-by-block otherwise, hand-over) == block by block:
-    the same rows, the same counters, no chunk over ``per_chunk`` blocks."""
+    the same rows, the same counters, no chunk over ``per_chunk`` blocks; with the one-pass
+    check in C++ or in Python."""
     if sort:
         spec = sorted(spec, key=lambda r: r[1])
     batches = [_row(kind, k) for kind, k in spec]
     end = None if n is None else T0 + n * S
     plain = _relay(batches, T0, end)
     want = rows(plain)
-    chunked = _relay(batches, T0, end)
+    chunked = _relay(batches, T0, end, native)
     chunked.vector_min = vector_min
     out = list(chunked.chunks(per_chunk))
     assert all(isinstance(x, pa.RecordBatch) or x.num_rows <= per_chunk for x in out)
@@ -203,9 +214,13 @@ def test_chunks_equal_the_block_by_block_stream(
     )
 
 
-def test_a_whole_run_is_taken_in_one_pass_as_the_same_batches() -> None:
+NATIVE = pytest.mark.parametrize("native", [True, False], ids=["native-check", "python-check"])
+
+
+@NATIVE
+def test_a_whole_run_is_taken_in_one_pass_as_the_same_batches(native: bool) -> None:
     batches = downstream_blocks([A, B], [T0 + k * S for k in range(10)], S)
-    relay = _relay(batches, T0, T0 + 10 * S)
+    relay = _relay(batches, T0, T0 + 10 * S, native)
     out = list(relay.chunks(4))
     assert [x.num_rows for x in out] == [4, 4, 2]
     assert all(isinstance(x, pa.Table) for x in out)
@@ -247,17 +262,66 @@ def _sliced(t: int) -> pa.RecordBatch:
         lambda t: downstream_batch([A, B], t + S // 2, S),  # off the grid
     ],
 )
-def test_a_run_with_one_odd_row_is_checked_block_by_block(odd: Any) -> None:
+@NATIVE
+def test_a_run_with_one_odd_row_is_checked_block_by_block(odd: Any, native: bool) -> None:
     """One odd row in a run of 6: the one-pass check declines the chunk, the block-by-block
     path decides (passes it, or hands over to the general pipeline) as ``iter`` does."""
     batches = downstream_blocks([A, B], [T0 + k * S for k in range(6)], S)
     batches[3] = odd(T0 + 3 * S)
     plain = _relay(batches, T0, T0 + 6 * S)
     want = rows(plain)
-    chunked = _relay(batches, T0, T0 + 6 * S)
+    chunked = _relay(batches, T0, T0 + 6 * S, native)
     chunked.vector_min = 2
     assert rows(_flat(list(chunked.chunks(6)))) == want
     assert (chunked.passed, chunked.fallback) == (plain.passed, plain.fallback)
+
+
+# Rows for the one-pass check: whole blocks at any slot, and each kind of odd row.
+CHECK_ROW = st.one_of(
+    st.tuples(st.just("whole"), st.integers(-2, 12)),
+    st.tuples(
+        st.sampled_from(["off-grid", "double", "half", "null-list", "bitmap", "sliced", "meta"]),
+        st.integers(-2, 12),
+    ),
+)
+
+
+def _check_row(kind: str, k: int) -> pa.RecordBatch:
+    t = T0 + k * S
+    if kind == "bitmap":
+        return _with_bitmap(t)
+    if kind == "sliced":
+        return _sliced(t)
+    if kind == "meta":
+        batch = downstream_batch([A, B], t, S)
+        return pa.RecordBatch.from_arrays(
+            batch.columns, schema=batch.schema.with_metadata({"x": "1"})
+        )
+    return _row(kind, k)
+
+
+@given(
+    st.lists(CHECK_ROW, min_size=1, max_size=10),
+    st.integers(-1, 3),
+    st.one_of(st.none(), st.integers(0, 14)),
+)
+def test_the_native_check_decides_as_the_python_check(
+    spec: list[Any], first: int, n: int | None
+) -> None:
+    """The C++ one-pass check takes exactly the chunks the Python one takes, and leaves the
+    same state; runs of whole blocks from the next slot are taken."""
+    batches = [_check_row(kind, k) for kind, k in spec]
+    start, end = T0 + first * S, None if n is None else T0 + n * S
+    native, python = _relay(batches, start, end, True), _relay(batches, start, end, False)
+    got, want = native._whole_run(list(batches)), python._whole_run(list(batches))
+    assert (got is None) == (want is None)
+    if want is not None:
+        assert got is not None and got.to_batches() == want.to_batches()
+    state = (native._expected, native._last, native.passed)
+    assert state == (python._expected, python._last, python.passed)
+    # a whole block with an all-valid list bitmap is a whole block
+    run = all(kind in ("whole", "bitmap") and k == first + i for i, (kind, k) in enumerate(spec))
+    assert (got is not None) == (run and (end is None or T0 + (first + len(spec) - 1) * S < end))
 
 
 PANDAS_PROBE = """
