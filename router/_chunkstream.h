@@ -21,6 +21,7 @@
 
 #include <Python.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <utility>
@@ -211,6 +212,22 @@ class RunChecker {
   std::vector<int32_t> samples_;
   std::shared_ptr<arrow::Schema> matched_;
 };
+
+// Up to `limit` batches of `reader` into `out`, without the GIL (the caller released it);
+// `received` counts every batch as it arrives, so another thread (the feed's idle watch)
+// sees progress during a long read. Returns 0 (limit reached), 1 (end) or 2 (failed).
+inline int ReadRows(arrow::RecordBatchReader* reader, int64_t limit, int64_t* received,
+                    std::vector<std::shared_ptr<arrow::RecordBatch>>* out) {
+  std::atomic_ref<int64_t> count(*received);
+  std::shared_ptr<arrow::RecordBatch> batch;
+  while (static_cast<int64_t>(out->size()) < limit) {
+    if (!reader->ReadNext(&batch).ok()) return 2;
+    if (batch == nullptr) return 1;
+    out->push_back(std::move(batch));
+    count.fetch_add(1, std::memory_order_relaxed);
+  }
+  return 0;
+}
 
 inline std::shared_ptr<arrow::RecordBatchReader> MakeChunkReader(
     PyObject* source, std::shared_ptr<arrow::Schema> schema) {

@@ -1,4 +1,5 @@
 from collections.abc import Iterable
+from typing import Any
 
 import pyarrow as pa
 
@@ -12,3 +13,7 @@ def chunk_reader(
 class RunCheck:
     def __init__(self, schema: pa.Schema, duration: int, samples: list[int]) -> None: ...
     def check(self, chunk: list[pa.RecordBatch], expected: int, end: int | None) -> bool: ...
+
+def read_rows(
+    reader: pa.RecordBatchReader, limit: int, received: Any
+) -> tuple[list[pa.RecordBatch], int]: ...

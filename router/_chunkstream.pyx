@@ -10,11 +10,13 @@ from libcpp cimport bool as cbool
 from libcpp.memory cimport shared_ptr, unique_ptr
 from libcpp.utility cimport move
 from libcpp.vector cimport vector
-from pyarrow.includes.libarrow cimport CRecordBatchReader, CSchema
-from pyarrow.lib cimport RecordBatchReader, pyarrow_unwrap_schema
+from pyarrow.includes.libarrow cimport CRecordBatch, CRecordBatchReader, CSchema
+from pyarrow.lib cimport RecordBatchReader, pyarrow_unwrap_schema, pyarrow_wrap_batch
 
 cdef extern from "_chunkstream.h" namespace "router_native":
     shared_ptr[CRecordBatchReader] MakeChunkReader(object source, shared_ptr[CSchema] schema)
+    int ReadRows(CRecordBatchReader* reader, int64_t limit, int64_t* received,
+                 vector[shared_ptr[CRecordBatch]]* out) nogil
     cdef cppclass RunChecker:
         RunChecker(shared_ptr[CSchema] schema, int64_t duration, vector[int32_t] samples)
         cbool WholeRun(object chunk, int64_t expected, cbool bounded, int64_t end)
@@ -64,3 +66,18 @@ cdef class RunCheck:
         if end is None:
             return self.checker.get().WholeRun(chunk, expected, False, 0)
         return self.checker.get().WholeRun(chunk, expected, True, <int64_t>end)
+
+
+def read_rows(RecordBatchReader reader, int64_t limit, int64_t[::1] received):
+    """Up to ``limit`` record batches of ``reader``, read with the GIL released once, and
+    how the read stopped: 0 (``limit`` reached), 1 (end of stream) or 2 (the read failed:
+    the caller raises the error, e.g. with the Flight reader's ``read_chunk()``, which
+    returns the stream's final status again with its Flight class). ``received[0]`` counts
+    the batches as they arrive (readable by another thread during the read)."""
+    cdef vector[shared_ptr[CRecordBatch]] batches
+    cdef int stop
+    cdef int64_t* counter = &received[0]
+    cdef CRecordBatchReader* c_reader = reader.reader.get()
+    with nogil:
+        stop = ReadRows(c_reader, limit, counter, &batches)
+    return [pyarrow_wrap_batch(b) for b in batches], stop

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.flight as flight
 
@@ -24,6 +25,7 @@ from router.errors import (
     UnavailableError,
     from_flight_error,
 )
+from router.outstream import read_rows
 from router.protocol.auth import AUTHORIZATION_HEADER
 from router.protocol.reqid import REQUEST_ID_HEADER
 
@@ -62,10 +64,20 @@ class Call:
 
 
 class BatchStream(Protocol):
-    """An open downstream stream. Iterating yields record batches; ``cancel`` may be called
-    from another thread and makes a blocked iteration end promptly; ``close`` is idempotent."""
+    """An open downstream stream. Iterating yields record batches; ``read_many(n)`` returns
+    the next up to ``n`` of them (fewer only at the end; [] once ended), the same stream in
+    lists: read it one way or the other. ``cancel`` may be called from another thread and
+    makes a blocked read end promptly; ``close`` is idempotent."""
 
     def __iter__(self) -> Iterator[pa.RecordBatch]: ...
+
+    def read_many(self, limit: int) -> list[pa.RecordBatch]: ...
+
+    @property
+    def received(self) -> int:
+        """Batches received from the downstream so far, counted as they arrive (also
+        during a ``read_many`` in progress: the idle watch reads it from another thread)."""
+        ...
 
     def cancel(self) -> None: ...
 
@@ -151,6 +163,12 @@ class FlightStream:
         self._closed = False
         self._observe = observe(url, "stream") if observe is not None else None
         self._calls = calls
+        self._rows: pa.RecordBatchReader | None = None  # read_many's view of the reader
+        self._done = False  # read_many saw the end
+        self._failed = False  # read_many saw the stream fail after the rows it returned
+        self._iter: Iterator[pa.RecordBatch] | None = None  # read_many without the module
+        self._received = np.zeros(1, np.int64)  # written by read_rows without the GIL
+        self._pending: Exception | None = None  # read_many without the module: to raise
         if calls is not None:
             calls.opened()
 
@@ -171,17 +189,85 @@ class FlightStream:
                 self._ended(None)
                 return
             except Exception as exc:  # translated here, not per chunk (hot loop)
-                error = translate(exc, self.url, self.what)
-                if self._cancelled.is_set() and isinstance(error, ArrakisError):
-                    self._ended(CancelledError(self.what))
+                if self._failure(exc):
                     return
-                self._ended(error)
-                if error is exc:
-                    raise
-                raise error from exc
             data = chunk.data
             if data is not None:
                 yield data
+
+    def _failure(self, exc: Exception) -> bool:
+        """Raise ``exc`` translated; True (the stream ended) when it came from a cancel."""
+        error = translate(exc, self.url, self.what)
+        if self._cancelled.is_set() and isinstance(error, ArrakisError):
+            self._ended(CancelledError(self.what))
+            return True
+        self._ended(error)
+        if error is exc:
+            raise
+        raise error from exc
+
+    def read_many(self, limit: int) -> list[pa.RecordBatch]:
+        """Up to ``limit`` batches read with the GIL released once (router._chunkstream;
+        row by row without it). Rows read before a failure are returned first; the next
+        call raises the failure, translated as when iterating."""
+        if self._closed or self._done:
+            return []
+        if read_rows is None:
+            if self._iter is None:
+                self._iter = iter(self)
+            if self._pending is not None:
+                raise self._pending
+            out: list[pa.RecordBatch] = []
+            try:
+                for batch in self._iter:
+                    out.append(batch)
+                    self._received[0] += 1
+                    if len(out) >= limit:
+                        break
+            except Exception as exc:  # translated by __iter__
+                if not out:
+                    raise
+                self._pending = exc  # raised by the next call
+            return out
+        batches: list[pa.RecordBatch] = []
+        stop = 2
+        if not self._failed:
+            try:
+                if self._rows is None:
+                    self._rows = self._reader.to_reader()  # waits for the schema
+                batches, stop = read_rows(self._rows, limit, self._received)
+            except Exception:
+                stop = 2
+        if stop == 1:
+            self._done = True
+            self._ended(None)
+        elif stop == 2:
+            if batches:
+                self._failed = True  # raised by the next call
+                return batches
+            self._raise_failure()
+            return []  # cancelled: the stream ended
+        return batches
+
+    @property
+    def received(self) -> int:
+        return int(self._received[0])
+
+    def _raise_failure(self) -> None:
+        # the Flight reader gives the stream's final status again, with its Flight class
+        # (the bulk reader's view of it is a plain OSError)
+        try:
+            self._reader.read_chunk()
+        except StopIteration:
+            self._done = True
+            self._ended(None)
+            return
+        except Exception as exc:
+            self._done = self._failure(exc)
+            return
+        error = InternalError(f"{self.what} on {self.url}: the stream failed")
+        self._ended(error)
+        raise error
 
     def cancel(self) -> None:
         self._cancelled.set()

@@ -131,7 +131,11 @@ def gather(executor: Executor, calls: Sequence[Callable[[], T]]) -> list[T]:
 class _Watch:
     """The open / idle deadline of one attempt, on the shared timer: the first batch within
     ``first`` s of the open, then each next one within ``idle`` s. The clock runs only while
-    the feed waits for the downstream, not while its consumer holds a batch."""
+    the feed waits for the downstream, not while its consumer holds a batch.
+
+    Batches arriving during one long read (``read_many``) are seen through the stream's
+    ``received`` count when the watch looks: progress is then dated at that look, so a
+    silence is noticed within ``idle`` to ``2 x idle`` s of the last batch."""
 
     def __init__(
         self, feed: ReplicaFeed, stream: BatchStream, url: str, first: float, idle: float
@@ -144,6 +148,7 @@ class _Watch:
         self.fired: str | None = None
         self._lock = threading.Lock()
         self._done = False
+        self._seen = 0  # the stream's received count at the last look
         # first look when either limit could have passed (a first batch may come early)
         self._handle: TimerHandle = feed.timer.call_later(min(first, idle), self._check)
 
@@ -152,20 +157,27 @@ class _Watch:
         with self._lock:
             if self._done:
                 return
-            limit = self.idle if feed.attempt_delivered else self.first
             now = feed.timer.monotonic()
+            received = self.stream.received
+            started = feed.attempt_delivered or received
+            limit = self.idle if started else self.first
             if not feed.reading:  # the consumer holds a batch: not the downstream's fault
+                self._handle = feed.timer.call_at(now + limit, self._check)
+                return
+            if received > feed.attempt_delivered and received != self._seen:
+                # batches came within the read in progress (not delivered yet)
+                self._seen = received
                 self._handle = feed.timer.call_at(now + limit, self._check)
                 return
             due = feed.progress + limit
             if now < due:
                 # no batch yet: look again when the idle limit could apply, if sooner
-                soon = due if feed.attempt_delivered else min(due, now + self.idle)
+                soon = due if started else min(due, now + self.idle)
                 self._handle = feed.timer.call_at(soon, self._check)
                 return
             self.fired = (
                 f"no data for {limit:g} s"
-                if feed.attempt_delivered
+                if started
                 else f"the stream did not start within {limit:g} s"
             )
         log.warning(
@@ -233,6 +245,9 @@ class ReplicaFeed:
         self.attempt_delivered = 0
         self.delivered = 0
         self.outcomes: list[Outcome] = []
+        self._runs: Generator[list[pa.RecordBatch], int, None] | None = None
+        self._stopped = False
+        self._want = 1  # rows the consumer asked for (take)
 
     def __repr__(self) -> str:
         return (
@@ -265,6 +280,43 @@ class ReplicaFeed:
             current.cancel()
 
     def __iter__(self) -> Generator[pa.RecordBatch, None, None]:
+        """The stream row by row: :meth:`take` one row at a time (closing the iterator
+        stops the reading)."""
+        try:
+            while batches := self.take(1):
+                yield from batches
+        finally:
+            self.stop_reading()
+
+    def take(self, limit: int) -> list[pa.RecordBatch]:
+        """The next ``limit`` batches, fewer only at the end ([] once ended), across
+        failovers as iterating does. The consumer says how many it wants, so a downstream
+        that keeps its stream open past the rows still missing is not waited for; a
+        downstream's batches come in one read (router.downstream.FlightStream.read_many),
+        not one Python call per row."""
+        runs = self._runs
+        if runs is None:
+            if self._stopped:
+                return []
+            runs = self._runs = self._read()
+            next(runs)  # to the first yield
+        batches: list[pa.RecordBatch] = []
+        try:
+            while len(batches) < limit:  # fewer: an attempt ended, its replica goes on
+                batches += runs.send(limit - len(batches))
+        except StopIteration:
+            self.stop_reading()
+        return batches
+
+    def stop_reading(self) -> None:
+        """End the reading (the attempt in progress closes its downstream); idempotent."""
+        self._stopped = True
+        runs, self._runs = self._runs, None
+        if runs is not None:
+            runs.close()
+
+    def _read(self) -> Generator[list[pa.RecordBatch], int, None]:
+        self._want = yield []
         ctx = self.ctx
         while True:
             step = next_step(self.endpoints, self.outcomes, self._retry_backoff)
@@ -319,7 +371,7 @@ class ReplicaFeed:
                 setattr(out, key, value)
         return out
 
-    def _read_one(self, url: str) -> Generator[pa.RecordBatch, None, None]:
+    def _read_one(self, url: str) -> Generator[list[pa.RecordBatch], int, None]:
         """Yield the stream from ``url`` resuming at ``self.resume``; returns when it reached
         the end (or the feed was closed), raises the translated fault otherwise (an early
         end included)."""
@@ -341,13 +393,13 @@ class ReplicaFeed:
             if self._closed:
                 return
             monotonic = self.timer.monotonic
-            # No Python function call per batch on this path (see router.server.guarded)
-            for batch in stream:
+            read = stream.read_many
+            while batches := read(self._want):
                 self.reading = False
-                yield batch
-                self._last = batch
-                self.delivered += 1
-                self.attempt_delivered += 1
+                self._want = yield batches
+                self._last = batches[-1]
+                self.delivered += len(batches)
+                self.attempt_delivered += len(batches)
                 if self._closed:
                     return
                 self.progress = monotonic()

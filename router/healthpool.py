@@ -173,12 +173,30 @@ class GuardedStream:
         try:
             yield from self._inner
         except BaseException as exc:
-            failure = failure_kind(exc)
-            if failure is not None:
-                self._owner._registry.record_failure(self._owner.url, failure)
+            self._failed(exc)
             raise
         finally:
             self._release()
+
+    def read_many(self, limit: int) -> list[pa.RecordBatch]:
+        try:
+            batches = self._inner.read_many(limit)
+        except BaseException as exc:
+            self._failed(exc)
+            self._release()
+            raise
+        if not batches:
+            self._release()
+        return batches
+
+    @property
+    def received(self) -> int:
+        return self._inner.received
+
+    def _failed(self, exc: BaseException) -> None:
+        failure = failure_kind(exc)
+        if failure is not None:
+            self._owner._registry.record_failure(self._owner.url, failure)
 
     def cancel(self) -> None:
         self._inner.cancel()

@@ -19,7 +19,7 @@ with the class and text pyarrow's GeneratorStream gives it (the native stage is 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeAlias
 
 import pyarrow as pa
@@ -58,6 +58,11 @@ def _load() -> tuple[object | None, str]:
 _NATIVE, WHY_NOT_NATIVE = _load()
 #: whether the native output stage can be used in this process
 NATIVE = _NATIVE is not None
+#: ``read_rows(reader, limit, received) -> (batches, stop)``: a downstream's batches read
+#: with the GIL released once, counted into ``received[0]`` as they arrive
+#: (router.downstream.FlightStream.read_many); None without the module
+ReadRows: TypeAlias = Callable[[pa.RecordBatchReader, int, Any], tuple[list[pa.RecordBatch], int]]
+read_rows: ReadRows | None = getattr(_NATIVE, "read_rows", None)
 
 
 def run_check(schema: pa.Schema, duration: int, samples: list[int]) -> Any | None:

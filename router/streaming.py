@@ -360,7 +360,7 @@ class StreamExecution:
         feed = self.feeds.feed(group.channels, group.endpoints, lo, sl.end)
         self._direct_feed = feed
         batches = iter(feed)
-        relay = OnGridRelay(batches, self.grid, head, self.plan.request.end)
+        relay = OnGridRelay(batches, self.grid, head, self.plan.request.end, take=feed.take)
         rows = chunk_rows(self.grid, self.feeds.options.chunk_bytes) if self.historical else 1
         try:
             yield from self._counted(relay.chunks(rows) if rows > 1 else relay)
@@ -370,6 +370,7 @@ class StreamExecution:
             if relay.fallback is not None:
                 log.info("stream_fallback", slice=feed.label, reason=relay.fallback)
             batches.close()
+            feed.stop_reading()
             self.close()
 
     def _counted(

@@ -15,7 +15,7 @@ with what was already emitted, so the output is exactly what the general path gi
 from __future__ import annotations
 
 import sys
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from itertools import chain, islice, repeat
 from operator import attrgetter, is_, itemgetter, methodcaller
 from typing import Any
@@ -75,7 +75,12 @@ class OnGridRelay:
     pipeline took over (None while every row passed through)."""
 
     def __init__(
-        self, batches: Iterable[pa.RecordBatch], grid: Grid, start: int, end: int | None
+        self,
+        batches: Iterable[pa.RecordBatch],
+        grid: Grid,
+        start: int,
+        end: int | None,
+        take: Callable[[int], list[pa.RecordBatch]] | None = None,
     ) -> None:
         self.grid = grid
         self.start = start
@@ -85,6 +90,9 @@ class OnGridRelay:
         self.passed = 0
         self.fallback: str | None = None
         self._batches = batches
+        #: ``take(n)``: the next up to n rows of ``batches`` in one call (chunks() reads
+        #: with it when given: router.fanout.ReplicaFeed.take)
+        self._take = take
         self._state: Rebucketer | None = None  # the general pipeline's, once it took over
         self._samples = [(i, c.samples) for i, c in enumerate(grid.channels.values(), start=1)]
         self._nones = [None] * len(self._samples)
@@ -95,9 +103,7 @@ class OnGridRelay:
             np.array([0, n], np.int32).tobytes() * CHUNK_MAX for _, n in self._samples
         ]
         #: the one-pass check in C++ (router._chunkstream) when built, else None
-        self.native_check = run_check(
-            grid.schema, grid.duration, [n for _, n in self._samples]
-        )
+        self.native_check = run_check(grid.schema, grid.duration, [n for _, n in self._samples])
         #: chunks shorter than this are checked block by block (cheaper for a few rows in
         #: Python; the native check is cheaper from one row on)
         self.vector_min = 1 if self.native_check is not None else VECTOR_MIN
@@ -155,12 +161,17 @@ class OnGridRelay:
         output and the counters are those of ``iter(self)``. Rows are read only up to the
         slots still missing, so a downstream that keeps its stream open after the end is
         not waited for unless it skipped slots."""
-        batches = iter(self._batches)
+        batches, take = iter(self._batches), self._take
         schema, duration, end = self.grid.schema, self.grid.duration, self.end
         rows = max(1, min(rows, CHUNK_MAX))
         while True:
             want = rows if end is None else min(rows, -(-(end - self._expected) // duration))
-            chunk = list(islice(batches, want)) if want > 0 else []
+            if want <= 0:
+                chunk = []
+            elif take is not None:
+                chunk = take(want)
+            else:
+                chunk = list(islice(batches, want))
             if not chunk:
                 break
             run = self._whole_run(chunk) if len(chunk) >= self.vector_min else None

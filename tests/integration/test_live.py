@@ -59,6 +59,13 @@ class _Counted:
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         return iter(self.inner)
 
+    def read_many(self, limit: int) -> list[pa.RecordBatch]:
+        return self.inner.read_many(limit)
+
+    @property
+    def received(self) -> int:
+        return self.inner.received
+
     def cancel(self) -> None:
         self.inner.cancel()
 

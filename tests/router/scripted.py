@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from itertools import islice
 from typing import Any
 
 import pyarrow as pa
@@ -15,12 +17,20 @@ from router.errors import ArrakisError
 HANG = "hang"  # a stream item: block until cancelled
 
 
+def _raising(exc: BaseException | None) -> Iterator[pa.RecordBatch]:
+    assert exc is not None
+    raise exc
+    yield  # a generator
+
+
 class ScriptedStream:
     def __init__(self, owner: ScriptedDownstream, items: Sequence[Any]) -> None:
         self.owner = owner
         self.items = list(items)
         self.cancelled = threading.Event()
         self.closed = False
+        self._rows: Iterator[pa.RecordBatch] | None = None  # read_many's
+        self.received = 0
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         for item in self.items:
@@ -31,7 +41,22 @@ class ScriptedStream:
                 return
             if isinstance(item, BaseException):
                 raise item
+            self.received += 1
             yield item
+
+    def read_many(self, limit: int) -> list[pa.RecordBatch]:
+        # as router.downstream.FlightStream.read_many: rows read before a failure first,
+        # the failure at the next call
+        if self._rows is None:
+            self._rows = iter(self)
+        out: list[pa.RecordBatch] = []
+        try:
+            out.extend(islice(self._rows, limit))
+        except BaseException:
+            if not out:
+                raise
+            self._rows = _raising(sys.exc_info()[1])
+        return out
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -61,6 +86,7 @@ class ScriptedDownstream:
         self.calls: list[Call] = []
         self.lock = threading.Lock()
         self.open = 0
+        self.opened: list[ScriptedStream] = []
 
     def __repr__(self) -> str:
         return f"<ScriptedDownstream {self.url} open={self.open}>"
@@ -73,7 +99,9 @@ class ScriptedDownstream:
             raise script
         with self.lock:
             self.open += 1
-        return ScriptedStream(self, script)
+        opened = ScriptedStream(self, script)
+        self.opened.append(opened)
+        return opened
 
     def fetch(self, command: bytes, call: Call) -> list[pa.RecordBatch]:
         doc = json.loads(command)

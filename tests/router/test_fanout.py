@@ -279,6 +279,45 @@ def _watched(
     return feed, timer, clock, a, result
 
 
+def test_batches_arriving_within_one_long_read_count_as_progress() -> None:
+    """A consumer taking 3 rows at a time: the downstream sends 2 and goes silent inside
+    that one read. The rows received count as progress at the watch's look (the open limit
+    no longer applies), and the silence fails the attempt on the idle limit, within 2 x idle
+    of the last row. The two rows read are kept and the replica resumes after them."""
+    blocks = downstream_blocks([A], [0, S, 2 * S], S)
+    clock = _Monotonic()
+    timer = Timer(clock, thread=False)
+    a = ScriptedDownstream("grpc://a:1", [[blocks[0], blocks[1], HANG]])
+    b = ScriptedDownstream("grpc://b:1", [blocks[2:]])
+    feed = ReplicaFeed(
+        StaticPool({"grpc://a:1": a, "grpc://b:1": b}),
+        RequestContext("req-1"),
+        ["grpc://a:1", "grpc://b:1"],
+        _command,
+        CALL,
+        start=0,
+        end=3 * S,
+        batch_end=batch_end(GRID),
+        timer=timer,
+        open_timeout=3.0,
+        idle_timeout=1.0,
+        label="[0, 1) {A}",
+    )
+    result: list[object] = []
+    thread = threading.Thread(target=lambda: result.extend(feed.take(3)), daemon=True)
+    thread.start()
+    _wait(lambda: a.opened and a.opened[0].received == 2)
+    _settle(timer, clock, 1000.0 + 1.0)  # rows came within the read: progress, no verdict
+    assert not result and a.open == 1 and feed.attempt_delivered == 0
+    _settle(timer, clock, 1000.0 + 2.0)  # a second look without a new row: idle
+    thread.join(5)
+    assert _times(result) == [0, S, 2 * S]  # type: ignore[arg-type]
+    assert "no data for 1 s" in str(feed.outcomes[0].error)
+    assert b.commands[0]["args"]["start"] == 2 * S
+    feed.stop_reading()
+    assert a.open == 0 and b.open == 0
+
+
 def _settle(timer: Timer, clock: _Monotonic, to: float) -> None:
     clock.t = to
     timer.run_due()
