@@ -380,10 +380,12 @@ class StreamExecution:
         the request's token is looked at once per item.
 
         Chunks: this generator runs in a gRPC thread, which takes the GIL (and, under
-        CPython 3.11, a fresh frame stack) for every ``next()``. Given a Table, pyarrow
-        writes its record batches one by one in C++ (one block per batch on the wire, as
-        before: PROTOCOL §4.4), so the serving thread takes the GIL once per chunk instead
-        of once per block. The chunk is read here, not by a reader thread of its own: under
+        CPython 3.11, a fresh frame stack) for every ``next()``. Given a Table, the native
+        output stage (router.outstream) has pyarrow write its record batches one by one in
+        C++ (one block per batch on the wire: PROTOCOL §4.4), so the serving thread takes
+        the GIL once per chunk instead of once per block; the chunk's rows were read from
+        the downstream in one call too (ReplicaFeed.take). The chunk is read here, not by a
+        reader thread of its own: under
         many concurrent streams a second thread per stream cost more in thread switches
         than its overlap of reading and writing gained (interleaved A/B in bench/README.md,
         "Fourth round": equal at one stream, 10 to 35 % less CPU per GB at 8 and 32)."""
