@@ -61,6 +61,7 @@ def build(root: Path) -> Path:
     if missing:
         _fail(f"pyarrow {pa.__version__} has no {', '.join(missing)} in {libdir}")
     target = root / "router" / ("_chunkstream" + sysconfig.get_config_var("EXT_SUFFIX"))
+    building = target.with_name(target.name + ".building")
     with tempfile.TemporaryDirectory() as tmp:
         cpp = Path(tmp) / "_chunkstream.cpp"
         cython = [sys.executable, "-m", "cython", "--cplus", "-3", "--fast-fail"]
@@ -83,10 +84,12 @@ def build(root: Path) -> Path:
                 *(f"-l:{lib}" for lib in libs),
                 "-Wl,-rpath,$ORIGIN/../pyarrow",  # installed next to pyarrow
                 "-o",
-                str(target),
+                str(building),
             ],
             compiler,
         )
+    # a new file, not rewritten in place: a process may have the old one loaded
+    os.replace(building, target)
     return target
 
 
