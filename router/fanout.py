@@ -248,6 +248,7 @@ class ReplicaFeed:
         self._runs: Generator[list[pa.RecordBatch], int, None] | None = None
         self._stopped = False
         self._want = 1  # rows the consumer asked for (take)
+        self._failure: Exception | None = None  # raised by the next take
 
     def __repr__(self) -> str:
         return (
@@ -294,6 +295,9 @@ class ReplicaFeed:
         that keeps its stream open past the rows still missing is not waited for; a
         downstream's batches come in one read (router.downstream.FlightStream.read_many),
         not one Python call per row."""
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
         runs = self._runs
         if runs is None:
             if self._stopped:
@@ -306,6 +310,11 @@ class ReplicaFeed:
                 batches += runs.send(limit - len(batches))
         except StopIteration:
             self.stop_reading()
+        except Exception as exc:
+            if not batches:
+                raise
+            # the rows delivered before it go out first, as when iterating row by row
+            self._failure = exc
         return batches
 
     def stop_reading(self) -> None:

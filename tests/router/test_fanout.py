@@ -318,6 +318,31 @@ def test_batches_arriving_within_one_long_read_count_as_progress() -> None:
     assert a.open == 0 and b.open == 0
 
 
+def test_rows_taken_before_a_failure_go_out_before_it() -> None:
+    """take(3) over an endpoint that fails after 2 rows (no replica): the 2 rows come back
+    first, the next take raises the failure, which says how far data was delivered."""
+    blocks = downstream_blocks([A], [0, S, 2 * S], S)
+    a = ScriptedDownstream("grpc://a:1", [[blocks[0], blocks[1], UnavailableError("a: gone")]])
+    feed = ReplicaFeed(
+        StaticPool({"grpc://a:1": a}),
+        RequestContext("req-1"),
+        ["grpc://a:1"],
+        _command,
+        CALL,
+        start=0,
+        end=3 * S,
+        batch_end=batch_end(GRID),
+        timer=Timer(_Monotonic(), thread=False),
+        retry_backoff=0.0,
+        label="[0, 1) {A}",
+    )
+    assert _times(feed.take(3)) == [0, S]  # type: ignore[arg-type]
+    with pytest.raises(UnavailableError) as info:
+        feed.take(3)
+    assert "a: gone" in str(info.value) and "data delivered up to 0.125 GPS s" in str(info.value)
+    assert feed.take(3) == [] and a.open == 0
+
+
 def _settle(timer: Timer, clock: _Monotonic, to: float) -> None:
     clock.t = to
     timer.run_due()
