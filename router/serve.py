@@ -46,6 +46,19 @@ LIMIT_OPTIONS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+def warn_if_not_native(requested: str) -> bool:
+    """Log ``native_output_unavailable`` (and return True) when the native output stage
+    was asked for but this process cannot use it."""
+    if requested != "native" or outstream.NATIVE:
+        return False
+    log.warning(
+        "native_output_unavailable",
+        reason=outstream.WHY_NOT_NATIVE,
+        effect="streams use pyarrow's GeneratorStream: more CPU per block under many readers",
+    )
+    return True
+
+
 def _limit_flag(field: str) -> str:
     return "--" + field.removesuffix("_s").replace("_", "-")
 
@@ -203,6 +216,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
             metavar=metavar,
             help=f"{text} (default {default})",
         )
+    parser.add_argument(
+        "--output",
+        choices=("native", "python"),
+        default="native",
+        help="how DoGet streams are written: native (the compiled router._chunkstream, when "
+        "built) or python (pyarrow's GeneratorStream: the same bytes, more CPU per block)",
+    )
     parser.add_argument(
         "--watch-interval",
         type=float,
@@ -486,7 +506,12 @@ def _serve_with(
     try:
         # serving from here on: pyarrow's serve() is never called (it installs its own
         # SIGINT/SIGTERM handling and waits for open calls without a deadline)
-        server = RouterFlightServer(service, location, tls_certificates=certificates)
+        server = RouterFlightServer(
+            service,
+            location,
+            native_output=args.output == "native",
+            tls_certificates=certificates,
+        )
     except Exception as exc:
         fail(f"cannot bind {location}: {exc}")
         if workers is not None:
@@ -552,15 +577,10 @@ def _serve_with(
         mode=args.mode,
         endpoints=len(result.scope_map.endpoints),
         drain_timeout_s=args.drain_timeout,
-        output="native" if outstream.NATIVE else "python",
+        output="native" if server.native_output else "python",
         **({"data_workers": workers.locations()} if workers is not None else {}),
     )
-    if not outstream.NATIVE:
-        log.warning(
-            "native_output_unavailable",
-            reason=outstream.WHY_NOT_NATIVE,
-            effect="streams use pyarrow's GeneratorStream: more CPU per block under many readers",
-        )
+    warn_if_not_native(args.output)
     router_logging.announce(url)
     while not stop.wait(0.5):
         pass

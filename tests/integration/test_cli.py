@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import arrakis
+import numpy as np
 import pytest
+from structlog.testing import capture_logs
 
 from router.reload import Reloader
 from router.service import RouterService
@@ -113,3 +117,36 @@ def test_describe_then_stream_costs_one_downstream_describe() -> None:
         arrakis.Client(url).fetch([CHANNEL.name], 1_400_000_000, 1_400_000_001)
     assert down.describes == 1
     assert down.streams == 1
+
+
+def test_serve_output_python_serves_through_generator_stream(tmp_path: Path) -> None:
+    """--output python: the operator sees it in router_started; streams are the same."""
+    down = ScriptedArrakis()
+    with serving(down) as durl:
+        path = tmp_path / "map.yaml"
+        path.write_text(one_endpoint_map(durl))
+        argv = [*ROUTER, "serve", "--scope-map", str(path), "--url", "grpc://127.0.0.1:0"]
+        serve_argv = [*argv, "--log-format", "json", "--output", "python"]
+        with ServerProcess(serve_argv, name="router") as proc:
+            got = arrakis.Client(proc.url).fetch([CHANNEL.name], 1400000000, 1400000002)
+            want = arrakis.Client(durl).fetch([CHANNEL.name], 1400000000, 1400000002)
+            log = proc.log_text().splitlines()
+    lines = [json.loads(line) for line in log if line.startswith("{")]
+    started = next(e for e in lines if e.get("event") == "router_started")
+    assert started["output"] == "python"
+    assert not [e for e in lines if e.get("event") == "native_output_unavailable"]
+    assert got.time_ns == want.time_ns and len(got.data[CHANNEL.name]) == 2 * 256
+    np.testing.assert_array_equal(got.data[CHANNEL.name], want.data[CHANNEL.name])
+
+
+def test_a_native_stage_that_is_not_there_is_logged(monkeypatch: pytest.MonkeyPatch) -> None:
+    from router import outstream, serve
+
+    monkeypatch.setattr(outstream, "NATIVE", False)
+    monkeypatch.setattr(outstream, "WHY_NOT_NATIVE", "not built (test)")
+    with capture_logs() as logs:
+        assert serve.warn_if_not_native("native") is True
+        assert serve.warn_if_not_native("python") is False
+    (event,) = logs
+    assert event["event"] == "native_output_unavailable" and event["log_level"] == "warning"
+    assert event["reason"] == "not built (test)"
