@@ -165,10 +165,9 @@ class FlightStream:
         self._calls = calls
         self._rows: pa.RecordBatchReader | None = None  # read_many's view of the reader
         self._done = False  # read_many saw the end
-        self._failed = False  # read_many saw the stream fail after the rows it returned
         self._iter: Iterator[pa.RecordBatch] | None = None  # read_many without the module
         self._received = np.zeros(1, np.int64)  # written by read_rows without the GIL
-        self._pending: Exception | None = None  # read_many without the module: to raise
+        self._pending: Exception | None = None  # read_many: a failure for the next call
         if calls is not None:
             calls.opened()
 
@@ -210,43 +209,38 @@ class FlightStream:
         """Up to ``limit`` batches read with the GIL released once (router._chunkstream;
         row by row without it). Rows read before a failure are returned first; the next
         call raises the failure, translated as when iterating."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            raise pending
         if self._closed or self._done:
             return []
-        if read_rows is None:
-            if self._iter is None:
-                self._iter = iter(self)
-            if self._pending is not None:
-                raise self._pending
-            out: list[pa.RecordBatch] = []
-            try:
-                for batch in self._iter:
-                    out.append(batch)
-                    self._received[0] += 1
-                    if len(out) >= limit:
-                        break
-            except Exception as exc:  # translated by __iter__
-                if not out:
-                    raise
-                self._pending = exc  # raised by the next call
-            return out
         batches: list[pa.RecordBatch] = []
-        stop = 2
-        if not self._failed:
+        try:
+            if read_rows is None:
+                if self._iter is None:
+                    self._iter = iter(self)  # raises translated
+                for batch in self._iter:
+                    batches.append(batch)
+                    self._received[0] += 1
+                    if len(batches) >= limit:
+                        break
+                return batches
+            stop = 2
             try:
                 if self._rows is None:
                     self._rows = self._reader.to_reader()  # waits for the schema
                 batches, stop = read_rows(self._rows, limit, self._received)
             except Exception:
-                stop = 2
-        if stop == 1:
-            self._done = True
-            self._ended(None)
-        elif stop == 2:
-            if batches:
-                self._failed = True  # raised by the next call
-                return batches
-            self._raise_failure()
-            return []  # cancelled: the stream ended
+                pass
+            if stop == 1:
+                self._done = True
+                self._ended(None)
+            elif stop == 2:
+                self._raise_failure()
+        except Exception as exc:
+            if not batches:
+                raise
+            self._pending = exc  # the rows read before it go first
         return batches
 
     @property
