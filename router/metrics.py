@@ -349,7 +349,7 @@ class RouterMetrics:
                 "version": __version__,
                 "python": platform.python_version(),
                 "pyarrow": pa.__version__,
-                # "native" when DoGet streams leave through router._chunkstream
+                # "native": router._chunkstream is built and usable here (see --output)
                 "output": "native" if NATIVE else "python",
             }
         )
