@@ -241,18 +241,11 @@ class _Monotonic:
         return self.t
 
 
-def _watched(
-    script: list[object], *, replica: list[object] | None = None
-) -> tuple[ReplicaFeed, Timer, _Monotonic, ScriptedDownstream, list[object]]:
-    """A feed over a scripted downstream read by a thread; its open and idle deadlines are
-    watched by a timer on a fake clock that only the test moves (no sleeps)."""
-    clock = _Monotonic()
-    timer = Timer(clock, thread=False)
-    a = ScriptedDownstream("grpc://a:1", [script])
-    members = {"grpc://a:1": a}
-    if replica is not None:
-        members["grpc://b:1"] = ScriptedDownstream("grpc://b:1", [replica])
-    feed = ReplicaFeed(
+def _group_feed(
+    members: dict[str, ScriptedDownstream], timer: Timer, **options: float
+) -> ReplicaFeed:
+    """A feed of group {A} over [0, 3 S) on ``members`` in order (open limit 3 s, idle 1 s)."""
+    return ReplicaFeed(
         StaticPool(members),
         RequestContext("req-1"),
         list(members),
@@ -265,7 +258,22 @@ def _watched(
         open_timeout=3.0,
         idle_timeout=1.0,
         label="[0, 1) {A}",
+        **options,
     )
+
+
+def _watched(
+    script: list[object], *, replica: list[object] | None = None
+) -> tuple[ReplicaFeed, Timer, _Monotonic, ScriptedDownstream, list[object]]:
+    """A feed over a scripted downstream read by a thread; its open and idle deadlines are
+    watched by a timer on a fake clock that only the test moves (no sleeps)."""
+    clock = _Monotonic()
+    timer = Timer(clock, thread=False)
+    a = ScriptedDownstream("grpc://a:1", [script])
+    members = {"grpc://a:1": a}
+    if replica is not None:
+        members["grpc://b:1"] = ScriptedDownstream("grpc://b:1", [replica])
+    feed = _group_feed(members, timer)
     result: list[object] = []
 
     def read() -> None:
@@ -289,20 +297,7 @@ def test_batches_arriving_within_one_long_read_count_as_progress() -> None:
     timer = Timer(clock, thread=False)
     a = ScriptedDownstream("grpc://a:1", [[blocks[0], blocks[1], HANG]])
     b = ScriptedDownstream("grpc://b:1", [blocks[2:]])
-    feed = ReplicaFeed(
-        StaticPool({"grpc://a:1": a, "grpc://b:1": b}),
-        RequestContext("req-1"),
-        ["grpc://a:1", "grpc://b:1"],
-        _command,
-        CALL,
-        start=0,
-        end=3 * S,
-        batch_end=batch_end(GRID),
-        timer=timer,
-        open_timeout=3.0,
-        idle_timeout=1.0,
-        label="[0, 1) {A}",
-    )
+    feed = _group_feed({"grpc://a:1": a, "grpc://b:1": b}, timer)
     result: list[object] = []
     thread = threading.Thread(target=lambda: result.extend(feed.take(3)), daemon=True)
     thread.start()
@@ -323,19 +318,7 @@ def test_rows_taken_before_a_failure_go_out_before_it() -> None:
     first, the next take raises the failure, which says how far data was delivered."""
     blocks = downstream_blocks([A], [0, S, 2 * S], S)
     a = ScriptedDownstream("grpc://a:1", [[blocks[0], blocks[1], UnavailableError("a: gone")]])
-    feed = ReplicaFeed(
-        StaticPool({"grpc://a:1": a}),
-        RequestContext("req-1"),
-        ["grpc://a:1"],
-        _command,
-        CALL,
-        start=0,
-        end=3 * S,
-        batch_end=batch_end(GRID),
-        timer=Timer(_Monotonic(), thread=False),
-        retry_backoff=0.0,
-        label="[0, 1) {A}",
-    )
+    feed = _group_feed({"grpc://a:1": a}, Timer(_Monotonic(), thread=False), retry_backoff=0.0)
     assert _times(feed.take(3)) == [0, S]  # type: ignore[arg-type]
     with pytest.raises(UnavailableError) as info:
         feed.take(3)
