@@ -26,6 +26,8 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import structlog
 
+from router.protocol.errors import to_flight_error
+
 log = structlog.get_logger("router.outstream")
 
 # arrow::flight::FlightStatusCode, most specific class first (as pyarrow maps them)
@@ -95,7 +97,7 @@ def _items(batches: Iterable[Item]) -> Iterator[Item | tuple[int, str, bytes]]:
         yield flight_status(exc)
     except Exception as exc:
         log.error("stream_output_failed", error_type=type(exc).__name__, exc_info=True)
-        yield 0, f"internal error ({type(exc).__name__})", b""
+        yield flight_status(to_flight_error(exc, None))  # "internal error (Type)"
 
 
 def data_stream(
