@@ -12,7 +12,9 @@ Variants (comma-separated):
 
 * ``router``: this checkout; ``router@REV``: the router at git revision REV (``git archive``
   into a temporary directory, its native output stage compiled there when it has one, run
-  with that directory first on ``sys.path``);
+  with that directory first on ``sys.path``); either with ``+OPTION:VALUE`` (or
+  ``+OPTION``) for each ``router serve --OPTION VALUE`` to add
+  (``router+downstream-window:1048576``);
 * ``relay``: bench/relay.py; ``relay+window``, ``relay+table:K``, ``relay+list:K`` and
   combinations (``relay+window+table:128``): its router-shaped modes (see bench/relay.py).
 
@@ -79,15 +81,21 @@ def argv_for(variant: str, downstream: str, scope_map: Path, tmp: Path) -> list[
         for mode in variant.split("+")[1:]:
             argv += ["--window"] if mode == "window" else ["--shape", mode]
         return argv
-    if variant == "router" or variant.startswith("router@"):
+    if variant.split("+")[0] == "router" or variant.startswith("router@"):
         serve = ["serve", "--scope-map", str(scope_map), "--url", "grpc://127.0.0.1:0"]
         serve += ["--log-format", "json"]
+        variant, *modes = variant.split("+")
+        for mode in modes:
+            flag, _, value = mode.partition(":")
+            serve += [f"--{flag}", value] if value else [f"--{flag}"]
         if variant == "router":
             return [str(BIN / "router"), *serve]
         tree = checkout(variant.removeprefix("router@"), tmp)
         boot = f"import sys; sys.path.insert(0, {str(tree)!r}); from router.cli import main; main()"
         return [str(BIN / "python"), "-c", boot, *serve]
-    raise SystemExit(f"unknown variant {variant!r} (router, router@REV, relay[+MODE...])")
+    raise SystemExit(
+        f"unknown variant {variant!r} (router[@REV][+OPTION:VALUE...], relay[+MODE...])"
+    )
 
 
 @contextlib.contextmanager

@@ -35,9 +35,26 @@ REUSE_MARKER = "arrow-flight-reuse-connection://?"
 RECONNECT = [("grpc.initial_reconnect_backoff_ms", 250), ("grpc.max_reconnect_backoff_ms", 1000)]
 # gRPC grows a stream's receive window with its bandwidth-delay estimate (to many MB on a
 # fast link), and a downstream may send that far ahead of what the router has forwarded:
-# 32 concurrent streams held ~500 MB of received data (issue 11). A fixed 512 KiB window
-# per stream bounds it (throughput on loopback unchanged within the bench noise).
-WINDOW = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 512 * 1024)]
+# 32 concurrent streams held ~500 MB of received data (issue 11). A fixed window per stream
+# bounds it; ``router serve --downstream-window`` trades memory for throughput.
+WINDOW_BYTES = 512 * 1024
+#: the bounds of a fixed window (HTTP/2's smallest default window; 64 MiB)
+WINDOW_MIN, WINDOW_MAX = 64 * 1024, 64 * 1024 * 1024
+
+
+def window_options(window: int = WINDOW_BYTES) -> list[tuple[str, int]]:
+    """gRPC channel options giving each downstream stream a fixed receive window of
+    ``window`` bytes; 0: none (gRPC's own window, grown by bandwidth-delay probing)."""
+    if window == 0:
+        return []
+    if not WINDOW_MIN <= window <= WINDOW_MAX:
+        raise ValueError(
+            f"downstream window: 0 or {WINDOW_MIN} to {WINDOW_MAX} bytes, got {window}"
+        )
+    return [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", window)]
+
+
+WINDOW = window_options()
 
 # (endpoint URL, call kind) -> ended: called as a downstream call starts; ``ended(error or
 # None)`` once as it ends (metrics: in-flight calls, latency, outcome)
@@ -285,9 +302,8 @@ class FlightDownstream:
         self.url = url
         self._pool = pool
         tls = {"tls_root_certs": pool.tls_root_certs} if pool.tls_root_certs else {}
-        self._client = flight.FlightClient(
-            url, generic_options=[("grpc.keepalive_time_ms", 300_000), *RECONNECT, *WINDOW], **tls
-        )
+        options = [("grpc.keepalive_time_ms", 300_000), *RECONNECT, *window_options(pool.window)]
+        self._client = flight.FlightClient(url, generic_options=options, **tls)
 
     def __repr__(self) -> str:
         return f"<FlightDownstream {self.url}>"
@@ -403,11 +419,14 @@ RETIRED_KEPT = 8
 
 class DownstreamPool:
     """One :class:`Downstream` per URL, created on first use, reused by every request.
-    ``tls_root_certs``: PEM roots for ``grpc+tls://`` downstreams (None: the system roots).
-    ``calls`` counts the downstream calls open now."""
+    ``tls_root_certs``: PEM roots for ``grpc+tls://`` downstreams (None: the system roots);
+    ``window``: each downstream stream's receive window in bytes (0: gRPC's growing one; see
+    :func:`window_options`). ``calls`` counts the downstream calls open now."""
 
-    def __init__(self, tls_root_certs: bytes | None = None) -> None:
+    def __init__(self, tls_root_certs: bytes | None = None, window: int = WINDOW_BYTES) -> None:
+        window_options(window)  # refuses a window out of bounds here, not at first use
         self.tls_root_certs = tls_root_certs
+        self.window = window
         self._lock = threading.Lock()
         self._members: dict[str, Downstream] = {}
         self._retired: list[Downstream] = []

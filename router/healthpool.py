@@ -217,7 +217,7 @@ class HealthPool(DownstreamPool):
         registry: HealthRegistry,
         latency: Histogram | None = None,
     ) -> None:
-        super().__init__(inner.tls_root_certs)
+        super().__init__(inner.tls_root_certs, inner.window)
         self.inner = inner
         self.calls = inner.calls  # the open calls are the inner pool's members'
         self.registry = registry

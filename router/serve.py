@@ -21,6 +21,7 @@ import structlog
 from router import __version__, outstream
 from router import logging as router_logging
 from router.config import ENV_PREFIX, ConfigError, env_name, layered, render, resolve
+from router.downstream import WINDOW_BYTES, WINDOW_MAX, WINDOW_MIN
 from router.limits import Limits
 from router.memory import cap_arenas, release_large_blocks
 from router.service import MODES, RouterService, Settings
@@ -162,6 +163,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="first ejection period; it grows with repeat ejections up to 300 s "
         f"(default {Settings.ejection_time:g})",
+    )
+    parser.add_argument(
+        "--downstream-window",
+        type=int,
+        default=WINDOW_BYTES,
+        metavar="BYTES",
+        help="receive window of each downstream stream: what a downstream may send ahead of "
+        "what the router has forwarded. Larger moves more per stream and holds more memory "
+        f"per open stream ({WINDOW_MIN} to {WINDOW_MAX}; 0: gRPC's own window, grown without "
+        f"bound by bandwidth probing; default {WINDOW_BYTES})",
     )
     parser.add_argument(
         "--metrics-port",
@@ -400,6 +411,10 @@ def _serve(
             file=sys.stderr,
         )
         return 2
+    window = getattr(args, "downstream_window", WINDOW_BYTES)
+    if window != 0 and not WINDOW_MIN <= window <= WINDOW_MAX:
+        fail(f"--downstream-window must be 0 or {WINDOW_MIN} to {WINDOW_MAX} bytes, got {window}")
+        return 2
     data_workers = getattr(args, "data_workers", 0) or 0
     first_port = getattr(args, "data_worker_port", 0) or 0
     if data_workers < 0 or not 0 <= first_port <= 65535 - max(0, data_workers - 1):
@@ -477,7 +492,8 @@ def _serve_with(
     if metrics_dir is not None:
         enable_multiprocess(metrics_dir)
     metrics = RouterMetrics(multiprocess_dir=metrics_dir if worker is None else None)
-    service = RouterService(result.scope_map, settings, pool=DownstreamPool(roots), metrics=metrics)
+    pool = DownstreamPool(roots, args.downstream_window)
+    service = RouterService(result.scope_map, settings, pool=pool, metrics=metrics)
     location, host = _bind_location(args.url, tls is not None)
     certificates = [flight.CertKeyPair(*tls)] if tls is not None else []
     scheme = "grpc+tls" if tls is not None else "grpc"
@@ -578,6 +594,7 @@ def _serve_with(
         endpoints=len(result.scope_map.endpoints),
         drain_timeout_s=args.drain_timeout,
         output="native" if server.native_output else "python",
+        downstream_window=args.downstream_window,
         **({"data_workers": workers.locations()} if workers is not None else {}),
     )
     warn_if_not_native(args.output)

@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 
 from router.reload import Reloader
 from router.service import RouterService
-from router_backends.testing import ServerProcess
+from router_backends.testing import ServerProcess, serve_mock
 from scopemap import load_text
 from tests.integration.behaviours import CHANNEL, ScriptedArrakis, one_endpoint_map
 from tests.integration.servers import running_router, serving
@@ -89,6 +89,37 @@ def test_serve_refuses_a_bad_timeout(tmp_path: Path, option: list[str]) -> None:
     res = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2
     assert option[0] in res.stderr
+
+
+@pytest.mark.parametrize("window", ["1000", "-1", str(64 * 1024 * 1024 + 1)])
+def test_serve_refuses_a_window_out_of_bounds(tmp_path: Path, window: str) -> None:
+    path = tmp_path / "map.yaml"
+    path.write_text(GOOD)
+    argv = [*ROUTER, "serve", "--scope-map", str(path), "--url", "grpc://127.0.0.1:0"]
+    res = subprocess.run([*argv, "--downstream-window", window], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert f"--downstream-window must be 0 or 65536 to 67108864 bytes, got {window}" in res.stderr
+
+
+@pytest.mark.parametrize("window", [65536, 0])
+def test_serve_downstream_window_streams_equal_a_direct_read(tmp_path: Path, window: int) -> None:
+    """The smallest fixed window (a 2 MB stream passes through it 32 times over) and gRPC's
+    own (0): the operator sees the setting in router_started; the data is the downstream's."""
+    strain = "H1:GDS-CALIB_STRAIN"  # 16384 Hz float64 in the mock's default channel set
+    with serve_mock() as mock:
+        path = tmp_path / "map.yaml"
+        path.write_text(f"{mock}:\n  scopes: {{H1: [{{all: true}}]}}\n  retention: {{}}\n")
+        argv = [*ROUTER, "serve", "--scope-map", str(path), "--url", "grpc://127.0.0.1:0"]
+        serve_argv = [*argv, "--log-format", "json", "--downstream-window", str(window)]
+        with ServerProcess(serve_argv, name="router") as proc:
+            got = arrakis.Client(proc.url).fetch([strain], 1400000000, 1400000016)
+            want = arrakis.Client(mock).fetch([strain], 1400000000, 1400000016)
+            log = proc.log_text().splitlines()
+    lines = [json.loads(line) for line in log if line.startswith("{")]
+    started = next(e for e in lines if e.get("event") == "router_started")
+    assert started["downstream_window"] == window
+    assert got.time_ns == want.time_ns and len(got.data[strain]) == 16 * 16384
+    np.testing.assert_array_equal(got.data[strain], want.data[strain])
 
 
 def test_reload_keeps_last_valid_map(tmp_path: Path) -> None:
