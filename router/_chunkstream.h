@@ -8,6 +8,8 @@
 // This reader takes the GIL once per item: a Table's batches then go out without it.
 //
 // Items of the source iterator:
+//   list of pyarrow.RecordBatch  its batches as they are, one by one (router.outstream.Run:
+//                        a chunk of downstream rows; no Table is built nor sliced);
 //   pyarrow.Table        its batches, one by one (as pyarrow's own Table streams do);
 //   pyarrow.RecordBatch  itself;
 //   (code, message, extra_info)  the stream ends with this Flight error: code is an
@@ -49,6 +51,10 @@ class ChunkReader : public arrow::RecordBatchReader {
 
   arrow::Status ReadNext(std::shared_ptr<arrow::RecordBatch>* out) override {
     while (true) {
+      if (next_ < pending_.size()) {
+        *out = std::move(pending_[next_++]);
+        return arrow::Status::OK();
+      }
       if (current_ != nullptr) {
         ARROW_RETURN_NOT_OK(current_->ReadNext(out));
         if (*out != nullptr) return arrow::Status::OK();
@@ -102,6 +108,26 @@ class ChunkReader : public arrow::RecordBatchReader {
   }
 
   arrow::Status Take(PyObject* item, std::shared_ptr<arrow::RecordBatch>* out) {
+    if (PyList_Check(item)) {
+      const Py_ssize_t n = PyList_GET_SIZE(item);
+      pending_.clear();
+      next_ = 0;
+      pending_.reserve(static_cast<size_t>(n));
+      for (Py_ssize_t i = 0; i < n; ++i) {
+        PyObject* element = PyList_GET_ITEM(item, i);
+        if (!arrow::py::is_batch(element)) {
+          pending_.clear();
+          return Bug("stream item");
+        }
+        auto batch = arrow::py::unwrap_batch(element);
+        if (!batch.ok() || !OurSchema((*batch)->schema())) {
+          pending_.clear();
+          return Bug("stream item of another schema");
+        }
+        pending_.push_back(std::move(*batch));
+      }
+      return arrow::Status::OK();
+    }
     if (arrow::py::is_table(item)) {
       auto table = arrow::py::unwrap_table(item);
       if (!table.ok() || !(*table)->schema()->Equals(*schema_, false)) {
@@ -140,9 +166,21 @@ class ChunkReader : public arrow::RecordBatchReader {
     return Bug("stream item");
   }
 
+  // the declared schema, metadata aside; a source's own schema object, once equal, is
+  // recognised by identity (one downstream stream's batches share it)
+  bool OurSchema(const std::shared_ptr<arrow::Schema>& schema) {
+    if (schema == matched_) return true;
+    if (!schema->Equals(*schema_, false)) return false;
+    matched_ = schema;
+    return true;
+  }
+
   PyObject* source_;
   std::shared_ptr<arrow::Schema> schema_;
+  std::shared_ptr<arrow::Schema> matched_;
   std::shared_ptr<arrow::RecordBatchReader> current_;
+  std::vector<std::shared_ptr<arrow::RecordBatch>> pending_;  // a list item's batches
+  size_t next_ = 0;  // the next of pending_ to hand out
 };
 
 // The one-pass check of router.stitch.direct.OnGridRelay (see _whole_run there): is a
@@ -152,52 +190,68 @@ class ChunkReader : public arrow::RecordBatchReader {
 // `duration`, before `end` when bounded), every channel an unsliced one-row list without a
 // null list whose offsets are [0, samples]. Runs with the GIL held; costs no Python object
 // per row. A row it declines goes through the Python per-block path, which decides.
+// Returns the chunk's size in bytes (what its buffers span, as the output's byte count), or
+// -1 when it is not such a run.
 class RunChecker {
  public:
   RunChecker(std::shared_ptr<arrow::Schema> schema, int64_t duration,
              std::vector<int32_t> samples)
       : schema_(std::move(schema)), duration_(duration), samples_(std::move(samples)) {}
 
-  bool WholeRun(PyObject* chunk, int64_t expected, bool bounded, int64_t end) {
-    if (!PyList_Check(chunk)) return false;
+  int64_t WholeRun(PyObject* chunk, int64_t expected, bool bounded, int64_t end) {
+    if (!PyList_Check(chunk)) return -1;
     const Py_ssize_t rows = PyList_GET_SIZE(chunk);
+    int64_t bytes = 0;
     const size_t columns = samples_.size() + 1;
     for (Py_ssize_t i = 0; i < rows; ++i) {
       PyObject* item = PyList_GET_ITEM(chunk, i);
-      if (!arrow::py::is_batch(item)) return false;
+      if (!arrow::py::is_batch(item)) return -1;
       auto unwrapped = arrow::py::unwrap_batch(item);
-      if (!unwrapped.ok()) return false;
+      if (!unwrapped.ok()) return -1;
       const arrow::RecordBatch& batch = **unwrapped;
       if (batch.num_rows() != 1 || static_cast<size_t>(batch.num_columns()) != columns) {
-        return false;
+        return -1;
       }
-      if (!SameSchema(batch.schema())) return false;
+      if (!SameSchema(batch.schema())) return -1;
       const arrow::ArrayData& time = *batch.column_data(0);
       if (time.type->id() != arrow::Type::INT64 || time.offset != 0 || time.length != 1 ||
           time.GetNullCount() != 0 || time.buffers.size() < 2 || time.buffers[1] == nullptr) {
-        return false;
+        return -1;
       }
       const int64_t t = time.GetValues<int64_t>(1)[0];
-      if (t != expected + i * duration_ || (bounded && t >= end)) return false;
+      bytes += BufferBytes(time);
+      if (t != expected + i * duration_ || (bounded && t >= end)) return -1;
       for (size_t c = 1; c < columns; ++c) {
         const arrow::ArrayData& cell = *batch.column_data(static_cast<int>(c));
         if (cell.type->id() != arrow::Type::LIST || cell.offset != 0 || cell.length != 1 ||
             cell.GetNullCount() != 0 || cell.buffers.size() < 2 ||
             cell.buffers[1] == nullptr || cell.buffers[1]->size() < 8 ||
             cell.child_data.size() != 1) {
-          return false;
+          return -1;
         }
         const int32_t* offsets = cell.GetValues<int32_t>(1);
         if (offsets[0] != 0 || offsets[1] != samples_[c - 1] ||
             cell.child_data[0]->length < samples_[c - 1]) {
-          return false;
+          return -1;
         }
+        bytes += BufferBytes(cell);
       }
     }
-    return true;
+    return bytes;
   }
 
  private:
+  // the bytes of `data`'s buffers and its children's (as pyarrow's get_total_buffer_size
+  // counts a batch whose buffers are not shared)
+  static int64_t BufferBytes(const arrow::ArrayData& data) {
+    int64_t total = 0;
+    for (const auto& buffer : data.buffers) {
+      if (buffer != nullptr) total += buffer->size();
+    }
+    for (const auto& child : data.child_data) total += BufferBytes(*child);
+    return total;
+  }
+
   // the grid's schema, metadata included; a downstream's own schema object, once equal,
   // is recognised by identity (one stream's batches share it)
   bool SameSchema(const std::shared_ptr<arrow::Schema>& schema) {

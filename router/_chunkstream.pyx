@@ -19,7 +19,7 @@ cdef extern from "_chunkstream.h" namespace "router_native":
                  vector[shared_ptr[CRecordBatch]]* out) nogil
     cdef cppclass RunChecker:
         RunChecker(shared_ptr[CSchema] schema, int64_t duration, vector[int32_t] samples)
-        cbool WholeRun(object chunk, int64_t expected, cbool bounded, int64_t end)
+        int64_t WholeRun(object chunk, int64_t expected, cbool bounded, int64_t end)
 
 cdef extern from *:
     """
@@ -34,8 +34,9 @@ PYARROW_VERSION = ROUTER_PYARROW_VERSION.decode()
 
 
 def chunk_reader(schema, source):
-    """A ``pyarrow.RecordBatchReader`` of ``schema`` over the items of ``source`` (Tables,
-    RecordBatches, or one final ``(code, message, extra_info)`` Flight error)."""
+    """A ``pyarrow.RecordBatchReader`` of ``schema`` over the items of ``source`` (lists of
+    RecordBatches, Tables, RecordBatches, or one final ``(code, message, extra_info)``
+    Flight error)."""
     cdef shared_ptr[CSchema] c_schema = pyarrow_unwrap_schema(schema)
     if c_schema.get() == NULL:
         raise TypeError(f"expected a pyarrow.Schema, got {type(schema).__name__}")
@@ -46,8 +47,9 @@ def chunk_reader(schema, source):
 
 cdef class RunCheck:
     """The one-pass check of ``router.stitch.direct.OnGridRelay`` for one grid (see
-    ``RunChecker`` in _chunkstream.h): ``check(chunk, expected, end)`` is True when the list
-    ``chunk`` is exactly the next ``len(chunk)`` slots from ``expected`` as whole blocks."""
+    ``RunChecker`` in _chunkstream.h): ``check(chunk, expected, end)`` is the chunk's size
+    in bytes when the list ``chunk`` is exactly the next ``len(chunk)`` slots from
+    ``expected`` as whole blocks, else -1."""
 
     cdef unique_ptr[RunChecker] checker
 

@@ -16,13 +16,18 @@ from typing import TypeVar
 
 import pyarrow as pa
 
+from router.outstream import Run
+
 T = TypeVar("T")
 
 
 def blocks_in(item: object) -> int:
-    """Blocks in one item a stream yields: a batch is one block, a Table (router.streaming's
-    chunks) is several one-block batches."""
-    return item.num_rows if isinstance(item, pa.Table) else 1
+    """Blocks in one item a stream yields: a batch is one block, a Table or a Run
+    (router.streaming's chunks) is several one-block batches."""
+    kind = type(item)
+    if kind is Run:
+        return len(item)  # type: ignore[arg-type]
+    return item.num_rows if kind is pa.Table else 1  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from router.outstream import run_check
+from router.outstream import Run, run_check
 from router.stitch.blocks import Block, Grid
 from router.stitch.merge import fill_gaps
 from router.stitch.output import block_to_batch
@@ -146,9 +146,10 @@ class OnGridRelay:
             return
         yield from self._tail()
 
-    def chunks(self, rows: int) -> Iterator[pa.RecordBatch | pa.Table]:
+    def chunks(self, rows: int) -> Iterator[pa.RecordBatch | pa.Table | Run]:
         """The same stream handed over ``rows`` blocks at a time, each chunk a ``pa.Table``
-        of one-block batches (a lone block as itself).
+        of one-block batches, or a :class:`~router.outstream.Run` of the downstream's own
+        batches when the native check took them whole (a lone block as itself).
 
         Rationale: the per-block check in :meth:`_blocks` costs ~2 us of interpreter time
         per block, and under many concurrent streams every such microsecond is also GIL
@@ -189,17 +190,19 @@ class OnGridRelay:
                 break
         yield from _in_chunks(self._tail(), rows, schema)
 
-    def _whole_run(self, chunk: list[pa.RecordBatch]) -> pa.Table | None:
-        """``chunk`` as one Table if it is exactly the next ``len(chunk)`` slots as whole
-        blocks (then taken: the state moves past them), else None."""
+    def _whole_run(self, chunk: list[pa.RecordBatch]) -> pa.Table | Run | None:
+        """``chunk`` as one item if it is exactly the next ``len(chunk)`` slots as whole
+        blocks (then taken: the state moves past them), else None: a :class:`Run` of the
+        batches as they are when the native check decides, else a Table."""
         schema, duration, expected = self.grid.schema, self.grid.duration, self._expected
         if self.native_check is not None:
-            if not self.native_check.check(chunk, expected, self.end):
+            nbytes = self.native_check.check(chunk, expected, self.end)
+            if nbytes < 0:
                 return None
             k = len(chunk)
             self._expected, self._last = expected + k * duration, expected + (k - 1) * duration
             self.passed += k
-            return pa.Table.from_batches(chunk, schema)
+            return Run(chunk, nbytes)
         if not (
             all(map(_ONE.__eq__, map(_NUM_ROWS, chunk)))
             and all(map(schema.equals, map(_SCHEMA, chunk), repeat(True)))

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from router.context import CLIENT_LEFT, RequestContext
 from router.downstream import StaticPool
 from router.errors import CancelledError, UnavailableError
+from router.outstream import Run
 from router.protocol.envelope import Envelope, StreamArgs
 from router.stitch import Rebucketer, fill_gaps, to_batches
 from router.stitch.direct import OnGridRelay
@@ -178,7 +179,8 @@ def test_short_path_equals_general_path(spec: list[Any], sort: bool, n: int) -> 
 
 
 def _flat(out: list[Any]) -> list[pa.RecordBatch]:
-    return [b for x in out for b in (x.to_batches() if isinstance(x, pa.Table) else [x])]
+    """The record batches on the wire: a Table or a Run is written batch by batch."""
+    return [b for x in out for b in (x.to_batches() if isinstance(x, pa.Table | Run) else [x])]
 
 
 @given(
@@ -223,7 +225,10 @@ def test_a_whole_run_is_taken_in_one_pass_as_the_same_batches(native: bool) -> N
     relay = _relay(batches, T0, T0 + 10 * S, native)
     out = list(relay.chunks(4))
     assert [x.num_rows for x in out] == [4, 4, 2]
-    assert all(isinstance(x, pa.Table) for x in out)
+    # the native check hands the batches on as they are, with their size measured
+    assert all(isinstance(x, Run if native else pa.Table) for x in out)
+    if native:
+        assert [x.nbytes for x in out] == [sum(b.get_total_buffer_size() for b in x) for x in out]
     sent = _flat(out)
     # the downstream's own buffers go out: no copy
     assert all(
@@ -317,6 +322,8 @@ def test_the_native_check_decides_as_the_python_check(
     assert (got is None) == (want is None)
     if want is not None:
         assert got is not None and got.to_batches() == want.to_batches()
+        assert isinstance(got, Run)
+        assert got.nbytes == sum(b.get_total_buffer_size() for b in got)
     state = (native._expected, native._last, native.passed)
     assert state == (python._expected, python._last, python.passed)
     # a whole block with an all-valid list bitmap is a whole block
@@ -391,11 +398,6 @@ def _execution(
     return StreamExecution(plan, feeds, historical=historical)
 
 
-def _unchunked(out: list[Any]) -> list[pa.RecordBatch]:
-    """The record batches on the wire: a Table is written batch by batch."""
-    return [b for x in out for b in (x.to_batches() if isinstance(x, pa.Table) else [x])]
-
-
 def _threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("feed ") and t.is_alive()]
 
@@ -465,10 +467,10 @@ def test_chunked_stream_sends_the_same_batches(per_chunk: int) -> None:
     )
     expected = list(plain)
     out = list(chunked)
-    assert all(b.num_rows == 1 for b in _unchunked(out))
-    assert rows(_unchunked(out)) == rows(expected)
+    assert all(b.num_rows == 1 for b in _flat(out))
+    assert rows(_flat(out)) == rows(expected)
     if per_chunk > 1:
-        assert any(isinstance(x, pa.Table) for x in out)
+        assert any(isinstance(x, pa.Table | Run) for x in out)
     assert (chunked.blocks, chunked.gap_blocks, chunked.duplicates_dropped) == (
         plain.blocks,
         plain.gap_blocks,
@@ -483,7 +485,7 @@ def test_chunked_stream_fails_over_and_falls_back_like_the_plain_one() -> None:
     first = ScriptedDownstream(URL, [[*odd, UnavailableError(f"{URL}: gone")]])
     replica = ScriptedDownstream(REPLICA, [blocks[4:]])
     execution = _execution([first, replica], 6, historical=True, chunk_bytes=2 * BLOCK_BYTES)
-    out = _unchunked(list(execution))
+    out = _flat(list(execution))
     assert [t for t, _ in rows(out)] == [T0 + k * S for k in range(6)]
     assert replica.commands[0]["args"]["start"] == T0 + 4 * S
     assert first.open == replica.open == 0 and _threads() == []
@@ -534,8 +536,8 @@ def test_one_pass_chunk_spans_a_failover_and_equals_the_plain_stream(
     taken = _spy_runs(monkeypatch)
     out = list(execution)
     assert taken == [40]
-    assert [type(x) for x in out] == [pa.Table] and out[0].num_rows == 40
-    assert rows(_unchunked(out)) == rows(blocks)
+    assert [type(x) for x in out] == [Run] and out[0].num_rows == 40
+    assert rows(_flat(out)) == rows(blocks)
     assert replica.commands[0]["args"]["start"] == T0 + 20 * S
     assert (execution.blocks, execution.gap_blocks, execution.duplicates_dropped) == (40, 0, 0)
     assert first.open == replica.open == 0 and _threads() == []
@@ -554,6 +556,6 @@ def test_one_pass_chunks_stop_at_a_client_cancel(monkeypatch: pytest.MonkeyPatch
         for item in execution:
             got.append(item)
             ctx.cancel(CLIENT_LEFT)
-    assert len(got) == 1 and isinstance(got[0], pa.Table) and got[0].num_rows == 16
+    assert len(got) == 1 and isinstance(got[0], pa.Table | Run) and got[0].num_rows == 16
     assert taken[0] == 16 and execution.blocks == 16
     assert downstream.open == 0 and _threads() == []

@@ -187,23 +187,27 @@ def test_a_client_that_leaves_closes_the_source() -> None:
     assert len(pulled) < 10_000, len(pulled)
 
 
-@settings(max_examples=40, deadline=None)
-@given(
-    shape=st.lists(
-        st.one_of(st.integers(min_value=0, max_value=40), st.just(-1)), min_size=0, max_size=12
-    )
+ITEM = st.one_of(
+    st.tuples(st.just("table"), st.integers(min_value=0, max_value=40)),
+    st.tuples(st.just("run"), st.integers(min_value=0, max_value=40)),
+    st.tuples(st.just("batch"), st.just(1)),
 )
-def test_native_output_equals_generator_stream(shape: list[int]) -> None:
-    # a Table of n rows for n >= 0 (0: an empty Table), a lone batch for -1
-    def source() -> Iterator[pa.RecordBatch | pa.Table]:
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=st.lists(ITEM, min_size=0, max_size=12))
+def test_native_output_equals_generator_stream(shape: list[tuple[str, int]]) -> None:
+    # Tables of n rows (0: an empty Table), Runs of n batches (0: empty), lone batches
+    def source() -> Iterator[outstream.Item]:
         t = 0
-        for n in shape:
-            if n < 0:
+        for kind, n in shape:
+            if kind == "batch":
                 yield block(t)
-                t += 1
-            else:
+            elif kind == "table":
                 yield table(t, n)
-                t += n
+            else:
+                yield outstream.Run([block(k) for k in range(t, t + n)])
+            t += n
 
     with serving() as (server, client):
         server.sources["s"] = source
@@ -214,7 +218,37 @@ def test_native_output_equals_generator_stream(shape: list[int]) -> None:
     # one block per batch on the wire (PROTOCOL 4.4), in order, none lost
     assert [b.num_rows for b in native] == [1] * len(native)
     assert [b.column(0)[0].as_py() for b in native] == list(range(len(native)))
-    assert len(native) == sum(1 if n < 0 else n for n in shape)
+    assert len(native) == sum(n for _, n in shape)
+
+
+@pytest.mark.parametrize(
+    "bad, why",
+    [(block(2, OTHER), "stream item of another schema"), (table(2, 1), "stream item")],
+    ids=["other-schema", "not-a-batch"],
+)
+def test_a_run_with_a_bad_batch_is_internal_and_none_of_it_is_sent(bad: object, why: str) -> None:
+    def source() -> Iterator[outstream.Item]:
+        yield block(0)
+        yield outstream.Run([block(1), bad, block(3)])  # type: ignore[list-item]
+        yield block(4)
+
+    with serving() as (server, client):
+        server.sources["bad"] = source
+        got, error = read(client, "native:bad")
+    assert [b.column(0)[0].as_py() for b in got] == [0]
+    assert isinstance(error, flight.FlightInternalError)
+    assert str(error).startswith(f"internal error ({why})")
+
+
+def test_a_run_counts_as_its_blocks_and_measured_bytes() -> None:
+    from router.inflight import blocks_in
+
+    batches = [block(t) for t in range(5)]
+    run = outstream.Run(batches, nbytes=123)
+    assert blocks_in(run) == 5 and outstream.size_of(run) == 123
+    assert blocks_in(table(0, 5)) == 5 and blocks_in(batches[0]) == 1
+    assert outstream.size_of(table(0, 5)) == sum(b.get_total_buffer_size() for b in batches)
+    assert run.num_rows == 5 and run.to_batches() == batches
 
 
 # ------------------------------------------------- reading a downstream in bulk (read_many)
