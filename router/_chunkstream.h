@@ -8,8 +8,11 @@
 // This reader takes the GIL once per item: a Table's batches then go out without it.
 //
 // Items of the source iterator:
-//   list of pyarrow.RecordBatch  its batches as they are, one by one (router.outstream.Run:
-//                        a chunk of downstream rows; no Table is built nor sliced);
+//   Rows                 its batches as they are, one by one (router.outstream.Run: a chunk
+//                        of downstream rows; no Table is built nor sliced). The reader
+//                        takes them over (the Rows is left empty), so they are freed in
+//                        its gRPC thread without the GIL once sent, whoever still holds
+//                        the Python object;
 //   pyarrow.Table        its batches, one by one (as pyarrow's own Table streams do);
 //   pyarrow.RecordBatch  itself;
 //   (code, message, extra_info)  the stream ends with this Flight error: code is an
@@ -34,6 +37,14 @@
 #include <arrow/python/pyarrow.h>
 
 namespace router_native {
+
+using Batches = std::vector<std::shared_ptr<arrow::RecordBatch>>;
+
+// Set by _chunkstream.pyx: if `item` is a Rows, moves its batches into `out` (emptying it)
+// and returns true. Called with the GIL held.
+using TakeRowsFn = bool (*)(PyObject* item, Batches* out);
+inline TakeRowsFn take_rows = nullptr;
+inline void SetTakeRows(TakeRowsFn fn) { take_rows = fn; }
 
 class ChunkReader : public arrow::RecordBatchReader {
  public:
@@ -108,23 +119,14 @@ class ChunkReader : public arrow::RecordBatchReader {
   }
 
   arrow::Status Take(PyObject* item, std::shared_ptr<arrow::RecordBatch>* out) {
-    if (PyList_Check(item)) {
-      const Py_ssize_t n = PyList_GET_SIZE(item);
-      pending_.clear();
-      next_ = 0;
-      pending_.reserve(static_cast<size_t>(n));
-      for (Py_ssize_t i = 0; i < n; ++i) {
-        PyObject* element = PyList_GET_ITEM(item, i);
-        if (!arrow::py::is_batch(element)) {
-          pending_.clear();
-          return Bug("stream item");
-        }
-        auto batch = arrow::py::unwrap_batch(element);
-        if (!batch.ok() || !OurSchema((*batch)->schema())) {
+    pending_.clear();
+    next_ = 0;
+    if (take_rows != nullptr && take_rows(item, &pending_)) {
+      for (const auto& batch : pending_) {
+        if (!OurSchema(batch->schema())) {
           pending_.clear();
           return Bug("stream item of another schema");
         }
-        pending_.push_back(std::move(*batch));
       }
       return arrow::Status::OK();
     }
@@ -198,17 +200,13 @@ class RunChecker {
              std::vector<int32_t> samples)
       : schema_(std::move(schema)), duration_(duration), samples_(std::move(samples)) {}
 
-  int64_t WholeRun(PyObject* chunk, int64_t expected, bool bounded, int64_t end) {
-    if (!PyList_Check(chunk)) return -1;
-    const Py_ssize_t rows = PyList_GET_SIZE(chunk);
-    int64_t bytes = 0;
+  int64_t WholeRun(const Batches& chunk, int64_t expected, bool bounded, int64_t end) {
+    const size_t rows = chunk.size();
     const size_t columns = samples_.size() + 1;
-    for (Py_ssize_t i = 0; i < rows; ++i) {
-      PyObject* item = PyList_GET_ITEM(chunk, i);
-      if (!arrow::py::is_batch(item)) return -1;
-      auto unwrapped = arrow::py::unwrap_batch(item);
-      if (!unwrapped.ok()) return -1;
-      const arrow::RecordBatch& batch = **unwrapped;
+    int64_t bytes = 0;
+    for (size_t i = 0; i < rows; ++i) {
+      if (chunk[i] == nullptr) return -1;
+      const arrow::RecordBatch& batch = *chunk[i];
       if (batch.num_rows() != 1 || static_cast<size_t>(batch.num_columns()) != columns) {
         return -1;
       }
@@ -220,7 +218,7 @@ class RunChecker {
       }
       const int64_t t = time.GetValues<int64_t>(1)[0];
       bytes += BufferBytes(time);
-      if (t != expected + i * duration_ || (bounded && t >= end)) return -1;
+      if (t != expected + static_cast<int64_t>(i) * duration_ || (bounded && t >= end)) return -1;
       for (size_t c = 1; c < columns; ++c) {
         const arrow::ArrayData& cell = *batch.column_data(static_cast<int>(c));
         if (cell.type->id() != arrow::Type::LIST || cell.offset != 0 || cell.length != 1 ||

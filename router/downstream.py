@@ -88,7 +88,7 @@ class BatchStream(Protocol):
 
     def __iter__(self) -> Iterator[pa.RecordBatch]: ...
 
-    def read_many(self, limit: int) -> list[pa.RecordBatch]: ...
+    def read_many(self, limit: int) -> Sequence[pa.RecordBatch]: ...
 
     @property
     def received(self) -> int:
@@ -222,7 +222,7 @@ class FlightStream:
             raise
         raise error from exc
 
-    def read_many(self, limit: int) -> list[pa.RecordBatch]:
+    def read_many(self, limit: int) -> Sequence[pa.RecordBatch]:
         """Up to ``limit`` batches read with the GIL released once (router._chunkstream;
         row by row without it). Rows read before a failure are returned first; the next
         call raises the failure, translated as when iterating."""
@@ -231,17 +231,19 @@ class FlightStream:
             raise pending
         if self._closed or self._done:
             return []
-        batches: list[pa.RecordBatch] = []
+        batches: Sequence[pa.RecordBatch] = []
         try:
             if read_rows is None:
                 if self._iter is None:
                     self._iter = iter(self)  # raises translated
+                listed: list[pa.RecordBatch] = []
+                batches = listed
                 for batch in self._iter:
-                    batches.append(batch)
+                    listed.append(batch)
                     self._received[0] += 1
-                    if len(batches) >= limit:
+                    if len(listed) >= limit:
                         break
-                return batches
+                return listed
             stop = 2
             try:
                 if self._rows is None:

@@ -245,7 +245,7 @@ class ReplicaFeed:
         self.attempt_delivered = 0
         self.delivered = 0
         self.outcomes: list[Outcome] = []
-        self._runs: Generator[list[pa.RecordBatch], int, None] | None = None
+        self._runs: Generator[Sequence[pa.RecordBatch], int, None] | None = None
         self._stopped = False
         self._want = 1  # rows the consumer asked for (take)
         self._failure: Exception | None = None  # raised by the next take
@@ -289,7 +289,7 @@ class ReplicaFeed:
         finally:
             self.stop_reading()
 
-    def take(self, limit: int) -> list[pa.RecordBatch]:
+    def take(self, limit: int) -> Sequence[pa.RecordBatch]:
         """The next ``limit`` batches, fewer only at the end ([] once ended), across
         failovers as iterating does. The consumer says how many it wants, so a downstream
         that keeps its stream open past the rows still missing is not waited for; a
@@ -304,10 +304,13 @@ class ReplicaFeed:
                 return []
             runs = self._runs = self._read()
             next(runs)  # to the first yield
-        batches: list[pa.RecordBatch] = []
+        batches: Sequence[pa.RecordBatch] = []
         try:
             while len(batches) < limit:  # fewer: an attempt ended, its replica goes on
-                batches += runs.send(limit - len(batches))
+                more = runs.send(limit - len(batches))
+                # one read's rows as read_rows gave them (Rows: no Python object per row);
+                # joined into a list only across attempts
+                batches = more if not batches else [*batches, *more]
         except StopIteration:
             self.stop_reading()
         except Exception as exc:
@@ -324,7 +327,7 @@ class ReplicaFeed:
         if runs is not None:
             runs.close()
 
-    def _read(self) -> Generator[list[pa.RecordBatch], int, None]:
+    def _read(self) -> Generator[Sequence[pa.RecordBatch], int, None]:
         self._want = yield []
         ctx = self.ctx
         while True:
@@ -380,7 +383,7 @@ class ReplicaFeed:
                 setattr(out, key, value)
         return out
 
-    def _read_one(self, url: str) -> Generator[list[pa.RecordBatch], int, None]:
+    def _read_one(self, url: str) -> Generator[Sequence[pa.RecordBatch], int, None]:
         """Yield the stream from ``url`` resuming at ``self.resume``; returns when it reached
         the end (or the feed was closed), raises the translated fault otherwise (an early
         end included)."""
@@ -405,10 +408,12 @@ class ReplicaFeed:
             read = stream.read_many
             while batches := read(self._want):
                 self.reading = False
+                # taken before the hand-over: the native output stage empties a Rows it sends
+                last, count = batches[-1], len(batches)
                 self._want = yield batches
-                self._last = batches[-1]
-                self.delivered += len(batches)
-                self.attempt_delivered += len(batches)
+                self._last = last
+                self.delivered += count
+                self.attempt_delivered += count
                 if self._closed:
                     return
                 self.progress = monotonic()

@@ -178,7 +178,7 @@ class GuardedStream:
         finally:
             self._release()
 
-    def read_many(self, limit: int) -> list[pa.RecordBatch]:
+    def read_many(self, limit: int) -> Sequence[pa.RecordBatch]:
         try:
             batches = self._inner.read_many(limit)
         except BaseException as exc:

@@ -19,7 +19,7 @@ with the class and text pyarrow's GeneratorStream gives it (the native stage is 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeAlias
 
 import pyarrow as pa
@@ -43,11 +43,9 @@ _CODES: tuple[tuple[type[flight.FlightError], int], ...] = (
 UNKNOWN = -1  # a base FlightError: pyarrow sends UNKNOWN "Flight error: <text>"
 
 
-class Run(list):  # type: ignore[type-arg]
-    """A chunk of one-block record batches that go out as they are, in order: the rows of a
-    downstream that the one-pass check (router.stitch.direct) took whole. The native stage
-    sends them without building a Table; ``nbytes`` is their size, known from the check.
-    Duck-types the few Table members the stream's accounting uses."""
+class _ListRun(list):  # type: ignore[type-arg]
+    """:class:`Run` where the native module is not usable: the same members, held in a
+    list. (No one-pass native check makes one then; it serves tests and the type.)"""
 
     __slots__ = ("nbytes",)
 
@@ -63,13 +61,13 @@ class Run(list):  # type: ignore[type-arg]
         return list(self)
 
 
-Item: TypeAlias = "pa.RecordBatch | pa.Table | Run"
+Item: TypeAlias = "pa.RecordBatch | pa.Table | _ListRun"  # _ListRun: any Run
 
 
 def size_of(item: Item) -> int:
     """Bytes of one stream item: its buffers (``get_total_buffer_size``: O(buffers);
     ``.nbytes`` is ~20x dearer), or what the check measured for a :class:`Run`."""
-    return item.nbytes if isinstance(item, Run) else item.get_total_buffer_size()
+    return item.nbytes if isinstance(item, _ListRun | Run) else item.get_total_buffer_size()
 
 
 def _load() -> tuple[object | None, str]:
@@ -90,8 +88,17 @@ NATIVE = _NATIVE is not None
 #: ``read_rows(reader, limit, received) -> (batches, stop)``: a downstream's batches read
 #: with the GIL released once, counted into ``received[0]`` as they arrive
 #: (router.downstream.FlightStream.read_many); None without the module
-ReadRows: TypeAlias = Callable[[pa.RecordBatchReader, int, Any], tuple[list[pa.RecordBatch], int]]
+ReadRows: TypeAlias = Callable[
+    [pa.RecordBatchReader, int, Any], tuple[Sequence[pa.RecordBatch], int]
+]
 read_rows: ReadRows | None = getattr(_NATIVE, "read_rows", None)
+#: A chunk of one-block record batches that go out as they are, in order: the rows of a
+#: downstream that the one-pass check (router.stitch.direct) took whole, as ``read_rows``
+#: returned them (``router._chunkstream.Rows``: held in C++, a Python object per row only
+#: on access). The native stage sends them without building a Table and takes them over
+#: (the Run is left empty), so they are freed in its thread without the GIL once sent.
+#: ``nbytes``: their size, from the check; ``num_rows``, ``to_batches()`` as a Table's.
+Run: type[_ListRun] = getattr(_NATIVE, "Rows", _ListRun)
 
 
 def run_check(schema: pa.Schema, duration: int, samples: list[int]) -> Any | None:

@@ -15,7 +15,7 @@ with what was already emitted, so the output is exactly what the general path gi
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from itertools import chain, islice, repeat
 from operator import attrgetter, is_, itemgetter, methodcaller
 from typing import Any
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from router.outstream import Run, run_check
+from router.outstream import Run, _ListRun, run_check
 from router.stitch.blocks import Block, Grid
 from router.stitch.merge import fill_gaps
 from router.stitch.output import block_to_batch
@@ -80,7 +80,7 @@ class OnGridRelay:
         grid: Grid,
         start: int,
         end: int | None,
-        take: Callable[[int], list[pa.RecordBatch]] | None = None,
+        take: Callable[[int], Sequence[pa.RecordBatch]] | None = None,
     ) -> None:
         self.grid = grid
         self.start = start
@@ -146,7 +146,7 @@ class OnGridRelay:
             return
         yield from self._tail()
 
-    def chunks(self, rows: int) -> Iterator[pa.RecordBatch | pa.Table | Run]:
+    def chunks(self, rows: int) -> Iterator[pa.RecordBatch | pa.Table | _ListRun]:
         """The same stream handed over ``rows`` blocks at a time, each chunk a ``pa.Table``
         of one-block batches, or a :class:`~router.outstream.Run` of the downstream's own
         batches when the native check took them whole (a lone block as itself).
@@ -165,6 +165,7 @@ class OnGridRelay:
         batches, take = iter(self._batches), self._take
         schema, duration, end = self.grid.schema, self.grid.duration, self.end
         rows = max(1, min(rows, CHUNK_MAX))
+        chunk: Sequence[pa.RecordBatch]
         while True:
             want = rows if end is None else min(rows, -(-(end - self._expected) // duration))
             if want <= 0:
@@ -190,7 +191,7 @@ class OnGridRelay:
                 break
         yield from _in_chunks(self._tail(), rows, schema)
 
-    def _whole_run(self, chunk: list[pa.RecordBatch]) -> pa.Table | Run | None:
+    def _whole_run(self, chunk: Sequence[pa.RecordBatch]) -> pa.Table | _ListRun | None:
         """``chunk`` as one item if it is exactly the next ``len(chunk)`` slots as whole
         blocks (then taken: the state moves past them), else None: a :class:`Run` of the
         batches as they are when the native check decides, else a Table."""
@@ -202,7 +203,9 @@ class OnGridRelay:
             k = len(chunk)
             self._expected, self._last = expected + k * duration, expected + (k - 1) * duration
             self.passed += k
-            return Run(chunk, nbytes)
+            run = chunk if type(chunk) is Run else Run(chunk)
+            run.nbytes = nbytes
+            return run
         if not (
             all(map(_ONE.__eq__, map(_NUM_ROWS, chunk)))
             and all(map(schema.equals, map(_SCHEMA, chunk), repeat(True)))

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pyarrow as pa
 import pytest
 
+from router import outstream
 from router.context import CLIENT_LEFT, RequestContext
 from router.downstream import Call, StaticPool
 from router.errors import (
@@ -24,7 +25,7 @@ from router.readahead import ReadAhead
 from router.streaming import batch_end
 from router.timers import Timer
 from tests.router.blockgen import downstream_blocks, grid_for, meta
-from tests.router.scripted import HANG, ScriptedDownstream
+from tests.router.scripted import HANG, ScriptedDownstream, ScriptedStream
 
 S = 62_500_000
 A = meta("H1:A-X", 256, S)
@@ -324,6 +325,36 @@ def test_rows_taken_before_a_failure_go_out_before_it() -> None:
         feed.take(3)
     assert "a: gone" in str(info.value) and "data delivered up to 0.125 GPS s" in str(info.value)
     assert feed.take(3) == [] and a.open == 0
+
+
+def test_rows_the_output_stage_took_over_still_count_for_the_failover(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The native output stage empties the Rows it sends (router._chunkstream), while the
+    feed that read them is still suspended after handing them over: its accounting (rows
+    delivered, the last one, where a replica resumes) must not read them again."""
+    if not outstream.NATIVE:
+        pytest.fail("router._chunkstream is not built (make native)")
+    read_many = ScriptedStream.read_many
+    monkeypatch.setattr(ScriptedStream, "read_many", lambda s, n: outstream.Run(read_many(s, n)))
+    blocks = downstream_blocks([A], [0, S, 2 * S], S)
+    a = ScriptedDownstream("grpc://a:1", [[blocks[0], blocks[1], UnavailableError("a: gone")]])
+    b = ScriptedDownstream("grpc://b:1", [blocks[2:]])
+    feed = _group_feed({"grpc://a:1": a, "grpc://b:1": b}, Timer(_Monotonic(), thread=False))
+    rows = feed.take(2)
+    assert type(rows) is outstream.Run and _times(list(rows)) == [0, S]
+    schema = blocks[0].schema
+    assert [b.num_rows for b in _native_reader(schema, rows)] == [1, 1] and len(rows) == 0
+    assert _times(list(feed.take(2))) == [2 * S]  # a failed after 2 rows: b resumes at 2 S
+    assert b.commands[0]["args"]["start"] == 2 * S
+    assert feed.delivered == 3 and feed.take(2) == []
+
+
+def _native_reader(schema: pa.Schema, rows: object) -> list[pa.RecordBatch]:
+    """The batches the native output stage reads out of ``rows`` (emptying it)."""
+    from router import _chunkstream
+
+    return list(_chunkstream.chunk_reader(schema, iter([rows])))
 
 
 def _settle(timer: Timer, clock: _Monotonic, to: float) -> None:

@@ -222,22 +222,41 @@ def test_native_output_equals_generator_stream(shape: list[tuple[str, int]]) -> 
 
 
 @pytest.mark.parametrize(
-    "bad, why",
-    [(block(2, OTHER), "stream item of another schema"), (table(2, 1), "stream item")],
-    ids=["other-schema", "not-a-batch"],
+    "item, why",
+    [
+        (lambda: outstream.Run([block(1), block(2, OTHER), block(3)]), "another schema"),
+        (lambda: [block(1), block(2), block(3)], "stream item"),  # a list is no Run
+    ],
+    ids=["other-schema", "a-list"],
 )
-def test_a_run_with_a_bad_batch_is_internal_and_none_of_it_is_sent(bad: object, why: str) -> None:
-    def source() -> Iterator[outstream.Item]:
+def test_a_bad_run_is_internal_and_none_of_it_is_sent(item: Callable[[], object], why: str) -> None:
+    def source() -> Iterator[object]:
         yield block(0)
-        yield outstream.Run([block(1), bad, block(3)])  # type: ignore[list-item]
+        yield item()
         yield block(4)
 
     with serving() as (server, client):
-        server.sources["bad"] = source
+        server.sources["bad"] = source  # type: ignore[assignment]
         got, error = read(client, "native:bad")
     assert [b.column(0)[0].as_py() for b in got] == [0]
     assert isinstance(error, flight.FlightInternalError)
-    assert str(error).startswith(f"internal error ({why})")
+    assert str(error).startswith("internal error (stream item") and why in str(error)
+
+
+def test_a_run_holds_record_batches_only() -> None:
+    with pytest.raises(TypeError, match=r"expected pyarrow\.RecordBatch, got Table"):
+        outstream.Run([block(0), table(1, 1)])
+
+
+def test_the_native_stage_empties_a_run_it_took() -> None:
+    """The batches of a Run become the stage's own (freed without the GIL once sent)."""
+    runs = [outstream.Run([block(t) for t in range(k, k + 3)]) for k in (0, 3)]
+
+    with serving() as (server, client):
+        server.sources["runs"] = lambda: iter(runs)
+        got, error = read(client, "native:runs")
+    assert error is None and [b.column(0)[0].as_py() for b in got] == list(range(6))
+    assert [len(run) for run in runs] == [0, 0]
 
 
 def test_a_run_counts_as_its_blocks_and_measured_bytes() -> None:
@@ -278,7 +297,7 @@ def test_read_many_gives_rows_then_the_downstream_error_named(
         second = stream.read_many(10)
         with pytest.raises(UnavailableError) as info:
             stream.read_many(10)
-    assert [b.column(0)[0].as_py() for b in first + second] == [0, 1, 2, 3, 4]
+    assert [b.column(0)[0].as_py() for b in [*first, *second]] == [0, 1, 2, 3, 4]
     assert len(first) == 3 and stream.received == 5
     assert "archive offline" in str(info.value) and "grpc://down:1" in str(info.value)
 
