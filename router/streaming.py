@@ -27,6 +27,7 @@ from router.downstream import Call, DownstreamPool
 from router.errors import UnavailableError
 from router.fanout import ReplicaFeed, seconds
 from router.inflight import blocks_in
+from router.outstream import Item
 from router.protocol.arrow import stream_schema
 from router.protocol.blocks import block_duration
 from router.protocol.channel import ChannelMeta
@@ -152,7 +153,8 @@ class StreamOptions:
     live_buffer: int = 64
     live_reconnect: float = 0.5
     live_reconnect_cap: float = 30.0
-    # historical one-group streams: blocks handed to pyarrow per Table (bytes of samples)
+    # historical one-group streams: blocks handed to the output stage per chunk (bytes of
+    # samples)
     chunk_bytes: int = 512 * 1024
 
 
@@ -323,7 +325,7 @@ class StreamExecution:
             f"feeds={self._feeds_read()}>"
         )
 
-    def __iter__(self) -> Iterator[pa.RecordBatch | pa.Table]:
+    def __iter__(self) -> Iterator[Item]:
         request = self.plan.request
         assert request.start is not None
         head = self.grid.floor(request.start)
@@ -352,7 +354,7 @@ class StreamExecution:
         finally:
             self.close()
 
-    def _direct(self, sl: StreamSlice, head: int) -> Iterator[pa.RecordBatch | pa.Table]:
+    def _direct(self, sl: StreamSlice, head: int) -> Iterator[Item]:
         """One slice, one group: read in this thread, rows passed through when whole. The
         request's token cancels the downstream read in progress (the feed then raises)."""
         (group,) = sl.groups
@@ -373,19 +375,17 @@ class StreamExecution:
             feed.stop_reading()
             self.close()
 
-    def _counted(
-        self, items: Iterable[pa.RecordBatch | pa.Table]
-    ) -> Iterator[pa.RecordBatch | pa.Table]:
+    def _counted(self, items: Iterable[Item]) -> Iterator[Item]:
         """``items`` (blocks, or chunks of them from :meth:`OnGridRelay.chunks`), counted;
         the request's token is looked at once per item.
 
         Chunks: this generator runs in a gRPC thread, which takes the GIL (and, under
-        CPython 3.11, a fresh frame stack) for every ``next()``. Given a Table, the native
-        output stage (router.outstream) has pyarrow write its record batches one by one in
-        C++ (one block per batch on the wire: PROTOCOL §4.4), so the serving thread takes
-        the GIL once per chunk instead of once per block; the chunk's rows were read from
-        the downstream in one call too (ReplicaFeed.take). The chunk is read here, not by a
-        reader thread of its own: under
+        CPython 3.11, a fresh frame stack) for every ``next()``. Given a chunk (a Run of the
+        downstream's own batches, or a Table), the native output stage (router.outstream)
+        has pyarrow write its record batches one by one in C++ (one block per batch on the
+        wire: PROTOCOL §4.4), so the serving thread takes the GIL once per chunk instead of
+        once per block; the chunk's rows were read from the downstream in one call too
+        (ReplicaFeed.take). The chunk is read here, not by a reader thread of its own: under
         many concurrent streams a second thread per stream cost more in thread switches
         than its overlap of reading and writing gained (interleaved A/B in bench/README.md,
         "Fourth round": equal at one stream, 10 to 35 % less CPU per GB at 8 and 32)."""
