@@ -19,7 +19,10 @@ Variants (comma-separated):
   combinations (``relay+window+table:128``): its router-shaped modes (see bench/relay.py).
 
     python bench/ab.py router@HEAD~1,router [--readers 1,8,32] [--reps 5]
-                       [--channels 1] [--seconds 256]
+                       [--channels 1] [--seconds 256] [--span 2]
+
+Each measurement repeats its round (N readers at once) until the rounds span ``--span``
+seconds: /proc counts CPU in 10 ms ticks, too coarse for one short round.
 
 This machine's noise (2 cores shared by the readers, the mock and the servers) moves a
 variant's CPU per GB by about +-10 % between runs: compare variants within one run, with
@@ -60,6 +63,17 @@ def switches(pid: int) -> int:
                 if "ctxt_switches" in line:
                     total += int(line.split()[1])
     return total
+
+
+def repeated(readers: Readers, n: int, url: str, command: bytes, span: float) -> tuple[int, float]:
+    """Rounds of ``n`` readers until they have lasted ``span`` s in all: (bytes, seconds).
+    CPU time in /proc counts 10 ms ticks, so a round of 0.1 s alone (one reader of one
+    channel) would measure CPU per GB in steps of ~10 %."""
+    nbytes, secs = 0, 0.0
+    while secs < span:
+        more, took = readers.round(n, url, command)
+        nbytes, secs = nbytes + more, secs + took
+    return nbytes, secs
 
 
 def checkout(rev: str, into: Path) -> Path:
@@ -119,6 +133,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--channels", type=int, default=1, choices=range(1, len(FAST) + 1))
     parser.add_argument("--seconds", type=int, default=256, help="of data per reader")
+    parser.add_argument(
+        "--span", type=float, default=2.0, help="s of rounds per measurement (repeated)"
+    )
     args = parser.parse_args()
     variants = args.variants.split(",")
     counts = [int(n) for n in args.readers.split(",")]
@@ -141,7 +158,7 @@ def main() -> None:
                     for v, proc in procs.items():
                         cpu0, cs0 = cpu_of(pids[v]), switches(pids[v][0])
                         with PeakRss(pids[v][0]) as peak:
-                            nbytes, secs = readers.round(n, proc.url, command)
+                            nbytes, secs = repeated(readers, n, proc.url, command, args.span)
                         gb = nbytes / 1e9
                         seen[v]["rate"].append(nbytes / secs / 1e6)
                         seen[v]["cpu"].append((cpu_of(pids[v]) - cpu0) / gb)
@@ -157,7 +174,10 @@ def main() -> None:
     finally:
         readers.close()
     print()
-    print(f"{args.channels} x 16384 Hz, {args.seconds} s per reader; medians of {args.reps}")
+    print(
+        f"{args.channels} x 16384 Hz, {args.seconds} s per reader; each measurement rounds"
+        f" of N readers repeated over >= {args.span:g} s; medians of {args.reps}"
+    )
     headers = ["N", "variant", "MB/s", "CPU s per GB", "context switches per GB"]
     print(table([*headers, "peak RSS MB"], rows))
 
