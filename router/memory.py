@@ -18,7 +18,7 @@
 * **Idle trim.** What the arenas still hold after a burst is returned by ``malloc_trim`` once
   the router has had no stream open for a moment (:class:`IdleTrim`).
 * **Receive windows** (``router.downstream.window_options``; ``router serve
-  --downstream-window``, default 512 KiB) bound what each downstream stream may have in
+  --downstream-window``, default 1 MiB) bound what each downstream stream may have in
   flight (gRPC's own growing window, ``0``, let 32 streams reach ~900 MB), and each
   historical stream holds at most a few chunks (``router.streaming``): 32 concurrent
   streams stay under ~220 MB.
