@@ -6,7 +6,7 @@ readers of bench/concurrency.py (spawned once) do N simultaneous raw DoGets of t
 historical range per round, rounds interleaved over the variants so machine noise hits them
 alike. Per variant and N, medians over the repetitions of: aggregate MB/s of samples, the
 serving process's CPU seconds per GB (/proc), its context switches per GB (voluntary and
-involuntary, every thread: GIL and lock hand-overs show here first) and its peak RSS.
+involuntary, of the threads alive at the end: see switches()) and its peak RSS.
 
 Variants (comma-separated):
 
@@ -55,7 +55,9 @@ from router_backends.testing import ServerProcess
 
 
 def switches(pid: int) -> int:
-    """Context switches of every thread of ``pid`` so far."""
+    """Context switches so far of every thread of ``pid`` alive now. A thread that ended
+    takes its count with it (Linux keeps no process-wide total), so a measurement misses
+    gRPC's handler threads that start and end within it: compare variants, not absolutes."""
     total = 0
     for status in Path(f"/proc/{pid}/task").glob("*/status"):
         with contextlib.suppress(OSError):
