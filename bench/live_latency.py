@@ -7,7 +7,11 @@ arrival time minus the block's end. The mock releases a block once its end has p
 direct figure is the mock's own pacing and transfer; the router's added latency is the paired
 difference per block (router arrival - direct arrival, same block time).
 
-    python bench/live_latency.py [--seconds 60] [--quick]
+With ``--load N``, N reader processes (bench/concurrency.py's) read history through the
+same router meanwhile, round after round (one 16 kHz channel, 64 s each): the live latency
+of a router that is busy with other streams.
+
+    python bench/live_latency.py [--seconds 60] [--quick] [--load N] [-- ROUTER_ARGS...]
 """
 
 from __future__ import annotations
@@ -74,16 +78,42 @@ class Reader(threading.Thread):
             self.error = exc
 
 
+class Load(threading.Thread):
+    """``n`` reader processes reading history through ``url``, round after round, until
+    ``stop``."""
+
+    def __init__(self, n: int, url: str, stop: threading.Event) -> None:
+        super().__init__(name="load", daemon=True)
+        from concurrency import Readers
+
+        self.readers = Readers(n)
+        self.n, self.url, self.stop, self.mb = n, url, stop, 0.0
+        self.start()
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                nbytes, _ = self.readers.round(self.n, self.url, stream_cmd(CHANNELS[:1], 64))
+                self.mb += nbytes / 1e6
+        finally:
+            self.readers.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="live streaming time")
     parser.add_argument("--quick", action="store_true", help="15 s instead")
+    parser.add_argument("--load", type=int, default=0, metavar="N", help="historical readers")
+    parser.add_argument("router_args", nargs="*", help="extra `router serve` arguments (after --)")
     opts = parser.parse_args()
     seconds = 15.0 if opts.quick else opts.seconds
     with tempfile.TemporaryDirectory(prefix="arrakis-bench-") as tmpdir:
         toml = write_inputs(Path(tmpdir))
-        with mock_behind_router(Path(tmpdir), toml, "--log-level", "warning") as (mock, router):
+        with mock_behind_router(
+            Path(tmpdir), toml, "--log-level", "warning", *opts.router_args
+        ) as (mock, router):
             stop = threading.Event()
+            load = Load(opts.load, router, stop) if opts.load else None
             readers = [Reader("direct", mock, stop), Reader("router", router, stop)]
             for r in readers:
                 r.start()
@@ -91,6 +121,8 @@ def main() -> None:
             stop.set()
             for r in readers:
                 r.join(10)
+            if load is not None:
+                load.join(120)
     for r in readers:
         if r.error is not None:
             raise SystemExit(f"{r.name} reader failed: {r.error}")
@@ -112,10 +144,11 @@ def main() -> None:
         ["through the router", f"{median(via):.1f}", f"{p99(via):.1f}", f"{max(via):.1f}"],
         ["added by the router", f"{median(added):.1f}", f"{p99(added):.1f}", f"{max(added):.1f}"],
     ]
+    busy = f"; meanwhile {load.mb:.0f} MB of history through the router" if load else ""
     print(
         f"{len(CHANNELS)} channels x {RATE} Hz float32, block {STRIDE / 1e6:g} ms, "
         f"{seconds:g} s live, {len(both)} blocks compared; null-filled blocks: "
-        f"direct {direct.null_blocks}, router {routed.null_blocks}\n"
+        f"direct {direct.null_blocks}, router {routed.null_blocks}{busy}\n"
     )
     print(table(["arrival - block end (ms)", "p50", "p99", "max"], rows))
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -120,6 +122,35 @@ def test_serve_downstream_window_streams_equal_a_direct_read(tmp_path: Path, win
     assert started["downstream_window"] == window
     assert got.time_ns == want.time_ns and len(got.data[strain]) == 16 * 16384
     np.testing.assert_array_equal(got.data[strain], want.data[strain])
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
+@pytest.mark.parametrize(
+    ("option", "policy"), [([], "batch"), (["--scheduling", "normal"], "normal")]
+)
+def test_serve_runs_its_threads_under_the_scheduling_policy(
+    tmp_path: Path, option: list[str], policy: str
+) -> None:
+    """Every thread of a serving router (gRPC's included, after a stream has been served)
+    runs under the policy; the operator reads it in router_started."""
+    want = {"batch": os.SCHED_BATCH, "normal": os.SCHED_OTHER}[policy]
+    with serve_mock() as mock:
+        path = tmp_path / "map.yaml"
+        path.write_text(f"{mock}:\n  scopes: {{H1: [{{all: true}}]}}\n  retention: {{}}\n")
+        argv = [*ROUTER, "serve", "--scope-map", str(path), "--url", "grpc://127.0.0.1:0"]
+        with ServerProcess([*argv, "--log-format", "json", *option], name="router") as proc:
+            arrakis.Client(proc.url).fetch(["H1:GDS-CALIB_STRAIN"], 1400000000, 1400000002)
+            assert proc.process is not None
+            tids = os.listdir(f"/proc/{proc.process.pid}/task")
+            policies = set()
+            for tid in tids:
+                with contextlib.suppress(ProcessLookupError):  # a thread ending meanwhile
+                    policies.add(os.sched_getscheduler(int(tid)))
+            log = proc.log_text().splitlines()
+    assert len(tids) > 4 and policies == {want}
+    lines = [json.loads(line) for line in log if line.startswith("{")]
+    started = next(e for e in lines if e.get("event") == "router_started")
+    assert started["scheduling"] == policy
 
 
 def test_reload_keeps_last_valid_map(tmp_path: Path) -> None:
