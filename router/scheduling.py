@@ -8,9 +8,10 @@ most of those wake-ups become a context switch, often in the middle of a thread'
 socket threads were preempted ~50-70 k times per GB). ``SCHED_BATCH`` is the same
 fair-share scheduler without wake-up preemption: a woken thread runs when the running one
 blocks or its slice ends. Measured on the benchmark machine, it cut the router's context
-switches per GB by 3-4x and its CPU per GB by up to 17 %. The cost is latency of a few
-milliseconds at most when every core is busy, which a live stream's 62.5 ms blocks absorb
-(the live-latency benchmark measures it).
+switches per GB by 3-4x and its CPU per GB by up to 18 %. A woken thread may wait up to
+the running thread's slice; the live latency the router adds, measured with 16 historical
+readers busy on the same router (``bench/live_latency.py --load 16``), was the same under
+both policies.
 
 ``SCHED_BATCH`` needs no privilege and is inherited by threads and processes started
 afterwards (the data workers). A policy the operator chose from outside (``chrt``, a
