@@ -380,7 +380,6 @@ def _serve(
     fail = router_logging.startup_error
     release_large_blocks()  # RSS comes back after large (refused) requests
     cap_arenas()  # ... and after many concurrent streams (before any server thread starts)
-    scheduling.apply(getattr(args, "scheduling", "batch"))
     try:
         tls = tls_certificates(args.tls_cert, args.tls_key, args.url)
         roots = read_pem("--tls-ca", args.tls_ca) if args.tls_ca else None
@@ -453,6 +452,8 @@ def _serve(
         live_grace=args.live_grace,
         live_buffer=args.live_buffer,
     )
+    # every setting checked: from here on the process serves (its workers, threads, gRPC's)
+    scheduling.apply(getattr(args, "scheduling", "batch"))
     if data_workers:  # the front of data workers: every process's metric values summed
         from router.workers import WorkerStartError, metrics_directory
 

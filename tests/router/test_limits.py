@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import threading
 import time
@@ -266,11 +267,14 @@ def test_serve_refuses_a_non_positive_limit(capsys: pytest.CaptureFixture[str]) 
     parser = argparse.ArgumentParser()
     serve.configure(parser)
     args = parser.parse_args(["--scope-map", str(demo), "--max-channels", "0"])
+    policy = os.sched_getscheduler(0) if hasattr(os, "sched_getscheduler") else None
     try:
         assert serve.run(args) == 2
     finally:
         structlog.reset_defaults()
     assert "max_channels must be a positive integer" in capsys.readouterr().err
+    # a start refused over its settings leaves the process as it was (no SCHED_BATCH)
+    assert policy is None or os.sched_getscheduler(0) == policy
 
 
 def test_large_blocks_are_returned_to_the_system_on_glibc() -> None:
