@@ -302,6 +302,13 @@ def exercise(name: str, port: int, metrics: int, mock_url: str, maps: Path) -> N
     check(lines and not bad, f"all {len(lines)} log lines are JSON {bad[:2]}")
     events = {json.loads(line)["event"] for line in lines}
     check({"serving", "drain_started", "drain_done", "router_stopped"} <= events, "drain logged")
+    started = [json.loads(line) for line in lines if '"router_started"' in line]
+    policy = started[0].get("scheduling") if started else None
+    # docker's default seccomp profile allows lowering a thread's policy: no warning
+    check(
+        policy == "batch" and "scheduling_unchanged" not in events,
+        f"scheduling in the container: {policy}",
+    )
 
 
 def compose_command() -> list[str]:
