@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import arrakis
 import numpy as np
@@ -25,6 +26,26 @@ from tests.integration.servers import running_router, serving
 
 pytestmark = pytest.mark.integration
 ROUTER = [sys.executable, "-m", "router.cli"]
+
+
+def _events(log: list[str]) -> list[dict[str, Any]]:
+    """A router's JSON log lines as events."""
+    return [json.loads(line) for line in log if line.startswith("{")]
+
+
+def _started(log: list[str]) -> dict[str, Any]:
+    """The router_started event of a router's log."""
+    return next(e for e in _events(log) if e.get("event") == "router_started")
+
+
+def _serve_argv_for_mock(tmp_path: Path, mock: str, *options: str) -> list[str]:
+    """`router serve` (JSON logs) on a map sending all of H1 to the mock at ``mock``."""
+    path = tmp_path / "map.yaml"
+    path.write_text(f"{mock}:\n  scopes: {{H1: [{{all: true}}]}}\n  retention: {{}}\n")
+    argv = [*ROUTER, "serve", "--scope-map", str(path), "--url", "grpc://127.0.0.1:0"]
+    return [*argv, "--log-format", "json", *options]
+
+
 GOOD = "grpc://127.0.0.1:1:\n  scopes: {H1: [{all: true}]}\n  retention: {}\n"
 BAD = "grpc://127.0.0.1:1:\n  scopes: {H1: [{all: maybe}]}\n  retention: {newest: 9, oldest: 1}\n"
 
@@ -109,17 +130,12 @@ def test_serve_downstream_window_streams_equal_a_direct_read(tmp_path: Path, win
     own (0): the operator sees the setting in router_started; the data is the downstream's."""
     strain = "H1:GDS-CALIB_STRAIN"  # 16384 Hz float64 in the mock's default channel set
     with serve_mock() as mock:
-        path = tmp_path / "map.yaml"
-        path.write_text(f"{mock}:\n  scopes: {{H1: [{{all: true}}]}}\n  retention: {{}}\n")
-        argv = [*ROUTER, "serve", "--scope-map", str(path), "--url", "grpc://127.0.0.1:0"]
-        serve_argv = [*argv, "--log-format", "json", "--downstream-window", str(window)]
+        serve_argv = _serve_argv_for_mock(tmp_path, mock, "--downstream-window", str(window))
         with ServerProcess(serve_argv, name="router") as proc:
             got = arrakis.Client(proc.url).fetch([strain], 1400000000, 1400000016)
             want = arrakis.Client(mock).fetch([strain], 1400000000, 1400000016)
             log = proc.log_text().splitlines()
-    lines = [json.loads(line) for line in log if line.startswith("{")]
-    started = next(e for e in lines if e.get("event") == "router_started")
-    assert started["downstream_window"] == window
+    assert _started(log)["downstream_window"] == window
     assert got.time_ns == want.time_ns and len(got.data[strain]) == 16 * 16384
     np.testing.assert_array_equal(got.data[strain], want.data[strain])
 
@@ -135,10 +151,7 @@ def test_serve_runs_its_threads_under_the_scheduling_policy(
     runs under the policy; the operator reads it in router_started."""
     want = {"batch": os.SCHED_BATCH, "normal": os.SCHED_OTHER}[policy]
     with serve_mock() as mock:
-        path = tmp_path / "map.yaml"
-        path.write_text(f"{mock}:\n  scopes: {{H1: [{{all: true}}]}}\n  retention: {{}}\n")
-        argv = [*ROUTER, "serve", "--scope-map", str(path), "--url", "grpc://127.0.0.1:0"]
-        with ServerProcess([*argv, "--log-format", "json", *option], name="router") as proc:
+        with ServerProcess(_serve_argv_for_mock(tmp_path, mock, *option), name="router") as proc:
             arrakis.Client(proc.url).fetch(["H1:GDS-CALIB_STRAIN"], 1400000000, 1400000002)
             assert proc.process is not None
             tids = os.listdir(f"/proc/{proc.process.pid}/task")
@@ -148,9 +161,17 @@ def test_serve_runs_its_threads_under_the_scheduling_policy(
                     policies.add(os.sched_getscheduler(int(tid)))
             log = proc.log_text().splitlines()
     assert len(tids) > 4 and policies == {want}
-    lines = [json.loads(line) for line in log if line.startswith("{")]
-    started = next(e for e in lines if e.get("event") == "router_started")
-    assert started["scheduling"] == policy
+    assert _started(log)["scheduling"] == policy
+
+
+def test_serve_refuses_an_unknown_scheduling_policy(tmp_path: Path) -> None:
+    path = tmp_path / "map.yaml"
+    path.write_text(GOOD)
+    argv = [*ROUTER, "serve", "--scope-map", str(path), "--url", "grpc://127.0.0.1:0"]
+    res = subprocess.run([*argv, "--scheduling", "fifo"], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert "--scheduling: invalid choice: 'fifo' (choose from 'batch', 'normal')" in res.stderr
+    assert "Traceback" not in res.stderr
 
 
 def test_reload_keeps_last_valid_map(tmp_path: Path) -> None:
@@ -193,9 +214,8 @@ def test_serve_output_python_serves_through_generator_stream(tmp_path: Path) -> 
             got = arrakis.Client(proc.url).fetch([CHANNEL.name], 1400000000, 1400000002)
             want = arrakis.Client(durl).fetch([CHANNEL.name], 1400000000, 1400000002)
             log = proc.log_text().splitlines()
-    lines = [json.loads(line) for line in log if line.startswith("{")]
-    started = next(e for e in lines if e.get("event") == "router_started")
-    assert started["output"] == "python"
+    lines = _events(log)
+    assert _started(log)["output"] == "python"
     assert not [e for e in lines if e.get("event") == "native_output_unavailable"]
     assert got.time_ns == want.time_ns and len(got.data[CHANNEL.name]) == 2 * 256
     np.testing.assert_array_equal(got.data[CHANNEL.name], want.data[CHANNEL.name])
