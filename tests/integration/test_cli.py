@@ -150,16 +150,18 @@ def test_serve_runs_its_threads_under_the_scheduling_policy(
     """Every thread of a serving router (gRPC's included, after a stream has been served)
     runs under the policy; the operator reads it in router_started."""
     want = {"batch": os.SCHED_BATCH, "normal": os.SCHED_OTHER}[policy]
-    with serve_mock() as mock:
-        with ServerProcess(_serve_argv_for_mock(tmp_path, mock, *option), name="router") as proc:
-            arrakis.Client(proc.url).fetch(["H1:GDS-CALIB_STRAIN"], 1400000000, 1400000002)
-            assert proc.process is not None
-            tids = os.listdir(f"/proc/{proc.process.pid}/task")
-            policies = set()
-            for tid in tids:
-                with contextlib.suppress(ProcessLookupError):  # a thread ending meanwhile
-                    policies.add(os.sched_getscheduler(int(tid)))
-            log = proc.log_text().splitlines()
+    with (
+        serve_mock() as mock,
+        ServerProcess(_serve_argv_for_mock(tmp_path, mock, *option), name="router") as proc,
+    ):
+        arrakis.Client(proc.url).fetch(["H1:GDS-CALIB_STRAIN"], 1400000000, 1400000002)
+        assert proc.process is not None
+        tids = os.listdir(f"/proc/{proc.process.pid}/task")
+        policies = set()
+        for tid in tids:
+            with contextlib.suppress(ProcessLookupError):  # a thread ending meanwhile
+                policies.add(os.sched_getscheduler(int(tid)))
+        log = proc.log_text().splitlines()
     assert len(tids) > 4 and policies == {want}
     assert _started(log)["scheduling"] == policy
 
