@@ -8,13 +8,17 @@ alike. Per variant and N, medians over the repetitions of: aggregate MB/s of sam
 serving process's CPU seconds per GB (/proc), its context switches per GB (voluntary and
 involuntary, of the threads alive at the end: see switches()) and its peak RSS.
 
-Variants (comma-separated):
+Variants (comma-separated, or one per argument: a variant whose environment value holds a
+comma is given as an argument of its own):
 
 * ``router``: this checkout; ``router@REV``: the router at git revision REV (``git archive``
   into a temporary directory, its native output stage compiled there when it has one, run
   with that directory first on ``sys.path``); either with ``+OPTION:VALUE`` (or
   ``+OPTION``) for each ``router serve --OPTION VALUE`` to add
   (``router+downstream-window:1048576``);
+* any variant with ``+env:NAME=VALUE``: served with that environment variable set
+  (``router+env:LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4``,
+  ``"router+env:GRPC_EXPERIMENTS=tcp_rcv_lowat,tcp_frame_size_tuning"``).
 * ``relay``: bench/relay.py; ``relay+window``, ``relay+table:K``, ``relay+list:K`` and
   combinations (``relay+window+table:128``): its router-shaped modes (see bench/relay.py).
 
@@ -92,6 +96,15 @@ def checkout(rev: str, into: Path) -> Path:
 
 
 def argv_for(variant: str, downstream: str, scope_map: Path, tmp: Path) -> list[str]:
+    """The command serving ``variant``; its ``+env:NAME=VALUE`` modes go to its environment."""
+    modes = variant.split("+")
+    env = [m.removeprefix("env:") for m in modes if m.startswith("env:")]
+    variant = "+".join(m for m in modes if not m.startswith("env:"))
+    argv = _argv_for(variant, downstream, scope_map, tmp)
+    return ["env", *env, *argv] if env else argv
+
+
+def _argv_for(variant: str, downstream: str, scope_map: Path, tmp: Path) -> list[str]:
     if variant == "relay" or variant.startswith("relay+"):
         argv = [str(BIN / "python"), str(ROOT / "bench" / "relay.py"), "--downstream", downstream]
         for mode in variant.split("+")[1:]:
@@ -130,7 +143,9 @@ def serving(variants: list[str], tmp: Path) -> Iterator[dict[str, ServerProcess]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variants", help="comma-separated (see the module text)")
+    parser.add_argument(
+        "variants", nargs="+", help="comma-separated or one per argument (see the module text)"
+    )
     parser.add_argument("--readers", default="1,8,32", help="comma-separated N")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--channels", type=int, default=1, choices=range(1, len(FAST) + 1))
@@ -139,7 +154,7 @@ def main() -> None:
         "--span", type=float, default=2.0, help="s of rounds per measurement (repeated)"
     )
     args = parser.parse_args()
-    variants = args.variants.split(",")
+    variants = [v for arg in args.variants for v in ([arg] if "+env:" in arg else arg.split(","))]
     counts = [int(n) for n in args.readers.split(",")]
     command = stream_cmd(FAST[: args.channels], args.seconds)
     readers = Readers(max(counts))

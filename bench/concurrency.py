@@ -21,7 +21,10 @@ follow the endpoint's location like the ``arrakis`` client): aggregate MB/s, and
 per GB of the front and all its workers together.
 
     python bench/concurrency.py [--reps 3] [--readers 1,8,32] [--workers 1,2,4] [--quick]
-                                [-- ROUTER_ARGS...]
+                                [--router-env NAME=VALUE ...] [-- ROUTER_ARGS...]
+
+``--router-env LD_PRELOAD=libtcmalloc_minimal.so.4`` measures the router on the allocator
+the container image preloads (docs/guide/deployment.md, "Memory allocator").
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -162,13 +165,14 @@ class Readers:
 # --------------------------------------------------------------------------- servers
 @contextlib.contextmanager
 def servers(
-    tmp: Path, router_args: list[str], workers: list[int]
+    tmp: Path, router_args: list[str], workers: list[int], router_env: Sequence[str] = ()
 ) -> Iterator[dict[str, ServerProcess]]:
     toml = write_inputs(tmp)
     mock_argv = [str(BIN / "router-backend"), "mock", "--url", "grpc://127.0.0.1:0", str(toml)]
     with ServerProcess(mock_argv, name="mock") as mock:
         smap = one_endpoint_map(tmp / "bench-scope-map.yaml", mock.url)
-        router_argv = [str(BIN / "router"), "serve", "--scope-map", str(smap)]
+        router_argv = ["env", *router_env] if router_env else []
+        router_argv += [str(BIN / "router"), "serve", "--scope-map", str(smap)]
         router_argv += ["--url", "grpc://127.0.0.1:0", "--log-format", "json", *router_args]
         relay_argv = [str(BIN / "python"), str(ROOT / "bench" / "relay.py")]
         relay_argv += ["--downstream", mock.url]
@@ -216,8 +220,18 @@ def main() -> None:
     parser.add_argument(
         "--workers", default="", help="comma-separated K: also `router serve --data-workers K`"
     )
+    parser.add_argument(
+        "--router-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="serve the router with this in its environment (repeatable), e.g."
+        " LD_PRELOAD=libtcmalloc_minimal.so.4 as the container image does",
+    )
     parser.add_argument("router_args", nargs="*", help="extra `router serve` arguments")
     args = parser.parse_args()
+    if any("=" not in e for e in args.router_env):
+        parser.error(f"--router-env takes NAME=VALUE, got {args.router_env}")
     reps = 1 if args.quick else args.reps
     counts = [int(n) for n in args.readers.split(",")]
     workers = [int(k) for k in args.workers.split(",") if k.strip()]
@@ -227,7 +241,7 @@ def main() -> None:
     try:
         with (
             tempfile.TemporaryDirectory(prefix="arrakis-bench-") as tmpdir,
-            servers(Path(tmpdir), args.router_args, workers) as procs,
+            servers(Path(tmpdir), args.router_args, workers, args.router_env) as procs,
         ):
             urls = {k: p.url for k, p in procs.items()}
             pids = {k: family(pid_of(p)) for k, p in procs.items()}

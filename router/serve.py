@@ -23,7 +23,7 @@ from router import logging as router_logging
 from router.config import ENV_PREFIX, ConfigError, env_name, layered, render, resolve
 from router.downstream import WINDOW_BYTES, WINDOW_MAX, WINDOW_MIN
 from router.limits import Limits
-from router.memory import cap_arenas, release_large_blocks
+from router.memory import allocator, cap_arenas, release_large_blocks
 from router.service import MODES, RouterService, Settings
 from router.tls import TlsError, read_pem, tls_certificates
 
@@ -607,6 +607,7 @@ def _serve_with(
         output="native" if server.native_output else "python",
         downstream_window=args.downstream_window,
         scheduling=scheduling.current(),
+        allocator=allocator(),
         **({"data_workers": workers.locations()} if workers is not None else {}),
     )
     warn_if_not_native(args.output)

@@ -309,6 +309,8 @@ def exercise(name: str, port: int, metrics: int, mock_url: str, maps: Path) -> N
         policy == "batch" and "scheduling_unchanged" not in events,
         f"scheduling in the container: {policy}",
     )
+    malloc = started[0].get("allocator") if started else None
+    check(malloc == "tcmalloc", f"allocator in the container: {malloc}")
 
 
 def compose_command() -> list[str]:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes.util
 import json
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,7 @@ def _serve_argv_for_mock(tmp_path: Path, mock: str, *options: str) -> list[str]:
     return [*argv, "--log-format", "json", *options]
 
 
+TCMALLOC = "libtcmalloc_minimal.so.4"  # what the container image preloads
 GOOD = "grpc://127.0.0.1:1:\n  scopes: {H1: [{all: true}]}\n  retention: {}\n"
 BAD = "grpc://127.0.0.1:1:\n  scopes: {H1: [{all: maybe}]}\n  retention: {newest: 9, oldest: 1}\n"
 
@@ -164,6 +167,33 @@ def test_serve_runs_its_threads_under_the_scheduling_policy(
         log = proc.log_text().splitlines()
     assert len(tids) > 4 and policies == {want}
     assert _started(log)["scheduling"] == policy
+
+
+@pytest.mark.parametrize(("preload", "name"), [(None, "glibc"), (TCMALLOC, "tcmalloc")])
+def test_serve_on_a_preloaded_allocator_streams_equal_a_direct_read(
+    tmp_path: Path, preload: str | None, name: str
+) -> None:
+    """The container image runs the router on tcmalloc (LD_PRELOAD): four concurrent fetches
+    through it equal the downstream's data, and the operator reads the allocator in
+    router_started (every log line stays JSON: no loader complaint)."""
+    if preload is not None and ctypes.util.find_library("tcmalloc_minimal") is None:
+        pytest.fail(
+            "libtcmalloc-minimal4 is not installed: run .ci/install-allocators.sh (as root)"
+        )
+    strain = "H1:GDS-CALIB_STRAIN"
+    env = ["env", "-u", "LD_PRELOAD"] + ([f"LD_PRELOAD={preload}"] if preload else [])
+    with serve_mock() as mock:
+        want = arrakis.Client(mock).fetch([strain], 1400000000, 1400000016)
+        argv = [*env, *_serve_argv_for_mock(tmp_path, mock)]
+        with ServerProcess(argv, name="router") as proc, ThreadPoolExecutor(4) as pool:
+            fetch = arrakis.Client(proc.url).fetch
+            got = list(pool.map(lambda _: fetch([strain], 1400000000, 1400000016), range(4)))
+            lines = [line for line in proc.log_text().splitlines() if line.strip()]
+    for one in got:
+        assert one.time_ns == want.time_ns
+        np.testing.assert_array_equal(one.data[strain], want.data[strain])
+    assert _started(lines)["allocator"] == name
+    assert all(line.startswith("{") for line in lines), [line[:120] for line in lines][:3]
 
 
 def test_serve_refuses_an_unknown_scheduling_policy(tmp_path: Path) -> None:
