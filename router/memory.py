@@ -94,14 +94,12 @@ class _DlInfo(ctypes.Structure):
     ]
 
 
-@functools.cache
-def malloc_library() -> str:
-    """The file name of the shared object whose ``malloc`` this process calls (the first in
-    the global symbol order: a preloaded allocator wins over libc's), or "" when it cannot
-    be told (no ``dladdr``)."""
+def _defining_library(process: ctypes.CDLL, symbol: str) -> str:
+    """The file name of the object ``symbol`` resolves to in the global scope ("" if none).
+    In an executable built without PIE that takes the symbol's address (Debian's python3),
+    that is the executable's own stub, not the library that defines it."""
     try:
-        process = ctypes.CDLL(None)
-        address = ctypes.cast(process.malloc, ctypes.c_void_p).value
+        address = ctypes.cast(getattr(process, symbol), ctypes.c_void_p).value
         process.dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
         process.dladdr.restype = ctypes.c_int
         info = _DlInfo()
@@ -112,14 +110,57 @@ def malloc_library() -> str:
     return os.path.basename((info.dli_fname or b"").decode(errors="replace"))
 
 
+def _served_by(process: ctypes.CDLL) -> str:
+    """Which of tcmalloc and jemalloc serves the process's ``malloc`` ("" for neither): a
+    block from ``malloc`` is asked about (tcmalloc: does it own it; jemalloc: did this
+    thread's allocated bytes grow by it)."""
+    malloc, free = process.malloc, process.free
+    malloc.restype, malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    free.restype, free.argtypes = None, [ctypes.c_void_p]
+    size = 1 << 20
+    owned = getattr(process, "MallocExtension_GetOwnership", None)
+    if owned is not None:
+        owned.restype, owned.argtypes = ctypes.c_int, [ctypes.c_void_p]
+        block = malloc(size)
+        try:
+            if block and owned(block) == 1:  # MallocExtension::kOwned
+                return "tcmalloc"
+        finally:
+            free(block)
+    mallctl = getattr(process, "mallctl", None)
+    if mallctl is not None:
+        mallctl.restype = ctypes.c_int
+        allocated, length = ctypes.c_uint64(), ctypes.c_size_t(8)
+
+        def thread_allocated() -> int:
+            if mallctl(b"thread.allocated", ctypes.byref(allocated), ctypes.byref(length), None, 0):
+                return -1
+            return allocated.value
+
+        before = thread_allocated()
+        block = malloc(size)
+        after = thread_allocated()
+        free(block)
+        if before >= 0 and after - before >= size:
+            return "jemalloc"
+    return ""
+
+
+@functools.cache
 def allocator() -> str:
-    """Which malloc serves this process: "tcmalloc", "jemalloc", "glibc", or the library's
-    file name for another ("unknown" when it cannot be told)."""
-    name = malloc_library()
-    for known in ("tcmalloc", "jemalloc"):
-        if known in name:
-            return known
-    if name.startswith("libc.so"):
+    """Which malloc serves this process: "tcmalloc", "jemalloc", "glibc", the file name of
+    another library that defines ``malloc`` first (a preloaded one), or "unknown"."""
+    try:
+        process = ctypes.CDLL(None)
+        known = _served_by(process)
+    except (OSError, AttributeError):
+        return "unknown"
+    if known:
+        return known
+    name = _defining_library(process, "malloc")
+    if name.startswith("lib") and ".so" in name and not name.startswith("libc.so"):
+        return name
+    if hasattr(process, "gnu_get_libc_version"):
         return "glibc"
     return name or "unknown"
 
