@@ -68,7 +68,7 @@ LABEL org.opencontainers.image.title="arrakis-router" \
       org.opencontainers.image.base.name="arrakis-router-base:bookworm (debootstrap)"
 COPY --from=build /opt/router /opt/router
 # gperftools' tcmalloc serves the router's malloc (LD_PRELOAD below): gRPC allocates from
-# dozens of serving threads at once, which per-thread caches serve with 10-20 % less CPU per
+# dozens of serving threads at once, which per-thread caches serve with 8-21 % less CPU per
 # GB than glibc's arenas (docs/guide/deployment.md, "Memory allocator"). A bare file name:
 # the loader finds it in the architecture's library directory. router_started logs it.
 RUN apt-get update -qq \

@@ -16,11 +16,11 @@ comma is given as an argument of its own):
   with that directory first on ``sys.path``); either with ``+OPTION:VALUE`` (or
   ``+OPTION``) for each ``router serve --OPTION VALUE`` to add
   (``router+downstream-window:1048576``);
-* any variant with ``+env:NAME=VALUE``: served with that environment variable set
-  (``router+env:LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4``,
-  ``"router+env:GRPC_EXPERIMENTS=tcp_rcv_lowat,tcp_frame_size_tuning"``).
 * ``relay``: bench/relay.py; ``relay+window``, ``relay+table:K``, ``relay+list:K`` and
-  combinations (``relay+window+table:128``): its router-shaped modes (see bench/relay.py).
+  combinations (``relay+window+table:128``): its router-shaped modes (see bench/relay.py);
+* any of them with ``+env:NAME=VALUE``: served with that environment variable set
+  (``router+env:LD_PRELOAD=libtcmalloc_minimal.so.4``,
+  ``"router+env:GRPC_EXPERIMENTS=tcp_rcv_lowat,tcp_frame_size_tuning"``).
 
     python bench/ab.py router@HEAD~1,router [--readers 1,8,32] [--reps 5]
                        [--channels 1] [--seconds 256] [--span 2]
