@@ -24,7 +24,7 @@ from router.config import ENV_PREFIX, ConfigError, env_name, layered, render, re
 from router.downstream import WINDOW_BYTES, WINDOW_MAX, WINDOW_MIN
 from router.limits import Limits
 from router.memory import allocator, cap_arenas, release_large_blocks
-from router.service import MODES, RouterService, Settings
+from router.service import MODES, RouterService, Settings, default_chunk_slots
 from router.tls import TlsError, read_pem, tls_certificates
 
 if TYPE_CHECKING:
@@ -173,6 +173,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "what the router has forwarded. Larger moves more per stream and holds more memory "
         f"per open stream ({WINDOW_MIN} to {WINDOW_MAX}; 0: gRPC's own window, grown without "
         f"bound by bandwidth probing; default {WINDOW_BYTES})",
+    )
+    parser.add_argument(
+        "--chunk-slots",
+        type=int,
+        default=default_chunk_slots(),
+        metavar="N",
+        help="historical chunks read, checked and written at the same time by one process: "
+        "the other streams wait their turn, so each chunk is still in the CPU's cache when "
+        "it is sent; a turn held over 0.1 s (a slow client) stops counting. 0: no limit "
+        "(default: the CPUs this process may use)",
     )
     parser.add_argument(
         "--metrics-port",
@@ -420,6 +430,10 @@ def _serve(
             file=sys.stderr,
         )
         return 2
+    chunk_slots = getattr(args, "chunk_slots", default_chunk_slots())
+    if chunk_slots < 0:
+        fail(f"--chunk-slots must be >= 0 (0: no limit), got {chunk_slots}")
+        return 2
     window = getattr(args, "downstream_window", WINDOW_BYTES)
     if window != 0 and not WINDOW_MIN <= window <= WINDOW_MAX:
         fail(f"--downstream-window must be 0 or {WINDOW_MIN} to {WINDOW_MAX} bytes, got {window}")
@@ -451,6 +465,7 @@ def _serve(
         idle_timeout=args.idle_timeout,
         live_grace=args.live_grace,
         live_buffer=args.live_buffer,
+        chunk_slots=chunk_slots,
     )
     # every setting checked: from here on the process serves (its workers, threads, gRPC's)
     scheduling.apply(getattr(args, "scheduling", "batch"))
@@ -606,6 +621,7 @@ def _serve_with(
         drain_timeout_s=args.drain_timeout,
         output="native" if server.native_output else "python",
         downstream_window=args.downstream_window,
+        chunk_slots=getattr(args, "chunk_slots", None),
         scheduling=scheduling.current(),
         allocator=allocator(),
         **({"data_workers": workers.locations()} if workers is not None else {}),

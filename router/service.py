@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,7 @@ import structlog
 
 from router.actions import ACTIONS, action_body
 from router.admission import Admission
+from router.chunkgate import ChunkGate
 from router.context import FINISHED, SERVER_STOPPING, LiveContexts, RequestContext
 from router.downstream import REUSE_MARKER, Call, DownstreamPool
 from router.errors import (
@@ -83,6 +85,14 @@ log = structlog.get_logger("router.service")
 MODES = ("proxy", "redirect")
 
 
+def default_chunk_slots() -> int:
+    """One turn per CPU this process may run on (``router serve --chunk-slots``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 @dataclass(frozen=True)
 class Settings:
     mode: str = "proxy"
@@ -101,6 +111,8 @@ class Settings:
     live_buffer: int = StreamOptions.live_buffer
     live_reconnect: float = StreamOptions.live_reconnect
     live_reconnect_cap: float = StreamOptions.live_reconnect_cap
+    # historical chunks read, checked and written at once (router.chunkgate); 0: no limit
+    chunk_slots: int = dataclasses.field(default_factory=default_chunk_slots)
     # how often the service asks gRPC whether the clients of its calls are still there
     client_watch_s: float = 0.1
     # request limits, checked at the door (router.limits)
@@ -123,6 +135,7 @@ class Settings:
             live_buffer=self.live_buffer,
             live_reconnect=self.live_reconnect,
             live_reconnect_cap=self.live_reconnect_cap,
+            gate=ChunkGate(self.chunk_slots) if self.chunk_slots > 0 else None,
         )
 
     def timeout_for(self, request: str) -> float | None:

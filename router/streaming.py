@@ -16,12 +16,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 
 import pyarrow as pa
 import structlog
 
+from router.chunkgate import ChunkGate
 from router.context import RequestContext
 from router.downstream import Call, DownstreamPool
 from router.errors import UnavailableError
@@ -156,6 +157,9 @@ class StreamOptions:
     # historical one-group streams: blocks handed to the output stage per chunk (bytes of
     # samples)
     chunk_bytes: int = 512 * 1024
+    # turns for those chunks, shared by every stream of the process (router.chunkgate;
+    # ``router serve --chunk-slots``); None: every stream at once
+    gate: ChunkGate | None = field(default=None, compare=False, repr=False)
 
 
 class Feeds:
@@ -364,8 +368,12 @@ class StreamExecution:
         batches = iter(feed)
         relay = OnGridRelay(batches, self.grid, head, self.plan.request.end, take=feed.take)
         rows = chunk_rows(self.grid, self.feeds.options.chunk_bytes) if self.historical else 1
+        gate = self.feeds.options.gate if rows > 1 else None
         try:
-            yield from self._counted(relay.chunks(rows) if rows > 1 else relay)
+            if gate is not None:
+                yield from self._in_turns(relay.chunks(rows), gate)
+            else:
+                yield from self._counted(relay.chunks(rows) if rows > 1 else relay)
         finally:
             self.gap_blocks += relay.gap_blocks
             self._relayed = relay.duplicates
@@ -395,6 +403,19 @@ class StreamExecution:
                 raise self._ctx.error("Stream")
             self.blocks += blocks_in(item)
             yield item
+
+    def _in_turns(self, chunks: Iterator[Item], gate: ChunkGate) -> Iterator[Item]:
+        """:meth:`_counted` with each chunk read, checked and written in a turn of ``gate``:
+        the turn is taken before the chunk is read and ends when the output stage asks for
+        the next one, so the chunk has been written (router.chunkgate)."""
+        token = self._ctx.token
+        counted = self._counted(chunks)
+        while True:
+            with gate.turn(lambda: token.cancelled):
+                item = next(counted, None)
+                if item is None:
+                    return
+                yield item
 
     def close(self) -> None:
         if self.gap_blocks and not getattr(self, "_gaps_logged", False):
