@@ -7,6 +7,7 @@ gets exactly the downstream's data. The operator reads the setting in router_sta
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
@@ -66,3 +67,13 @@ def test_a_client_that_stops_reading_does_not_stall_the_others(tmp_path: Path) -
     started = next(e for e in log if e.get("event") == "router_started")
     assert started["chunk_slots"] == 1
     print(f"fetch beside a stalled stream, one slot: {took:.2f} s")
+
+
+def test_serve_refuses_negative_chunk_slots(tmp_path: Path) -> None:
+    smap = tmp_path / "map.yaml"
+    smap.write_text("grpc://127.0.0.1:1:\n  scopes: {H1: [{all: true}]}\n  retention: {}\n")
+    argv = [*ROUTER, "serve", "--scope-map", str(smap), "--url", "grpc://127.0.0.1:0"]
+    res = subprocess.run([*argv, "--chunk-slots", "-1"], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert "--chunk-slots must be >= 0 (0: no limit), got -1" in res.stderr
+    assert "Traceback" not in res.stderr
